@@ -1,0 +1,53 @@
+/**
+ * Errors with stable `code`s. Messages never carry a secret: no token, password,
+ * secret_id or connection string with credentials.
+ */
+export class AppError extends Error {
+  public readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** Configuration is missing or unusable (outputs file, secret_id, CA file). */
+export class AppConfigError extends AppError {}
+
+/** Vault refused or failed a request. `status` is the HTTP status when there was one. */
+export class VaultRequestError extends AppError {
+  public readonly status?: number;
+  public readonly path: string;
+  constructor(code: string, message: string, path: string, status?: number, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.path = path;
+    this.status = status;
+  }
+}
+
+/** Postgres refused or failed a query or connection. */
+export class DatabaseError extends AppError {
+  /** The SQLSTATE, when Postgres sent one. */
+  public readonly sqlState?: string;
+  constructor(code: string, message: string, sqlState?: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.sqlState = sqlState;
+  }
+}
+
+/** One or more verification checks did not hold. */
+export class VerificationError extends AppError {}
+
+/** Reduces any error to a message that is safe to print. */
+export function safeMessage(e: unknown): string {
+  if (e instanceof AppError) return `${e.code}: ${e.message}`;
+  if (e && typeof e === 'object' && 'code' in e && 'message' in e) {
+    return `${String((e as any).code)}: ${stripSecrets(String((e as any).message))}`;
+  }
+  return stripSecrets(String(e instanceof Error ? e.message : e));
+}
+
+/** Removes credentials from URLs (user:pass@) in free text. */
+export function stripSecrets(text: string): string {
+  return text.replace(/(\w+:\/\/)[^\s/@:]+:[^\s/@]+@/g, '$1***:***@');
+}

@@ -1,0 +1,65 @@
+/**
+ * pgvault: deploy, destroy and demo one environment.
+ *
+ *   node dist/scripts/cli.js deploy  [env]   (default env: local)
+ *   node dist/scripts/cli.js destroy [env]
+ *   node dist/scripts/cli.js demo    [env]   deploy when needed, then prove credentials work
+ */
+import { loadEnvironment } from '../stacks/config';
+import { appConfigFromOutputs, readOutputs, safeMessage, VaultSession, verifyRole, RoleReport } from '../app/src';
+import { deploy, destroy, issueSecretId, loadToolchainEnv, log, outputsFile } from './ops';
+
+async function demo(name: string): Promise<boolean> {
+  const env = loadEnvironment(name);
+  await deploy(name);
+  const secretId = await issueSecretId(name);
+  const cfg = appConfigFromOutputs(readOutputs(outputsFile(name)), { secretId });
+  const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
+  await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
+  const reports: RoleReport[] = [];
+  try {
+    for (const role of env.roles) {
+      reports.push(await verifyRole(session, cfg, role.name, role.access));
+    }
+  } finally {
+    await session.revokeSelf();
+  }
+  console.log(`\nEnvironment ${name}: Vault ${cfg.vaultAddress}, Postgres ${cfg.postgres.host}:${cfg.postgres.port}/${cfg.postgres.database}`);
+  console.log(`App logged in with AppRole (policies: ${session.policies.join(', ') || 'none'}); its token is revoked.\n`);
+  let ok = true;
+  for (const r of reports) {
+    console.log(`role ${r.role}: user ${r.username}, lease TTL ${r.leaseDurationSeconds}s`);
+    for (const c of r.checks) {
+      console.log(`  ${c.ok ? 'PASS' : 'FAIL'}  ${c.name.padEnd(32)} ${c.detail}`);
+      ok &&= c.ok;
+    }
+  }
+  console.log(`\n${ok ? 'All checks passed.' : 'Some checks FAILED.'} Tear down with: npm run destroy -- ${name}`);
+  return ok;
+}
+
+async function main(): Promise<number> {
+  const [command, name = 'local'] = process.argv.slice(2);
+  loadToolchainEnv();
+  switch (command) {
+    case 'deploy':
+      await deploy(name);
+      return 0;
+    case 'destroy':
+      await destroy(name);
+      return 0;
+    case 'demo':
+      return (await demo(name)) ? 0 : 1;
+    default:
+      console.error('usage: cli.js deploy|destroy|demo [environment]');
+      return 2;
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    log(`error: ${safeMessage(e)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,264 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import Ajv, { ErrorObject } from 'ajv';
+import * as schema from './environment.schema.json';
+import * as errors from './errors';
+
+/** The repository root: environments, .local and cdktf.out hang off it. */
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+
+/** Where environment files live. PGVAULT_ENVIRONMENTS_DIR overrides it (tests use a temporary one). */
+export function environmentsDir(): string {
+  return process.env.PGVAULT_ENVIRONMENTS_DIR
+    ? path.resolve(process.env.PGVAULT_ENVIRONMENTS_DIR)
+    : path.join(REPO_ROOT, 'environments');
+}
+
+/** Per-environment local files (generated secrets, state, outputs), mode 0700. */
+export function localDir(env: string): string {
+  return path.join(process.env.PGVAULT_LOCAL_DIR ? path.resolve(process.env.PGVAULT_LOCAL_DIR) : path.join(REPO_ROOT, '.local'), env);
+}
+
+export type Access = 'read' | 'write';
+
+export interface RoleConfig {
+  readonly name: string;
+  readonly access: Access;
+  readonly defaultTtlSeconds: number;
+  readonly maxTtlSeconds: number;
+}
+
+/** A validated environment with every default resolved. */
+export interface EnvironmentConfig {
+  readonly name: string;
+  readonly file: string;
+  readonly infrastructure: 'docker' | 'existing';
+  readonly docker?: {
+    readonly postgresImage: string;
+    readonly vaultImage: string;
+    readonly postgresHostPort: number;
+    readonly vaultHostPort: number;
+  };
+  readonly postgres: {
+    /** Host and port as Vault sees them. For docker, the container's name on the private network. */
+    readonly host: string;
+    readonly port: number;
+    /** Host and port as the app and the bootstrap see them. */
+    readonly clientHost: string;
+    readonly clientPort: number;
+    readonly database: string;
+    readonly adminUser: string;
+    readonly adminPasswordFile: string;
+    readonly sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+  };
+  readonly vault: {
+    readonly address: string;
+    readonly caCertFile?: string;
+    readonly tlsServerName?: string;
+    readonly tokenFile: string;
+  };
+  readonly secretsEngine: {
+    readonly mountPath: string;
+    readonly connectionName: string;
+    readonly vaultUser: string;
+    readonly setupPasswordFile: string;
+    readonly setupPasswordVersion: number;
+    readonly maxOpenConnections: number;
+  };
+  readonly roles: readonly RoleConfig[];
+  readonly appAccess: {
+    readonly approleMount: string;
+    readonly roleName: string;
+    readonly tokenTtlSeconds: number;
+    readonly tokenMaxTtlSeconds: number;
+    readonly secretIdTtlSeconds: number;
+  };
+  /** Names of the Postgres objects the bootstrap owns. */
+  readonly database: {
+    readonly schema: string;
+    readonly ownerRole: string;
+    readonly groupRoles: Readonly<Record<Access, string>>;
+  };
+}
+
+export const DEFAULT_POSTGRES_IMAGE = 'postgres:15-bookworm';
+export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
+
+const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
+
+const ajv = new Ajv({ allErrors: true, strict: false });
+const validateSchema = ajv.compile(schema);
+
+/** Lists the environments: one per `*.json` file (except the schema). */
+export function listEnvironments(dir = environmentsDir()): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json') && !f.endsWith('.schema.json'))
+    .map((f) => f.slice(0, -'.json'.length))
+    .sort();
+}
+
+/** Reads, validates and resolves one environment. Throws a ConfigError that names the file and setting. */
+export function loadEnvironment(name: string, dir = environmentsDir()): EnvironmentConfig {
+  if (!ENV_NAME.test(name)) throw errors.invalidEnvironmentName(name);
+  const file = path.join(dir, `${name}.json`);
+  if (!fs.existsSync(file)) throw errors.unknownEnvironment(name, dir, listEnvironments(dir));
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw errors.unreadableFile(file, e);
+  }
+  return resolveEnvironment(name, file, raw);
+}
+
+/** Validates a parsed environment document and resolves its defaults. Pure: no file access. */
+export function resolveEnvironment(name: string, file: string, raw: unknown): EnvironmentConfig {
+  if (!validateSchema(raw)) throw fromAjv(file, raw, validateSchema.errors ?? []);
+  const doc = raw as any;
+  const local = localDir(name);
+  const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
+
+  const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
+    .map(([roleName, r]) => ({ name: roleName, access: r.access, defaultTtlSeconds: r.defaultTtlSeconds, maxTtlSeconds: r.maxTtlSeconds }))
+    .sort((a, b) => a.name.localeCompare(b.name));
+  for (const r of roles) {
+    if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
+  }
+
+  const pg = doc.postgres ?? {};
+  const vault = doc.vault ?? {};
+  const database = pg.database ?? 'app';
+  let docker: EnvironmentConfig['docker'];
+  let postgres: EnvironmentConfig['postgres'];
+  let vaultResolved: EnvironmentConfig['vault'];
+
+  if (doc.infrastructure === 'docker') {
+    const d = doc.docker ?? {};
+    docker = {
+      postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
+      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || DEFAULT_VAULT_IMAGE,
+      postgresHostPort: d.postgresHostPort ?? 15432,
+      vaultHostPort: d.vaultHostPort ?? 18200,
+    };
+    if (docker.postgresHostPort === docker.vaultHostPort) throw errors.portClash(file, docker.postgresHostPort);
+    for (const s of ['host', 'port', 'adminPasswordFile'] as const) {
+      if (pg[s] !== undefined) throw errors.schemaViolation(file, `postgres.${s}`, pg[s], 'no value: with "infrastructure": "docker" it is set by the container');
+    }
+    for (const s of ['address', 'tokenFile'] as const) {
+      if (vault[s] !== undefined) throw errors.schemaViolation(file, `vault.${s}`, vault[s], 'no value: with "infrastructure": "docker" it is set by the container');
+    }
+    postgres = {
+      host: `pgvault-${name}-postgres`,
+      port: 5432,
+      clientHost: pg.clientHost ?? '127.0.0.1',
+      clientPort: pg.clientPort ?? docker.postgresHostPort,
+      database,
+      adminUser: pg.adminUser ?? 'postgres',
+      adminPasswordFile: path.join(local, 'postgres-password'),
+      sslmode: pg.sslmode ?? 'disable',
+    };
+    vaultResolved = {
+      address: `http://127.0.0.1:${docker.vaultHostPort}`,
+      caCertFile: vault.caCertFile ? fromRepo(vault.caCertFile) : undefined,
+      tlsServerName: vault.tlsServerName,
+      tokenFile: path.join(local, 'vault-token'),
+    };
+  } else {
+    if (doc.docker !== undefined) throw errors.schemaViolation(file, 'docker', doc.docker, 'no value: "infrastructure" is "existing"');
+    if (!pg.host) throw errors.missingSetting(file, 'postgres.host', 'when "infrastructure" is "existing"');
+    if (!pg.adminPasswordFile) throw errors.missingSetting(file, 'postgres.adminPasswordFile', 'when "infrastructure" is "existing"');
+    if (!vault.address) throw errors.missingSetting(file, 'vault.address', 'when "infrastructure" is "existing"');
+    postgres = {
+      host: pg.host,
+      port: pg.port ?? 5432,
+      clientHost: pg.clientHost ?? pg.host,
+      clientPort: pg.clientPort ?? pg.port ?? 5432,
+      database,
+      adminUser: pg.adminUser ?? 'postgres',
+      adminPasswordFile: fromRepo(pg.adminPasswordFile),
+      sslmode: pg.sslmode ?? 'require',
+    };
+    vaultResolved = {
+      address: vault.address.replace(/\/+$/, ''),
+      caCertFile: vault.caCertFile ? fromRepo(vault.caCertFile) : undefined,
+      tlsServerName: vault.tlsServerName,
+      tokenFile: vault.tokenFile ? fromRepo(vault.tokenFile) : path.join(local, 'vault-token'),
+    };
+  }
+
+  const se = doc.secretsEngine ?? {};
+  const aa = doc.appAccess ?? {};
+  const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
+  const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
+  if (tokenTtlSeconds > tokenMaxTtlSeconds) {
+    throw errors.schemaViolation(file, 'appAccess.tokenTtlSeconds', tokenTtlSeconds, `at most appAccess.tokenMaxTtlSeconds (${tokenMaxTtlSeconds})`);
+  }
+  return {
+    name,
+    file,
+    infrastructure: doc.infrastructure,
+    docker,
+    postgres,
+    vault: vaultResolved,
+    secretsEngine: {
+      mountPath: se.mountPath ?? 'database',
+      connectionName: se.connectionName ?? 'postgres',
+      vaultUser: se.vaultUser ?? 'vault_admin',
+      setupPasswordFile: path.join(local, 'vault-setup-password'),
+      setupPasswordVersion: se.setupPasswordVersion ?? 1,
+      maxOpenConnections: se.maxOpenConnections ?? 4,
+    },
+    roles,
+    appAccess: {
+      approleMount: aa.approleMount ?? 'approle',
+      roleName: aa.roleName ?? 'pgvault-app',
+      tokenTtlSeconds,
+      tokenMaxTtlSeconds,
+      secretIdTtlSeconds: aa.secretIdTtlSeconds ?? 86400,
+    },
+    database: {
+      schema: 'app',
+      ownerRole: 'pgvault_owner',
+      groupRoles: { read: 'pgvault_read', write: 'pgvault_write' },
+    },
+  };
+}
+
+function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.ConfigError {
+  // Report the most specific error: prefer a named property over its parent object.
+  const e =
+    errs.find((x) => x.keyword === 'propertyNames') ??
+    [...errs].sort((a, b) => b.instancePath.length - a.instancePath.length)[0];
+  const base = e.instancePath.replace(/^\//, '').split('/').filter(Boolean);
+  let setting = base.join('.');
+  let value: unknown = base.reduce((v: any, k) => (v == null ? undefined : v[k]), raw as any);
+  let expected: string;
+  switch (e.keyword) {
+    case 'required':
+      setting = [...base, (e.params as any).missingProperty].join('.');
+      value = undefined;
+      expected = 'a value (it is required)';
+      break;
+    case 'additionalProperties':
+      setting = [...base, (e.params as any).additionalProperty].join('.');
+      value = (value as any)?.[(e.params as any).additionalProperty];
+      expected = 'no such setting (it is unknown; check the spelling against stacks/environment.schema.json)';
+      break;
+    case 'propertyNames':
+      value = errs.map((x) => (x as any).propertyName).find((n) => n !== undefined) ?? (e.params as any).propertyName;
+      setting = [...base, value].join('.');
+      expected = 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
+      break;
+    case 'enum':
+      expected = `one of ${((e.params as any).allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+      break;
+    case 'pattern':
+      expected = `a string matching ${(e.params as any).pattern}`;
+      break;
+    default:
+      expected = e.message ?? 'a valid value';
+  }
+  return errors.schemaViolation(file, setting || '(the document)', value, expected);
+}

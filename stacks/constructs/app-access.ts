@@ -1,0 +1,67 @@
+import { Construct } from 'constructs';
+import { AuthBackend } from '@cdktf/provider-vault/lib/auth-backend';
+import { Policy } from '@cdktf/provider-vault/lib/policy';
+import { ApproleAuthBackendRole } from '@cdktf/provider-vault/lib/approle-auth-backend-role';
+import { DatabaseRole } from './database-role';
+
+export interface AppAccessProps {
+  /** The roles the app may read credentials for. */
+  readonly roles: readonly DatabaseRole[];
+  /** AppRole auth mount path. @default "approle" */
+  readonly approleMount?: string;
+  /** Name of the AppRole and of its policy. @default "pgvault-app" */
+  readonly roleName?: string;
+  /** @default 3600 */
+  readonly tokenTtlSeconds?: number;
+  /** @default 86400 */
+  readonly tokenMaxTtlSeconds?: number;
+  /** 0: secret_ids never expire. @default 86400 */
+  readonly secretIdTtlSeconds?: number;
+}
+
+/** Renders the app's policy: its roles' creds, its own leases and its own token, nothing else. */
+export function appPolicy(credsPaths: readonly string[]): string {
+  const blocks = credsPaths.flatMap((p) => [
+    `path "${p}" {\n  capabilities = ["read"]\n}`,
+    `path "sys/leases/renew/${p}/*" {\n  capabilities = ["update"]\n}`,
+    `path "sys/leases/revoke/${p}/*" {\n  capabilities = ["update"]\n}`,
+  ]);
+  blocks.push(
+    'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
+    'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
+    'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}',
+  );
+  return blocks.join('\n\n') + '\n';
+}
+
+/** The policy and AppRole the app logs in with. Its tokens carry no default policy. */
+export class AppAccess extends Construct {
+  public readonly backend: AuthBackend;
+  public readonly policy: Policy;
+  public readonly role: ApproleAuthBackendRole;
+  /** The AppRole's role_id (not a secret on its own; the secret_id is issued out of band). */
+  public readonly roleId: string;
+
+  constructor(scope: Construct, id: string, props: AppAccessProps) {
+    super(scope, id);
+    const mount = props.approleMount ?? 'approle';
+    const name = props.roleName ?? 'pgvault-app';
+    this.backend = new AuthBackend(this, 'approle', { type: 'approle', path: mount });
+    this.policy = new Policy(this, 'policy', {
+      name,
+      policy: appPolicy(props.roles.map((r) => r.credsPath)),
+    });
+    this.role = new ApproleAuthBackendRole(this, 'role', {
+      backend: this.backend.path,
+      roleName: name,
+      tokenPolicies: [this.policy.name],
+      tokenNoDefaultPolicy: true,
+      tokenTtl: props.tokenTtlSeconds ?? 3600,
+      tokenMaxTtl: props.tokenMaxTtlSeconds ?? 86400,
+      secretIdTtl: props.secretIdTtlSeconds ?? 86400,
+      bindSecretId: true,
+      tokenType: 'service',
+    });
+    this.roleId = this.role.roleId;
+  }
+}

@@ -1,0 +1,49 @@
+import { Construct } from 'constructs';
+import { DatabaseSecretBackendRole } from '@cdktf/provider-vault/lib/database-secret-backend-role';
+import { DatabaseSecretsEngine } from './database-secrets-engine';
+import * as sql from '../statements';
+
+export interface DatabaseRoleProps {
+  readonly engine: DatabaseSecretsEngine;
+  /** The Vault role name: credentials come from `<mount>/creds/<name>`. */
+  readonly name: string;
+  /** The NOLOGIN group role each dynamic user is granted. */
+  readonly groupRole: string;
+  /** Takes over objects a revoked user owned. */
+  readonly ownerRole: string;
+  readonly defaultTtlSeconds: number;
+  readonly maxTtlSeconds: number;
+}
+
+/** A Vault role whose credentials are Postgres users created on demand, with a TTL. */
+export class DatabaseRole extends Construct {
+  public readonly role: DatabaseSecretBackendRole;
+  /** Role name, as a reference. */
+  public readonly name: string;
+  /** `<mount>/creds/<name>`, as a reference. */
+  public readonly credsPath: string;
+
+  constructor(scope: Construct, id: string, props: DatabaseRoleProps) {
+    super(scope, id);
+    if (props.defaultTtlSeconds > props.maxTtlSeconds) {
+      throw new Error(
+        `DatabaseRole ${props.name}: defaultTtlSeconds (${props.defaultTtlSeconds}) is greater than maxTtlSeconds (${props.maxTtlSeconds}); lower the default or raise the maximum`,
+      );
+    }
+    const stmts = { groupRole: props.groupRole, ownerRole: props.ownerRole };
+    this.role = new DatabaseSecretBackendRole(this, 'role', {
+      backend: props.engine.path,
+      name: props.name,
+      dbName: props.engine.connectionName,
+      defaultTtl: props.defaultTtlSeconds,
+      maxTtl: props.maxTtlSeconds,
+      creationStatements: sql.creationStatements(stmts),
+      renewStatements: sql.renewStatements(),
+      rollbackStatements: sql.rollbackStatements(),
+      revocationStatements: sql.revocationStatements(stmts),
+      dependsOn: props.engine.rootRotation ? [props.engine.rootRotation] : [props.engine.connection],
+    });
+    this.name = this.role.name;
+    this.credsPath = `${props.engine.path}/creds/${this.role.name}`;
+  }
+}

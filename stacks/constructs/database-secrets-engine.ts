@@ -1,0 +1,107 @@
+import { Construct } from 'constructs';
+import { Mount } from '@cdktf/provider-vault/lib/mount';
+import { DatabaseSecretBackendConnection } from '@cdktf/provider-vault/lib/database-secret-backend-connection';
+import { GenericEndpoint } from '@cdktf/provider-vault/lib/generic-endpoint';
+import { TerraformResource } from 'cdktf';
+import { connectionUrl } from '../statements';
+
+export interface DatabaseSecretsEngineProps {
+  /** Mount path of the database secrets engine. @default "database" */
+  readonly path?: string;
+  /** Name of the connection under `<path>/config/`. @default "postgres" */
+  readonly connectionName?: string;
+  /** Postgres host and port as Vault reaches them. */
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  /** @default "disable" */
+  readonly sslmode?: string;
+  /** The dedicated, non-superuser Postgres role Vault connects as. */
+  readonly username: string;
+  /**
+   * The setup password for `username`, as a Terraform reference to a sensitive variable.
+   * It is sent through the write-only `password_wo`, so it is kept in no state.
+   */
+  readonly setupPassword: string;
+  /** Bump to send `setupPassword` again. @default 1 */
+  readonly setupPasswordVersion?: number;
+  /** Exactly the role names that may use this connection. */
+  readonly allowedRoles: readonly string[];
+  /** Ceiling for any lease from this mount. */
+  readonly maxLeaseTtlSeconds: number;
+  /** @default 4 */
+  readonly maxOpenConnections?: number;
+  /**
+   * Rotate the root credential right after the connection is written, so the
+   * setup password stops working and only Vault knows the new one.
+   * @default true
+   */
+  readonly rotateRoot?: boolean;
+  /**
+   * The resource that prepares the Postgres role and resets its password to the
+   * setup password. The connection waits for it, and is written again (with the setup
+   * password, then rotated) whenever it is replaced.
+   */
+  readonly bootstrap?: TerraformResource;
+}
+
+/** The database secrets engine: a mount, its postgresql connection and the root rotation. */
+export class DatabaseSecretsEngine extends Construct {
+  public readonly mount: Mount;
+  public readonly connection: DatabaseSecretBackendConnection;
+  /** The one-shot `rotate-root` call, when rotateRoot is on. */
+  public readonly rootRotation?: GenericEndpoint;
+  /** Mount path, as a reference (use it rather than retyping the string). */
+  public readonly path: string;
+  /** Connection name, as a reference. */
+  public readonly connectionName: string;
+
+  constructor(scope: Construct, id: string, props: DatabaseSecretsEngineProps) {
+    super(scope, id);
+    const path = props.path ?? 'database';
+    const connectionName = props.connectionName ?? 'postgres';
+    const rotateRoot = props.rotateRoot ?? true;
+
+    this.mount = new Mount(this, 'mount', {
+      path,
+      type: 'database',
+      description: 'Dynamic Postgres credentials',
+      maxLeaseTtlSeconds: props.maxLeaseTtlSeconds,
+    });
+    this.connection = new DatabaseSecretBackendConnection(this, 'connection', {
+      backend: this.mount.path,
+      name: connectionName,
+      pluginName: 'postgresql-database-plugin',
+      verifyConnection: true,
+      allowedRoles: [...props.allowedRoles],
+      postgresql: {
+        connectionUrl: connectionUrl(props.host, props.port, props.database, props.sslmode ?? 'disable'),
+        username: props.username,
+        passwordWo: props.setupPassword,
+        passwordWoVersion: props.setupPasswordVersion ?? 1,
+        maxOpenConnections: props.maxOpenConnections ?? 4,
+        maxIdleConnections: 0,
+        maxConnectionLifetime: 300,
+      },
+      dependsOn: props.bootstrap ? [props.bootstrap] : undefined,
+      lifecycle: props.bootstrap ? { replaceTriggeredBy: [address(props.bootstrap)] } : undefined,
+    });
+    this.path = this.mount.path;
+    this.connectionName = this.connection.name;
+
+    if (rotateRoot) {
+      this.rootRotation = new GenericEndpoint(this, 'rotate-root', {
+        path: `${this.mount.path}/rotate-root/${this.connection.name}`,
+        dataJson: '{}',
+        disableRead: true,
+        disableDelete: true,
+        lifecycle: { replaceTriggeredBy: [address(this.connection)] },
+      });
+    }
+  }
+}
+
+/** In JSON syntax replace_triggered_by takes a bare resource address, not a "${...}" expression. */
+function address(r: TerraformResource): string {
+  return `${r.terraformResourceType}.${r.friendlyUniqueId}`;
+}

@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { listEnvironments, loadEnvironment, resolveEnvironment, REPO_ROOT } from '../../stacks/config';
+import { ConfigError } from '../../stacks/errors';
+
+const shipped = (name: string) => JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'environments', `${name}.json`), 'utf8'));
+
+function rejects(doc: unknown, code: string, ...fragments: string[]): void {
+  assert.throws(
+    () => resolveEnvironment('t', '/envs/t.json', doc),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError, `expected a ConfigError, got ${e}`);
+      assert.equal(e.code, code);
+      assert.match(e.message, /\/envs\/t\.json/);
+      for (const f of fragments) assert.ok(e.message.includes(f), `message lacks "${f}": ${e.message}`);
+      return true;
+    },
+  );
+}
+
+test('the shipped environments validate', () => {
+  assert.deepEqual(listEnvironments(), ['existing-example', 'local']);
+  const local = loadEnvironment('local');
+  assert.equal(local.infrastructure, 'docker');
+  assert.deepEqual(local.roles.map((r) => r.name), ['readonly', 'readwrite']);
+  assert.equal(local.postgres.clientHost, '127.0.0.1');
+  const existing = loadEnvironment('existing-example');
+  assert.equal(existing.infrastructure, 'existing');
+  assert.equal(existing.docker, undefined);
+  assert.match(existing.vault.caCertFile ?? '', /vault-ca\.pem$/);
+});
+
+test('defaults are resolved once, with units in their names', () => {
+  const env = resolveEnvironment('x', 'x.json', { infrastructure: 'docker', roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } } });
+  assert.equal(env.secretsEngine.mountPath, 'database');
+  assert.equal(env.secretsEngine.vaultUser, 'vault_admin');
+  assert.equal(env.appAccess.approleMount, 'approle');
+  assert.equal(env.docker?.postgresHostPort, 15432);
+  assert.equal(env.roles[0].defaultTtlSeconds, 60);
+});
+
+test('adding a file adds an environment, with no code change', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-envs-'));
+  fs.writeFileSync(path.join(dir, 'staging.json'), JSON.stringify({ ...shipped('local'), docker: { postgresHostPort: 25432, vaultHostPort: 28200 } }));
+  assert.deepEqual(listEnvironments(dir), ['staging']);
+  assert.equal(loadEnvironment('staging', dir).docker?.vaultHostPort, 28200);
+});
+
+test('fails when the environment is unknown', () => {
+  assert.throws(() => loadEnvironment('nope'), (e: any) => e.code === 'ENV_UNKNOWN' && /nope\.json/.test(e.message) && /local/.test(e.message));
+});
+
+test('fails when the default TTL is greater than the max TTL', () => {
+  const doc = shipped('local');
+  doc.roles.readonly.defaultTtlSeconds = 90000;
+  rejects(doc, 'ENV_TTL', 'roles.readonly.defaultTtlSeconds', '90000', 'maxTtlSeconds');
+});
+
+test('fails when a role name is not a safe identifier', () => {
+  const doc = shipped('local');
+  doc.roles['ro"; DROP'] = { access: 'read', defaultTtlSeconds: 1, maxTtlSeconds: 2 };
+  rejects(doc, 'ENV_SCHEMA', 'roles.ro"; DROP', 'safe Postgres and Vault identifier');
+});
+
+test('fails when a required setting is missing', () => {
+  const doc = shipped('local');
+  delete doc.roles.readonly.maxTtlSeconds;
+  rejects(doc, 'ENV_SCHEMA', 'roles.readonly.maxTtlSeconds', 'missing', 'required');
+  rejects({ roles: shipped('local').roles }, 'ENV_SCHEMA', '"infrastructure"');
+});
+
+test('fails when an existing environment lacks an address', () => {
+  const doc = shipped('existing-example');
+  delete doc.vault.address;
+  rejects(doc, 'ENV_MISSING', 'vault.address', 'existing');
+});
+
+test('fails on an unknown setting or a wrong type', () => {
+  const doc = shipped('local');
+  doc.roles.readonly.ttl = 5;
+  rejects(doc, 'ENV_SCHEMA', 'roles.readonly.ttl', 'unknown');
+  const doc2 = shipped('local');
+  doc2.docker.vaultHostPort = 'x';
+  rejects(doc2, 'ENV_SCHEMA', 'docker.vaultHostPort', '"x"', 'integer');
+  const doc3 = shipped('local');
+  doc3.roles.readonly.access = 'admin';
+  rejects(doc3, 'ENV_SCHEMA', 'roles.readonly.access', '"read", "write"');
+});

@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as sql from '../../stacks/statements';
+import { appPolicy } from '../../stacks/constructs/app-access';
+
+const props = { groupRole: 'pgvault_read', ownerRole: 'pgvault_owner' };
+
+test('creation grants the group role and expires with the lease', () => {
+  const [stmt] = sql.creationStatements(props);
+  assert.match(stmt, /CREATE ROLE "\{\{name\}\}" WITH LOGIN/);
+  assert.match(stmt, /PASSWORD '\{\{password\}\}'/);
+  assert.match(stmt, /VALID UNTIL '\{\{expiration\}\}'/);
+  assert.match(stmt, /IN ROLE pgvault_read;$/);
+  assert.doesNotMatch(stmt, /GRANT .* ON /, 'no per-table grants');
+});
+
+test('every statement quotes the name and password', () => {
+  const all = [...sql.creationStatements(props), ...sql.renewStatements(), ...sql.rollbackStatements(), ...sql.revocationStatements(props)];
+  for (const s of all) {
+    assert.doesNotMatch(s, /[^"']\{\{name\}\}[^"']/, s);
+    assert.doesNotMatch(s, /[^']\{\{password\}\}/, s);
+  }
+});
+
+test('revocation terminates sessions, reassigns and drops owned objects, then drops the role if it exists', () => {
+  const [block, drop] = sql.revocationStatements(props);
+  assert.match(block, /^DO \$\$/);
+  assert.match(block, /pg_terminate_backend/);
+  assert.match(block, /REASSIGN OWNED BY %I TO pgvault_owner/);
+  assert.match(block, /DROP OWNED BY %I/);
+  assert.match(block, /IF EXISTS/);
+  assert.equal(drop, 'DROP ROLE IF EXISTS "{{name}}";');
+});
+
+test('fails when a group role is not a safe identifier', () => {
+  assert.throws(() => sql.creationStatements({ groupRole: 'x; DROP', ownerRole: 'o' }), /not a safe Postgres identifier/);
+});
+
+test('the connection URL leaves credentials to Vault', () => {
+  assert.equal(sql.connectionUrl('db', 5432, 'app', 'disable'), 'postgresql://{{username}}:{{password}}@db:5432/app?sslmode=disable');
+});
+
+test('the app policy allows its creds, its leases and its own token, nothing else', () => {
+  const hcl = appPolicy(['database/creds/readonly']);
+  const paths = [...hcl.matchAll(/path "([^"]+)"/g)].map((m) => m[1]);
+  assert.deepEqual(paths, [
+    'database/creds/readonly',
+    'sys/leases/renew/database/creds/readonly/*',
+    'sys/leases/revoke/database/creds/readonly/*',
+    'auth/token/lookup-self',
+    'auth/token/renew-self',
+    'auth/token/revoke-self',
+  ]);
+  assert.doesNotMatch(hcl, /sudo|"create"|"delete"|"list"/);
+});

