@@ -100,12 +100,19 @@ async function cdktf(env: EnvironmentConfig, args: string[]): Promise<void> {
     childEnv.TF_VAR_vault_dev_root_token = readSecretFile(env.vault.tokenFile, 'the Vault dev root token');
   }
   const bin = path.join(REPO_ROOT, 'node_modules', '.bin', 'cdktf');
+  // PGVAULT_CDKTF_LOG=<file>: send cdktf's output there instead of the terminal (the tests do).
+  const logFile = process.env.PGVAULT_CDKTF_LOG;
+  const out = logFile ? fs.openSync(logFile, 'a') : 'inherit';
   const code = await new Promise<number>((resolve) => {
-    const child = spawn(bin, args, { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', 'inherit', 'inherit'] });
+    const child = spawn(bin, args, { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', out, out] });
     child.on('exit', (c) => resolve(c ?? 1));
     child.on('error', () => resolve(127));
   });
-  if (code !== 0) throw new Error(`cdktf ${args[0]} exited with ${code}`);
+  if (typeof out === 'number') fs.closeSync(out);
+  if (code !== 0) {
+    const tail = logFile ? `\n--- last lines of ${logFile} ---\n${fs.readFileSync(logFile, 'utf8').split('\n').slice(-40).join('\n')}\n---` : '';
+    throw new Error(`cdktf ${args[0]} exited with ${code}${tail}`);
+  }
 }
 
 export function outputsFile(envName: string): string {

@@ -105,6 +105,7 @@ export class SecretsStack extends TerraformStack {
     out('mount_path', this.engine.path);
     out('connection_name', this.engine.connectionName);
     out('roles', this.roles.map((r) => r.name));
+    out('role_max_ttl_seconds', Object.fromEntries(env.roles.map((r) => [r.name, r.maxTtlSeconds])));
     out('approle_mount', this.access.backend.path);
     out('approle_role_name', this.access.role.roleName);
     out('approle_role_id', this.access.roleId);

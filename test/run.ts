@@ -19,5 +19,9 @@ for (const layer of layers) {
   }
   files.push(...fs.readdirSync(dir).filter((f) => f.endsWith('.test.js')).sort().map((f) => path.join(dir, f)));
 }
+// cdktf's own output goes to a log file; a failing deploy shows its tail.
+const logDir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'pgvault-test-'));
+process.env.PGVAULT_CDKTF_LOG ??= path.join(logDir, 'cdktf.log');
+console.log(`cdktf output: ${process.env.PGVAULT_CDKTF_LOG}`);
 const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

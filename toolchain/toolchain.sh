@@ -62,7 +62,9 @@ detect_offline() {
 ensure_terraform() {
   STEP="terraform cli"
   TF_BIN=""
-  if command -v terraform >/dev/null 2>&1; then
+  if [ "${PGVAULT_TERRAFORM:-}" = tofu ]; then
+    log "PGVAULT_TERRAFORM=tofu: using OpenTofu $OPENTOFU_VERSION"
+  elif command -v terraform >/dev/null 2>&1; then
     local v
     v="$(terraform version -json 2>/dev/null | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p' | head -n1)"
     if [ -n "$v" ] && version_ge "$v" "$TERRAFORM_MIN_VERSION"; then
@@ -106,6 +108,8 @@ ensure_providers() {
   command -v go >/dev/null 2>&1 || { STEP="providers"; fail "go version" "install Go (https://go.dev/doc/install) or set PGVAULT_OFFLINE=0 to use registry providers"; }
   build_provider hashicorp/vault "$VAULT_PROVIDER_VERSION" "$HERE/go/vault"
   build_provider kreuzwerker/docker "$DOCKER_PROVIDER_VERSION" "$HERE/go/docker"
+  # OpenTofu resolves "hashicorp/vault" to registry.opentofu.org: the same mirror serves both names.
+  ln -sfn registry.terraform.io "$MIRROR/registry.opentofu.org"
   STEP="terraform cli config"
   cat >"$CACHE/terraform.rc.tmp" <<EOF
 # Written by toolchain/toolchain.sh: providers come from the local filesystem mirror only.
@@ -113,7 +117,7 @@ plugin_cache_dir = "$CACHE/plugin-cache"
 provider_installation {
   filesystem_mirror {
     path    = "$MIRROR"
-    include = ["registry.terraform.io/*/*"]
+    include = ["registry.terraform.io/*/*", "registry.opentofu.org/*/*"]
   }
 }
 EOF
@@ -172,7 +176,8 @@ ensure_docker() {
 }
 
 # --- 5. local images -----------------------------------------------------------
-recipe_hash() { (cd "$HERE" && cat versions.env "$@" | sha256sum | cut -c1-16); }
+# recipe_hash KEY FILE...: what an image is built from; a change rebuilds it.
+recipe_hash() { local key="$1"; shift; { echo "$key"; (cd "$HERE" && cat "$@"); } | sha256sum | cut -c1-16; }
 
 image_current() { [ "$(docker image inspect -f '{{ index .Config.Labels "pgvault.recipe" }}' "$1" 2>/dev/null)" = "$2" ]; }
 
@@ -207,8 +212,8 @@ ensure_base_image() {
 
 ensure_images() {
   local pg_hash vault_hash ctx
-  pg_hash="$(recipe_hash images/postgres/Dockerfile images/postgres/docker-entrypoint.sh)"
-  vault_hash="$(recipe_hash images/vault/Dockerfile images/vault/docker-entrypoint.sh)"
+  pg_hash="$(recipe_hash "$DEBIAN_SUITE $POSTGRES_MAJOR" images/postgres/Dockerfile images/postgres/docker-entrypoint.sh)"
+  vault_hash="$(recipe_hash "$DEBIAN_SUITE $OPENBAO_VERSION" images/vault/Dockerfile images/vault/docker-entrypoint.sh)"
   if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash" || ! image_current "$OFFLINE_VAULT_IMAGE" "$vault_hash"; then
     ensure_base_image
   fi

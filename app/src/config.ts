@@ -11,6 +11,8 @@ export interface AppConfig {
   readonly secretId: string;
   readonly mountPath: string;
   readonly roles: readonly string[];
+  /** Each role's max TTL, so leases rotate before they reach it. */
+  readonly roleMaxTtlSeconds?: Readonly<Record<string, number>>;
   readonly postgres: {
     readonly host: string;
     readonly port: number;
@@ -28,6 +30,7 @@ export interface DeployOutputs {
   readonly postgres_sslmode: string;
   readonly mount_path: string;
   readonly roles: string[];
+  readonly role_max_ttl_seconds?: Record<string, number>;
   readonly approle_mount: string;
   readonly approle_role_name: string;
   readonly approle_role_id: string;
@@ -84,6 +87,7 @@ export function appConfigFromOutputs(outputs: DeployOutputs, opts: { secretId?: 
     secretId,
     mountPath: outputs.mount_path,
     roles: outputs.roles,
+    roleMaxTtlSeconds: outputs.role_max_ttl_seconds,
     postgres: {
       host: outputs.postgres_host,
       port: Number(outputs.postgres_port),

@@ -1,5 +1,7 @@
+import { EventEmitter } from 'node:events';
 import nodeVault from 'node-vault';
-import { AppConfigError, VaultRequestError } from './errors';
+import { AppConfigError, AppError, VaultRequestError } from './errors';
+import { BackoffOptions, backoffDelay, renewalDelayMillis } from './backoff';
 
 export interface VaultSessionOptions {
   readonly address: string;
@@ -25,14 +27,25 @@ export interface DatabaseCredentials {
  * A Vault session that logs in with AppRole. It never takes a token from the
  * environment (node-vault would read VAULT_TOKEN) and never disables TLS checks.
  */
-export class VaultSession {
+export interface VaultSessionEvents {
+  /** A new token replaced one that could not be renewed any more: leases should move to it. */
+  relogin: [];
+  renewed: [ttlSeconds: number];
+  error: [error: AppError, operation: string];
+}
+
+export class VaultSession extends EventEmitter<VaultSessionEvents> {
   private readonly client: any;
+  #login?: { mount: string; roleId: string; secretId: string };
+  #timer?: NodeJS.Timeout;
+  #tokenIssuedTtl = 0;
   public readonly address: string;
   /** The login's token TTL and policies, once logged in. */
   public tokenTtlSeconds = 0;
   public policies: string[] = [];
 
   constructor(opts: VaultSessionOptions) {
+    super();
     if (!/^https?:\/\//.test(opts.address)) {
       throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${opts.address}" is not an http(s) URL; expected e.g. http://127.0.0.1:8200`);
     }
@@ -61,7 +74,49 @@ export class VaultSession {
     const res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: secretId }));
     this.token = res.auth.client_token;
     this.tokenTtlSeconds = res.auth.lease_duration;
+    this.#tokenIssuedTtl = res.auth.lease_duration;
     this.policies = res.auth.policies ?? [];
+    this.#login = { mount, roleId, secretId };
+  }
+
+  /**
+   * Keeps the token alive: renews it at about two thirds of its TTL, and logs in
+   * again (emitting 'relogin') when it can no longer be renewed or renewal is capped.
+   */
+  keepAlive(backoff?: BackoffOptions): void {
+    const schedule = (delay: number, attempt: number) => {
+      if (this.#timer) clearTimeout(this.#timer);
+      this.#timer = setTimeout(() => void run(attempt), delay);
+      this.#timer.unref();
+    };
+    const run = async (attempt: number) => {
+      if (!this.#login) return;
+      try {
+        const before = this.tokenTtlSeconds;
+        const ttl = await this.renewSelf().catch(async (e) => {
+          if (e instanceof VaultRequestError && e.status === 403) return -1;
+          throw e;
+        });
+        if (ttl < 0 || ttl < Math.min(before, this.#tokenIssuedTtl) / 2) {
+          // Expired, revoked or capped by its max TTL: log in again while the old token still works.
+          const l = this.#login;
+          await this.login(l.mount, l.roleId, l.secretId);
+          this.emit('relogin');
+        } else {
+          this.emit('renewed', ttl);
+        }
+        schedule(renewalDelayMillis(this.tokenTtlSeconds), 0);
+      } catch (e) {
+        if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'token');
+        schedule(backoffDelay(attempt, backoff), attempt + 1);
+      }
+    };
+    schedule(renewalDelayMillis(this.tokenTtlSeconds), 0);
+  }
+
+  /** Stops the keep-alive timer. */
+  stopKeepAlive(): void {
+    if (this.#timer) clearTimeout(this.#timer);
   }
 
   /** Reads new credentials from `<mount>/creds/<role>`. */
@@ -103,6 +158,7 @@ export class VaultSession {
 
   /** Revokes this session's own token; the session is logged out afterwards. */
   async revokeSelf(): Promise<void> {
+    this.stopKeepAlive();
     if (!this.loggedIn) return;
     const path = 'auth/token/revoke-self';
     await this.call(path, () => this.client.write(path, {}));

@@ -1,0 +1,82 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+import { CredentialRuntime } from './runtime';
+
+/** Prometheus metrics for a runtime: lease TTLs, renewals, rotations, revocations, failures, pool sizes. */
+export class RuntimeMetrics {
+  public readonly registry = new Registry();
+  public readonly httpRequests: Counter<'route' | 'status'>;
+  private readonly failures: Counter<'reason'>;
+
+  constructor(rt: CredentialRuntime) {
+    const r = this.registry;
+    const lease = (name: string, help: string) => new Counter({ name, help, labelNames: ['role'], registers: [r] });
+    const issued = lease('pgvault_lease_issued_total', 'Credentials issued by Vault');
+    const renewals = lease('pgvault_lease_renewals_total', 'Lease renewals');
+    const rotations = lease('pgvault_lease_rotations_total', 'Credential rotations (new credentials replacing old ones)');
+    const revocations = lease('pgvault_lease_revocations_total', 'Leases revoked by the app');
+    this.failures = new Counter({ name: 'pgvault_failures_total', help: 'Failures by reason', labelNames: ['reason'], registers: [r] });
+    this.httpRequests = new Counter({ name: 'pgvault_http_requests_total', help: 'HTTP requests', labelNames: ['route', 'status'], registers: [r] });
+    const failures = this.failures;
+    new Gauge({
+      name: 'pgvault_lease_ttl_remaining_seconds',
+      help: 'Seconds until the current lease expires',
+      labelNames: ['role'],
+      registers: [r],
+      collect() {
+        for (const [role, l] of rt.leases) this.set({ role }, Math.round(l.secondsToExpiry));
+      },
+    });
+    new Gauge({
+      name: 'pgvault_lease_max_ttl_remaining_seconds',
+      help: 'Seconds until the current credentials reach their max TTL',
+      labelNames: ['role'],
+      registers: [r],
+      collect() {
+        for (const [role, l] of rt.leases) {
+          const s = l.secondsToMaxTtl;
+          if (s !== undefined) this.set({ role }, Math.round(s));
+        }
+      },
+    });
+    new Gauge({
+      name: 'pgvault_pool_connections',
+      help: 'Pool connections by state (retiring pools included)',
+      labelNames: ['role', 'state'],
+      registers: [r],
+      collect() {
+        for (const [role, p] of rt.pools) {
+          const s = p.stats();
+          this.set({ role, state: 'total' }, s.total);
+          this.set({ role, state: 'idle' }, s.idle);
+          this.set({ role, state: 'waiting' }, s.waiting);
+          this.set({ role, state: 'retiring_pools' }, s.retiring);
+        }
+      },
+    });
+    new Counter({
+      name: 'pgvault_pool_failures_total',
+      help: 'Pool failures by reason (SQLSTATE or error code)',
+      labelNames: ['role', 'reason'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [role, p] of rt.pools) for (const [reason, n] of p.failures) this.inc({ role, reason }, n);
+      },
+    });
+    for (const [role, l] of rt.leases) {
+      // Series exist from the start; the credentials issued before metrics were attached count once.
+      issued.inc({ role }, l.leaseDurationSeconds > 0 ? 1 : 0);
+      for (const c of [renewals, rotations, revocations]) c.inc({ role }, 0);
+      l.on('issued', () => issued.inc({ role }));
+      l.on('renewed', () => renewals.inc({ role }));
+      l.on('rotated', () => rotations.inc({ role }));
+      l.on('revoked', () => revocations.inc({ role }));
+      l.on('error', (e, op) => failures.inc({ reason: `${op}_${e.code.toLowerCase()}` }));
+    }
+    rt.session.on('error', (e) => failures.inc({ reason: `token_${e.code.toLowerCase()}` }));
+  }
+
+  fail(reason: string): void {
+    this.failures.inc({ reason });
+  }
+}
