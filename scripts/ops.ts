@@ -174,16 +174,16 @@ export async function destroy(name: string): Promise<void> {
 }
 
 /** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */
-export async function issueSecretId(name: string): Promise<string> {
+export async function issueSecretId(name: string, timeoutMillis = 10_000): Promise<string> {
   const env = loadEnvironment(name);
   const outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
   const token = readSecretFile(env.vault.tokenFile, 'the Vault admin token');
-  const res = await vaultFetch(env, `${outputs.vault_address}/v1/auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`, token, 'POST', {});
+  const res = await vaultFetch(env, `${outputs.vault_address}/v1/auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`, token, 'POST', {}, timeoutMillis);
   return res.data.secret_id;
 }
 
 /** A minimal admin call to Vault with the environment's CA. */
-export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown): Promise<any> {
+export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000): Promise<any> {
   const https = await import('node:https');
   const http = await import('node:http');
   const u = new URL(url);
@@ -204,6 +204,7 @@ export async function vaultFetch(env: EnvironmentConfig, url: string, token: str
         });
       },
     );
+    req.setTimeout(timeoutMillis, () => req.destroy(new Error(`no answer within ${timeoutMillis / 1000} s`)));
     req.on('error', (e) => reject(new Error(`Vault ${method} ${u.pathname}: ${e.message}`)));
     if (body !== undefined) req.write(JSON.stringify(body));
     req.end();

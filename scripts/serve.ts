@@ -13,10 +13,12 @@ async function secretId(envName: string, deadline: number): Promise<string | und
   if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) return undefined;
   for (let attempt = 1; ; attempt++) {
     try {
-      return await issueSecretId(envName);
+      return await issueSecretId(envName, Math.min(3000, Math.max(500, deadline - Date.now())));
     } catch (e: any) {
       const delay = backoffDelay(attempt);
-      if (Date.now() + delay > deadline) throw new Error(`cannot issue an AppRole secret_id (${e.message}) after ${attempt} attempts; is Vault up?`);
+      if (Date.now() + delay > deadline) {
+        throw new Error(`Vault did not issue an AppRole secret_id after ${attempt} attempts (${e.message}); check that Vault runs and answers, then start again`);
+      }
       log(`Vault not answering (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`);
       await sleep(delay);
     }

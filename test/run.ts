@@ -4,12 +4,13 @@
  *   node dist/test/run.js          all
  *   node dist/test/run.js unit     unit only
  *   node dist/test/run.js e2e      end to end only
+ *   node dist/test/run.js faults   fault tests of the API only
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 
-const layers = process.argv[2] ? [process.argv[2]] : ['unit', 'e2e'];
+const layers = process.argv[2] ? [process.argv[2]] : ['unit', 'e2e', 'faults'];
 const files: string[] = [];
 for (const layer of layers) {
   const dir = path.join(__dirname, layer);

@@ -97,6 +97,12 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   rotateNow(reason: string): Promise<DatabaseCredentials> {
     if (this.rotation) return this.rotation;
     if (this.creds && Date.now() - this.lastRotationAt < 1000) return Promise.resolve(this.creds);
+    return this.startRotation(reason);
+  }
+
+  /** One rotation at a time; the scheduled ones are not rate-limited. */
+  private startRotation(reason: string): Promise<DatabaseCredentials> {
+    if (this.rotation) return this.rotation;
     this.rotation = this.rotate(reason).finally(() => {
       this.rotation = undefined;
     });
@@ -146,7 +152,7 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     const toMax = this.secondsToMaxTtl;
     // Renewing further cannot help when the lease is capped, or the max TTL is within reach.
     if (this.capped || !creds.renewable || (toMax !== undefined && toMax < creds.leaseDurationSeconds)) {
-      await this.rotateNow(this.capped ? 'max TTL reached' : 'max TTL near').catch(() => undefined);
+      await this.startRotation(this.capped ? 'max TTL reached' : 'max TTL near').catch(() => undefined);
       return;
     }
     try {
@@ -160,7 +166,7 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
       if (this.creds !== creds || this.stopped) return;
       this.report(e, 'renew');
       if (leaseGone(e)) {
-        await this.rotateNow('lease revoked').catch(() => undefined);
+        await this.startRotation('lease revoked').catch(() => undefined);
         return;
       }
       // Vault unreachable or failing: retry with backoff, but not past the expiry.

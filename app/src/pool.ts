@@ -153,6 +153,11 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     gen.inFlight++;
     try {
       const client = await gen.pool.connect();
+      if (!this.clientOwner.has(client)) {
+        // A checked-out client whose backend dies (restart, revocation) emits 'error' besides
+        // failing its query: without a listener that would crash the process.
+        client.on('error', (e: any) => this.count(e?.code === '57P01' ? 'terminated' : 'connection_lost'));
+      }
       this.clientOwner.set(client, gen);
       return client;
     } catch (e) {

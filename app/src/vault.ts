@@ -7,7 +7,7 @@ export interface VaultSessionOptions {
   readonly address: string;
   /** PEM CA to trust. TLS verification is always on. */
   readonly caCert?: string;
-  /** Per-request timeout. @default 10000 */
+  /** Per-request timeout. @default 5000 */
   readonly timeoutMillis?: number;
 }
 
@@ -54,7 +54,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       apiVersion: 'v1',
       endpoint: opts.address,
       token: 'unset',
-      rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 10_000 },
+      rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 5000 },
       requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
     } as any);
     this.token = '';

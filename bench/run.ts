@@ -1,0 +1,122 @@
+/**
+ * npm run bench [-- <env>]: figures and ratios measured in one run, against a deployed
+ * environment (deployed first when needed). Not a test: it prints, it does not assert.
+ *
+ * 1. Credential issuance (the load of vault-benchmark's postgresql_secret test): N workers
+ *    issue credentials through the app's client and through plain HTTP requests to
+ *    /v1/<mount>/creds/<role>; latency p50/p95/p99, throughput, and their ratio.
+ * 2. API throughput in steady state and during rotations (forced every second), and the ratio.
+ *
+ * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase, default 10).
+ */
+import { appConfigFromOutputs, ApiServer, CredentialRuntime, readOutputs, VaultSession } from '../app/src';
+import { loadEnvironment } from '../stacks/config';
+import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+
+const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
+const ISSUES = Number(process.env.BENCH_ISSUES ?? 200);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function measure(label: string, total: number, workers: number, fn: () => Promise<void>) {
+  const latencies: number[] = [];
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      while (next++ < total) {
+        const s = process.hrtime.bigint();
+        await fn();
+        latencies.push(Number(process.hrtime.bigint() - s) / 1e6);
+      }
+    }),
+  );
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  latencies.sort((a, b) => a - b);
+  const r = { label, n: latencies.length, p50: percentile(latencies, 50), p95: percentile(latencies, 95), p99: percentile(latencies, 99), perSecond: latencies.length / seconds };
+  console.log(`${label.padEnd(34)} n=${r.n}  p50=${r.p50.toFixed(1)} ms  p95=${r.p95.toFixed(1)} ms  p99=${r.p99.toFixed(1)} ms  ${r.perSecond.toFixed(1)}/s`);
+  return r;
+}
+
+async function apiLoad(base: string, seconds: number, workers: number, during?: () => void) {
+  let ok = 0;
+  let failed = 0;
+  const end = Date.now() + seconds * 1000;
+  const timer = during ? setInterval(during, 1000) : undefined;
+  await Promise.all(
+    Array.from({ length: workers }, async (_, w) => {
+      for (let i = 0; Date.now() < end; i++) {
+        const post = (i + w) % 2 === 0;
+        const res = await fetch(`${base}/items${post ? '' : '?limit=5'}`, {
+          method: post ? 'POST' : 'GET',
+          headers: post ? { 'content-type': 'application/json' } : undefined,
+          body: post ? '{"name":"bench"}' : undefined,
+        }).catch(() => undefined);
+        if (res) await res.arrayBuffer();
+        if (res && res.status < 400) ok++;
+        else failed++;
+      }
+    }),
+  );
+  if (timer) clearInterval(timer);
+  return { ok, failed, perSecond: ok / seconds };
+}
+
+async function main(): Promise<void> {
+  const envName = process.argv[2] ?? 'local';
+  loadToolchainEnv();
+  const env = loadEnvironment(envName);
+  process.env.PGVAULT_CDKTF_LOG ??= '/dev/null';
+  await deploy(envName);
+  const outputs = readOutputs(outputsFile(envName));
+  const role = outputs.roles[0];
+  const admin = readSecretFile(env.vault.tokenFile, 'admin token');
+  console.log(`\nenvironment ${envName}, role ${role}, ${WORKERS} workers, ${ISSUES} issuances per path, node ${process.version}\n`);
+
+  // 1. Credential issuance.
+  const cfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
+  const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
+  await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
+  const token = (session as any).client.token as string;
+  const revokeAll = () => vaultFetch(env, `${cfg.vaultAddress}/v1/sys/leases/revoke-prefix/${cfg.mountPath}/creds/${role}`, admin, 'PUT');
+  await measure('warm-up (app client)', 10, 1, async () => void (await session.issue(cfg.mountPath, role)));
+  await revokeAll();
+  const raw = await measure('issue: plain HTTP', ISSUES, WORKERS, async () => {
+    const res = await fetch(`${cfg.vaultAddress}/v1/${cfg.mountPath}/creds/${role}`, { headers: { 'X-Vault-Token': token } });
+    if (res.status !== 200) throw new Error(`plain HTTP issue answered ${res.status}`);
+    await res.arrayBuffer();
+  });
+  await revokeAll();
+  const app = await measure("issue: app client (node-vault)", ISSUES, WORKERS, async () => void (await session.issue(cfg.mountPath, role)));
+  await revokeAll();
+  await session.revokeSelf();
+  console.log(`ratio app/plain: p50 ${(app.p50 / raw.p50).toFixed(2)}x, p99 ${(app.p99 / raw.p99).toFixed(2)}x, throughput ${(app.perSecond / raw.perSecond).toFixed(2)}x\n`);
+
+  // 2. API throughput, steady and during rotations.
+  const rtCfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
+  const runtime = await CredentialRuntime.start(rtCfg);
+  const api = new ApiServer({ runtime });
+  const port = await api.listen(0);
+  const base = `http://127.0.0.1:${port}`;
+  await apiLoad(base, 2, 8);
+  const steady = await apiLoad(base, SECONDS, 8);
+  console.log(`API steady state                   ${steady.perSecond.toFixed(0)} req/s  (${steady.ok} ok, ${steady.failed} failed)`);
+  const rotationsBefore = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0);
+  const rotating = await apiLoad(base, SECONDS, 8, () => {
+    for (const l of runtime.leases.values()) void l.rotateNow('bench').catch(() => undefined);
+  });
+  const rotations = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0) - rotationsBefore;
+  console.log(`API during rotations (${rotations} in ${SECONDS}s)    ${rotating.perSecond.toFixed(0)} req/s  (${rotating.ok} ok, ${rotating.failed} failed)`);
+  console.log(`ratio rotating/steady: ${(rotating.perSecond / steady.perSecond).toFixed(2)}x\n`);
+  await api.stop();
+  await runtime.close();
+  console.log(`The environment stays deployed; tear down with: npm run destroy -- ${envName}`);
+}
+
+main().catch((e) => {
+  console.error(`bench failed: ${e.message}`);
+  process.exit(1);
+});
