@@ -5,12 +5,18 @@
  *   node dist/scripts/cli.js destroy [env]
  *   node dist/scripts/cli.js demo    [env]   deploy when needed, then prove credentials work
  */
-import { loadEnvironment } from '../stacks/config';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadEnvironment, localDir } from '../stacks/config';
 import { appConfigFromOutputs, readOutputs, safeMessage, VaultSession, verifyRole, RoleReport } from '../app/src';
 import { deploy, destroy, issueSecretId, loadToolchainEnv, log, outputsFile } from './ops';
 
 async function demo(name: string): Promise<boolean> {
   const env = loadEnvironment(name);
+  // The report is the point here: cdktf's own output goes to a log (its tail is shown on failure).
+  fs.mkdirSync(localDir(name), { recursive: true, mode: 0o700 });
+  process.env.PGVAULT_CDKTF_LOG ??= path.join(localDir(name), 'cdktf.log');
+  log(`deploying ${name} (cdktf output: ${process.env.PGVAULT_CDKTF_LOG})`);
   await deploy(name);
   const secretId = await issueSecretId(name);
   const cfg = appConfigFromOutputs(readOutputs(outputsFile(name)), { secretId });
