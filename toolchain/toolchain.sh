@@ -108,8 +108,15 @@ ensure_providers() {
   command -v go >/dev/null 2>&1 || { STEP="providers"; fail "go version" "install Go (https://go.dev/doc/install) or set PGVAULT_OFFLINE=0 to use registry providers"; }
   build_provider hashicorp/vault "$VAULT_PROVIDER_VERSION" "$HERE/go/vault"
   build_provider kreuzwerker/docker "$DOCKER_PROVIDER_VERSION" "$HERE/go/docker"
-  # OpenTofu resolves "hashicorp/vault" to registry.opentofu.org: the same mirror serves both names.
-  ln -sfn registry.terraform.io "$MIRROR/registry.opentofu.org"
+  # OpenTofu resolves "hashicorp/vault" to registry.opentofu.org and does not follow a linked
+  # directory there: the same binaries are hard-linked under that name too.
+  if [ -L "$MIRROR/registry.opentofu.org" ]; then rm -f "$MIRROR/registry.opentofu.org"; fi
+  local f
+  for f in "$MIRROR"/registry.terraform.io/*/*/*/*/terraform-provider-*; do
+    local rel="${f#"$MIRROR"/registry.terraform.io/}"
+    mkdir -p "$(dirname "$MIRROR/registry.opentofu.org/$rel")"
+    ln -f "$f" "$MIRROR/registry.opentofu.org/$rel"
+  done
   STEP="terraform cli config"
   cat >"$CACHE/terraform.rc.tmp" <<EOF
 # Written by toolchain/toolchain.sh: providers come from the local filesystem mirror only.

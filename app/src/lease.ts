@@ -91,12 +91,12 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   }
 
   /**
-   * Issues new credentials now (once at a time; at most once a second), for example
-   * when Postgres refused the current ones. Resolves with the current credentials.
+   * Issues new credentials now (once at a time; at most once a second unless `force`),
+   * for example when Postgres refused the current ones. Resolves with the current credentials.
    */
-  rotateNow(reason: string): Promise<DatabaseCredentials> {
+  rotateNow(reason: string, opts: { force?: boolean } = {}): Promise<DatabaseCredentials> {
     if (this.rotation) return this.rotation;
-    if (this.creds && Date.now() - this.lastRotationAt < 1000) return Promise.resolve(this.creds);
+    if (!opts.force && this.creds && Date.now() - this.lastRotationAt < 1000) return Promise.resolve(this.creds);
     return this.startRotation(reason);
   }
 

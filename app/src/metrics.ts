@@ -74,6 +74,10 @@ export class RuntimeMetrics {
       l.on('error', (e, op) => failures.inc({ reason: `${op}_${e.code.toLowerCase()}` }));
     }
     rt.session.on('error', (e) => failures.inc({ reason: `token_${e.code.toLowerCase()}` }));
+    const relogins = new Counter({ name: 'pgvault_token_relogins_total', help: 'AppRole logins that replaced a token that could no longer be renewed', registers: [r] });
+    const tokenRenewals = new Counter({ name: 'pgvault_token_renewals_total', help: 'Token renewals', registers: [r] });
+    rt.session.on('relogin', () => relogins.inc());
+    rt.session.on('renewed', () => tokenRenewals.inc());
   }
 
   fail(reason: string): void {

@@ -77,7 +77,7 @@ export class CredentialRuntime {
       }
       // Leases hang off the token that issued them: after a re-login, move them to the new token.
       session.on('relogin', () => {
-        for (const lease of rt.leases.values()) void lease.rotateNow('new Vault token').catch(() => undefined);
+        for (const lease of rt.leases.values()) void lease.rotateNow('new Vault token', { force: true }).catch(() => undefined);
       });
       session.on('error', () => undefined);
     } catch (e) {

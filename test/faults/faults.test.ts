@@ -107,7 +107,8 @@ describe('fault tests: the API on short-lived credentials', () => {
     h.scratchEnvironment('local', (doc) => {
       doc.docker = { postgresHostPort: 15434, vaultHostPort: 18204 };
       for (const r of Object.values(doc.roles) as any[]) Object.assign(r, { defaultTtlSeconds: DEFAULT_TTL, maxTtlSeconds: MAX_TTL });
-      doc.appAccess = { tokenTtlSeconds: 60, tokenMaxTtlSeconds: 600 };
+      // A short token max TTL, so the run also sees a re-login and leases moving to the new token.
+      doc.appAccess = { tokenTtlSeconds: 60, tokenMaxTtlSeconds: 120 };
     }, ENV);
     env = h.loadEnvironment(ENV);
     await h.destroy(ENV);
@@ -228,6 +229,9 @@ describe('fault tests: the API on short-lived credentials', () => {
   });
 
   test('SIGTERM: the server drains, revokes every lease and its token, and exits 0', async () => {
+    const relogins = await metric('pgvault_token_relogins_total');
+    console.log(`# figure: token renewals ${await metric('pgvault_token_renewals_total')}, re-logins ${relogins} (token max TTL 120 s)`);
+    assert.ok(relogins >= 1, 'the token reached its max TTL during the run and the app logged in again');
     server!.kill('SIGTERM');
     assert.equal(await exited(server!, 30_000), 0);
     assert.deepEqual(await currentUsers(env), [], 'no dynamic role remains in pg_roles');
