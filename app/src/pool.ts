@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { AppError, DatabaseError } from './errors';
 import { LeaseManager } from './lease';
+import { backoffDelay, sleep } from './backoff';
 import { DatabaseCredentials } from './vault';
 
 export interface RotatingPoolOptions {
@@ -22,6 +23,8 @@ export interface RotatingPoolOptions {
    * @default half the lease TTL, at least 1 s and below the TTL
    */
   readonly maxLifetimeSeconds?: number;
+  /** How long a connection attempt is retried while Postgres is unreachable or starting. @default 5000 */
+  readonly connectRetryMillis?: number;
   /** How long a retired pool may take to finish its in-flight queries. @default 30000 */
   readonly drainTimeoutMillis?: number;
   readonly applicationName?: string;
@@ -41,6 +44,14 @@ export interface RotatingPoolEvents {
 }
 
 const AUTH_FAILED = new Set(['28P01', '28000']);
+
+/** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
+function transientConnectError(e: any): boolean {
+  return (
+    ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03'].includes(e?.code) ||
+    /Connection terminated|timeout exceeded when trying to connect/i.test(String(e?.message))
+  );
+}
 
 /**
  * A pg Pool wrapper for dynamic credentials. When the lease manager rotates, it
@@ -76,19 +87,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    */
   async withClient<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
     if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
-    const gen = this.active;
-    let client: PoolClient;
-    try {
-      client = await this.acquire(gen);
-    } catch (e: any) {
-      if (!AUTH_FAILED.has(e?.code)) throw this.fail(e, 'connect');
-      this.count('auth');
-      await this.opts.lease.rotateNow('credentials refused by Postgres');
-      if (this.active === gen) this.swapTo(this.opts.lease.current());
-      client = await this.acquire(this.active).catch((e2) => {
-        throw this.fail(e2, 'connect');
-      });
-    }
+    const client = await this.connect();
     const owner = this.generationOf(client);
     try {
       return await fn(client);
@@ -97,6 +96,33 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     } finally {
       client.release();
       this.done(owner);
+    }
+  }
+
+  /**
+   * A client of the current pool. Nothing has been sent yet, so a refusal is safe to retry:
+   * refused credentials get new ones (once); Postgres starting up or unreachable is retried
+   * with backoff for up to connectRetryMillis.
+   */
+  private async connect(): Promise<PoolClient> {
+    const deadline = Date.now() + (this.opts.connectRetryMillis ?? 5000);
+    let renewed = false;
+    for (let attempt = 0; ; attempt++) {
+      const gen = this.active;
+      try {
+        return await this.acquire(gen);
+      } catch (e: any) {
+        if (AUTH_FAILED.has(e?.code) && !renewed) {
+          renewed = true;
+          this.count('auth');
+          await this.opts.lease.rotateNow('credentials refused by Postgres');
+          if (this.active === gen) this.swapTo(this.opts.lease.current());
+          continue;
+        }
+        if (!transientConnectError(e) || Date.now() > deadline || this.closed) throw this.fail(e, 'connect');
+        this.count('connect_retry');
+        await sleep(backoffDelay(attempt, { initialMillis: 100, maxMillis: 1000 }));
+      }
     }
   }
 

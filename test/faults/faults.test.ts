@@ -171,6 +171,7 @@ describe('fault tests: the API on short-lived credentials', () => {
 
   test('Postgres restarted: the pool recovers by itself', async () => {
     let done = false;
+    const retriesBefore = await metric('pgvault_pool_failures_total', 'reason="connect_retry"');
     const running = load(4, () => done);
     await new Promise((r) => setTimeout(r, 1000));
     const t0 = Date.now();
@@ -180,7 +181,8 @@ describe('fault tests: the API on short-lived credentials', () => {
     done = true;
     const r = await running;
     const recoverSeconds = r.lastFailureAt ? (r.lastFailureAt - t0) / 1000 : 0;
-    console.log(`# figure: Postgres restart: ${r.failed} failed requests of ${r.ok + r.failed}; last failure ${recoverSeconds.toFixed(1)}s after the restart began`);
+    const retries = (await metric('pgvault_pool_failures_total', 'reason="connect_retry"')) - retriesBefore;
+    console.log(`# figure: Postgres restart: ${r.failed} failed requests of ${r.ok + r.failed}; last failure ${recoverSeconds.toFixed(1)}s after the restart began; ${retries} connection attempts retried`);
     const after = await load(2, ((end) => () => Date.now() > end)(Date.now() + 3000));
     assert.equal(after.failed, 0, `still failing after recovery: ${JSON.stringify(after.statuses)}`);
     assert.equal(await ready(), 200);
