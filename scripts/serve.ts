@@ -7,7 +7,10 @@
  */
 import { appConfigFromOutputs, ApiServer, CredentialRuntime, readOutputs, safeMessage } from '../app/src';
 import { backoffDelay, sleep } from '../app/src/backoff';
-import { issueSecretId, log, outputsFile } from './ops';
+import { createLogger } from '../app/src/log';
+import { issueSecretId, outputsFile } from './ops';
+
+const logger = createLogger('pgvault-serve');
 
 async function secretId(envName: string, deadline: number): Promise<string | undefined> {
   if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) return undefined;
@@ -19,7 +22,7 @@ async function secretId(envName: string, deadline: number): Promise<string | und
       if (Date.now() + delay > deadline) {
         throw new Error(`Vault did not issue an AppRole secret_id after ${attempt} attempts (${e.message}); check that Vault runs and answers, then start again`);
       }
-      log(`Vault not answering (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`);
+      logger.warn({ attempt, delayMillis: delay }, `Vault not answering (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`);
       await sleep(delay);
     }
   }
@@ -35,24 +38,28 @@ async function main(): Promise<void> {
   const cfg = appConfigFromOutputs(outputs, { secretId: await secretId(envName, deadline) });
   const runtime = await CredentialRuntime.start(cfg, {
     startTimeoutMillis: Math.max(1000, deadline - Date.now()),
-    onRetry: (attempt, e, delay) => log(`Vault login failed (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`),
+    onRetry: (attempt, e, delay) => logger.warn({ attempt, delayMillis: delay, code: e.code }, `Vault login failed (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`),
   });
-  const api = new ApiServer({ runtime, log: (l) => log(l) });
+  const api = new ApiServer({ runtime, log: (l) => logger.warn(l) });
   for (const [role, lease] of runtime.leases) {
-    lease.on('rotated', (prev, cur, reason) => log(`${role}: rotated ${prev.username} -> ${cur.username} (${reason})`));
-    lease.on('error', (e, op) => log(`${role}: ${op} failed: ${safeMessage(e)}`));
+    lease.on('issued', (c) => logger.info({ role, user: c.username, leaseSeconds: c.leaseDurationSeconds }, 'credentials issued'));
+    lease.on('renewed', (c, d) => logger.debug({ role, user: c.username, leaseSeconds: d }, 'lease renewed'));
+    lease.on('rotated', (prev, cur, reason) => logger.info({ role, from: prev.username, to: cur.username, reason }, 'credentials rotated'));
+    lease.on('revoked', (c) => logger.info({ role, user: c.username }, 'lease revoked'));
+    lease.on('error', (e, op) => logger.warn({ role, operation: op, code: e.code }, `${op} failed: ${safeMessage(e)}`));
   }
+  runtime.session.on('relogin', () => logger.info('Vault token replaced by a new AppRole login'));
   const bound = await api.listen(port);
-  log(`serving ${envName} on http://127.0.0.1:${bound} (roles: ${[...runtime.leases.keys()].join(', ')})`);
+  logger.info({ env: envName, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log(`${signal}: draining, revoking leases and the token`);
+    logger.info({ signal }, 'draining, revoking leases and the token');
     await api.stop();
     await runtime.close();
-    log('stopped cleanly');
+    logger.info('stopped cleanly');
     process.exit(0);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -60,6 +67,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  log(`error: ${safeMessage(e)}`);
+  logger.fatal({ code: e?.code }, `cannot start: ${safeMessage(e)}`);
   process.exit(1);
 });

@@ -8,3 +8,4 @@ export * from './runtime';
 export * from './metrics';
 export * from './server';
 export * from './verify';
+export * from './log';

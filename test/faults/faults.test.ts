@@ -256,7 +256,7 @@ describe('fault tests: the API on short-lived credentials', () => {
       console.log(`# figure: Vault down at start: exit ${code} after ${seconds.toFixed(1)}s`);
       assert.equal(code, 1, out);
       assert.match(out, /retrying in \d+ ms/);
-      assert.match(out, /error: .*Vault.*after \d+ attempts/);
+      assert.match(out, /"level":60,.*"msg":"cannot start: .*Vault.*after \d+ attempts/);
       assert.doesNotMatch(out, /^\s+at /m, 'no stack trace');
       assert.ok(seconds < 40, 'the retry is bounded');
     } finally {
