@@ -9,22 +9,13 @@
  *
  * It never prints a password.
  */
-import * as fs from 'node:fs';
 import { Client } from 'pg';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
-
-function readSecret(file: string, what: string): string {
-  try {
-    const v = fs.readFileSync(file, 'utf8').trim();
-    if (!v) throw new Error('the file is empty');
-    return v;
-  } catch (e: any) {
-    throw new Error(`cannot read ${what} from ${file}: ${e.code ?? e.message}. Run 'npm run deploy -- <env>', which creates it, or create it yourself (mode 0600).`);
-  }
-}
+import { pgSsl } from '../app/src/config';
+import { readSecretFile } from './ops';
 
 async function connect(env: EnvironmentConfig): Promise<Client> {
-  const password = readSecret(env.postgres.adminPasswordFile, 'the Postgres admin password');
+  const password = readSecretFile(env.postgres.adminPasswordFile, 'the Postgres admin password');
   // Postgres may still be finishing its first start; retry for a while.
   const deadline = Date.now() + 60_000;
   for (;;) {
@@ -34,7 +25,7 @@ async function connect(env: EnvironmentConfig): Promise<Client> {
       database: env.postgres.database,
       user: env.postgres.adminUser,
       password,
-      ssl: env.postgres.sslmode === 'disable' ? false : { rejectUnauthorized: env.postgres.sslmode.startsWith('verify') },
+      ssl: pgSsl(env.postgres.sslmode),
       connectionTimeoutMillis: 10_000,
     });
     try {
@@ -83,7 +74,7 @@ export async function up(env: EnvironmentConfig): Promise<void> {
     );
 
     // The dedicated role Vault connects as: it may create roles and grant the groups, nothing more.
-    const setupPassword = readSecret(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
+    const setupPassword = readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
     const existing = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [vaultUser]);
     // The bootstrap runs when the connection is about to be written with the setup password
     // (first deploy, new Postgres, new Vault, or a new setupPasswordVersion), so Postgres must

@@ -45,11 +45,14 @@ function ensureSecretFile(file: string, make: () => string): boolean {
 }
 
 export function readSecretFile(file: string, what: string): string {
+  let value: string;
   try {
-    return fs.readFileSync(file, 'utf8').trim();
+    value = fs.readFileSync(file, 'utf8').trim();
   } catch (e: any) {
     throw new Error(`${what}: cannot read ${file} (${e.code}); create it (mode 0600) or redeploy`);
   }
+  if (!value) throw new Error(`${what}: ${file} is empty; write the secret into it (mode 0600) or redeploy`);
+  return value;
 }
 
 /** Creates the environment's local secrets (docker environments) and checks the operator's (existing ones). */

@@ -99,3 +99,8 @@ export function appConfigFromOutputs(outputs: DeployOutputs, opts: { secretId?: 
   Object.defineProperty(cfg, 'secretId', { value: secretId, enumerable: false });
   return cfg;
 }
+
+/** The pg `ssl` option for a libpq-style sslmode: off for "disable", certificate checks for "verify-*". */
+export function pgSsl(sslmode: string | undefined): false | { rejectUnauthorized: boolean } {
+  return !sslmode || sslmode === 'disable' ? false : { rejectUnauthorized: sslmode.startsWith('verify') };
+}

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
+import { pgSsl } from './config';
 import { AppError, DatabaseError } from './errors';
 import { LeaseManager } from './lease';
 import { backoffDelay, sleep } from './backoff';
@@ -158,7 +159,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       database: this.opts.database,
       user: creds.username,
       password: creds.password,
-      ssl: !this.opts.sslmode || this.opts.sslmode === 'disable' ? false : { rejectUnauthorized: this.opts.sslmode.startsWith('verify') },
+      ssl: pgSsl(this.opts.sslmode),
       max: this.opts.max ?? 10,
       connectionTimeoutMillis: this.opts.connectionTimeoutMillis ?? 5000,
       idleTimeoutMillis: this.opts.idleTimeoutMillis ?? 10_000,

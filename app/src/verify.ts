@@ -1,5 +1,5 @@
 import { Client } from 'pg';
-import { AppConfig } from './config';
+import { AppConfig, pgSsl } from './config';
 import { DatabaseCredentials, VaultSession } from './vault';
 
 export interface CheckResult {
@@ -24,7 +24,7 @@ export async function connectWith(cfg: AppConfig, creds: DatabaseCredentials): P
     database: cfg.postgres.database,
     user: creds.username,
     password: creds.password,
-    ssl: cfg.postgres.sslmode === 'disable' ? false : { rejectUnauthorized: cfg.postgres.sslmode.startsWith('verify') },
+    ssl: pgSsl(cfg.postgres.sslmode),
     connectionTimeoutMillis: 10_000,
     application_name: 'pgvault-verify',
   });
