@@ -1,89 +1,245 @@
 /**
- * Prepares Postgres for Vault, run by Terraform (terraform_data local-exec) as the
- * Postgres superuser, whose password it reads from a file:
+ * Prepares Postgres for Vault, as the Postgres superuser (its password read from a file),
+ * run by Terraform's terraform_data hooks (scripts/hooks.ts):
  *
- *   up <env>    the NOLOGIN owner and group roles, the app schema and table, and the
- *               dedicated role Vault connects as (with the setup password, which Vault
- *               then rotates); idempotent.
- *   down <env>  drops all of it again.
+ *   up    creates what is missing: the NOLOGIN owner, retired and group roles, the app schema
+ *         and table, the role Vault connects as (with the setup password, which Vault then
+ *         rotates). Idempotent, and it never removes data. Everything it creates carries the
+ *         comment `pgvault:<env>`; an object of the same name without that mark is never
+ *         adopted, altered or dropped: the deploy stops with an error naming it.
+ *   down  the teardown: drops the dynamic users, the group roles and Vault's role; the schema,
+ *         its data and the owner roles too for docker environments or with
+ *         "postgres.dropDataOnDestroy": true. Only marked objects are touched.
  *
  * It never prints a password.
  */
 import { Client } from 'pg';
-import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
+import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl } from '../app/src/config';
-import { readSecretFile } from './ops';
+import { readSecretFile } from './local-secrets';
 
-async function connect(env: EnvironmentConfig): Promise<Client> {
-  const password = readSecretFile(env.postgres.adminPasswordFile, 'the Postgres admin password');
-  // Postgres may still be finishing its first start; retry for a while.
-  const deadline = Date.now() + 60_000;
+/** Logs a line to Terraform's output (the local-exec hook's stdout). */
+function say(env: EnvironmentConfig, msg: string): void {
+  console.log(`bootstrap: ${env.name}: ${msg}`);
+}
+
+/**
+ * The superuser's connection. Its password must never go out in clear text: a server that
+ * asks for cleartext password authentication (an impostor, without verify-full) is refused.
+ */
+export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000): Promise<Client> {
+  const secret = readSecretFile(env.postgres.adminPasswordFile, 'the Postgres admin password');
+  const deadline = Date.now() + retryMillis;
   for (;;) {
+    let cleartextAsked = false;
     const client = new Client({
       host: env.postgres.clientHost,
       port: env.postgres.clientPort,
       database: env.postgres.database,
       user: env.postgres.adminUser,
-      password,
+      // node-postgres asks for the password only when the server requests authentication;
+      // this listener runs before the client's own, so a cleartext request is seen first.
+      password: async () => {
+        if (cleartextAsked) {
+          throw new Error(`the server at ${env.postgres.clientHost}:${env.postgres.clientPort} asked for the superuser's password in clear text; refused (use SCRAM authentication, and sslmode verify-full)`);
+        }
+        return secret;
+      },
       ssl: pgSsl(env.postgres.sslmode),
       connectionTimeoutMillis: 10_000,
+    });
+    (client as any).connection.on('authenticationCleartextPassword', () => {
+      cleartextAsked = true;
     });
     try {
       await client.connect();
       return client;
     } catch (e: any) {
       await client.end().catch(() => undefined);
-      if (Date.now() > deadline) {
+      if (cleartextAsked || Date.now() > deadline) {
         throw new Error(`cannot connect to Postgres at ${env.postgres.clientHost}:${env.postgres.clientPort} as ${env.postgres.adminUser}: ${e.message}`);
       }
+      // Postgres may still be finishing its first start.
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
 }
 
-export async function up(env: EnvironmentConfig): Promise<void> {
-  const { schema, ownerRole, groupRoles } = env.database;
-  const vaultUser = env.secretsEngine.vaultUser;
-  const client = await connect(env);
-  const q = (s: string) => client.escapeIdentifier(s);
-  try {
-    await client.query('BEGIN');
-    for (const role of [ownerRole, groupRoles.read, groupRoles.write]) {
-      const { rowCount } = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
-      if (!rowCount) await client.query(`CREATE ROLE ${q(role)} NOLOGIN`);
-    }
-    const db = q(env.postgres.database);
-    const s = q(schema);
-    await client.query(`CREATE SCHEMA IF NOT EXISTS ${s} AUTHORIZATION ${q(ownerRole)}`);
-    await client.query(`CREATE TABLE IF NOT EXISTS ${s}.items (
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
-        created_at timestamptz NOT NULL DEFAULT now())`);
-    await client.query(`ALTER TABLE ${s}.items OWNER TO ${q(ownerRole)}`);
-    await client.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
-    await client.query(`REVOKE CREATE ON SCHEMA public FROM PUBLIC`);
-    await client.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${db} TO ${q(groupRoles.read)}, ${q(groupRoles.write)}`);
-    await client.query(`GRANT USAGE ON SCHEMA ${s} TO ${q(groupRoles.read)}, ${q(groupRoles.write)}`);
-    await client.query(`GRANT CREATE ON SCHEMA ${s} TO ${q(groupRoles.write)}`);
-    await client.query(`GRANT SELECT ON ALL TABLES IN SCHEMA ${s} TO ${q(groupRoles.read)}`);
-    await client.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${s} TO ${q(groupRoles.write)}`);
-    await client.query(`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ${s} TO ${q(groupRoles.write)}`);
-    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${s} GRANT SELECT ON TABLES TO ${q(groupRoles.read)}`);
-    await client.query(
-      `ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${s} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${q(groupRoles.write)}`,
-    );
+/** The object exists, but this environment did not create it. */
+export class ForeignObjectError extends Error {
+  readonly code = 'BOOTSTRAP_FOREIGN_OBJECT';
+}
 
-    // The dedicated role Vault connects as: it may create roles and grant the groups, nothing more.
-    const setupPassword = readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
-    const existing = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [vaultUser]);
-    // The bootstrap runs when the connection is about to be written with the setup password
-    // (first deploy, new Postgres, new Vault, or a new setupPasswordVersion), so Postgres must
-    // accept that password again; Vault rotates it right after.
-    await client.query(
-      `${existing.rowCount ? 'ALTER' : 'CREATE'} ROLE ${q(vaultUser)} WITH LOGIN CREATEROLE NOSUPERUSER NOCREATEDB PASSWORD ${client.escapeLiteral(setupPassword)}`,
+function isMarked(comment: string | null | undefined, mark: string): boolean {
+  return comment === mark || Boolean(comment?.startsWith(`${mark} `));
+}
+
+/** The Vault mount that created the dynamic users, as recorded on Vault's role. */
+function recordedIdentity(comment: string | null | undefined): string | undefined {
+  return comment?.match(/ vault-mount=(\S+)/)?.[1];
+}
+
+async function roleComment(client: Client, role: string): Promise<{ exists: boolean; comment?: string }> {
+  const r = await client.query(`SELECT pg_catalog.shobj_description(oid, 'pg_authid') AS comment FROM pg_catalog.pg_roles WHERE rolname = $1`, [role]);
+  return r.rowCount ? { exists: true, comment: r.rows[0].comment ?? undefined } : { exists: false };
+}
+
+function foreignRole(env: EnvironmentConfig, role: string, setting: string): ForeignObjectError {
+  return new ForeignObjectError(
+    `role "${role}" already exists on ${env.postgres.clientHost}:${env.postgres.clientPort} and was not created by environment ${env.name} ` +
+      `(it lacks the comment '${env.database.mark}'); the deploy will not adopt, alter or drop it. ` +
+      `Fix: set ${setting} in ${env.file} to a name that is free, or remove that role yourself if it is really unused. Nothing was changed.`,
+  );
+}
+
+/**
+ * Login roles that Vault created for this environment: members of its group roles, granted
+ * by its Vault role. Never matched by name pattern.
+ */
+async function dynamicUsers(client: Client, env: EnvironmentConfig): Promise<string[]> {
+  const { groupRoles } = env.database;
+  const r = await client.query(
+    `SELECT DISTINCT u.rolname FROM pg_catalog.pg_auth_members m
+       JOIN pg_catalog.pg_roles u ON u.oid = m.member
+       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+       JOIN pg_catalog.pg_roles v ON v.oid = m.grantor
+      WHERE g.rolname = ANY($1) AND v.rolname = $2 AND u.rolcanlogin AND u.rolname <> $2`,
+    [[groupRoles.read, groupRoles.write], env.secretsEngine.vaultUser],
+  );
+  return r.rows.map((x) => x.rolname);
+}
+
+/**
+ * Drops dynamic users from Postgres's side (the Vault that could revoke them is gone):
+ * the same steps as the revocation statements, as the superuser.
+ */
+export async function dropDynamicUsers(client: Client, env: EnvironmentConfig): Promise<number> {
+  const q = (s: string) => client.escapeIdentifier(s);
+  const users = await dynamicUsers(client, env);
+  for (const u of users) {
+    await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u]);
+    const fns = await client.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u]);
+    for (const { f } of fns.rows) await client.query(`REVOKE ALL ON FUNCTION ${f} FROM PUBLIC`);
+    await client.query(`REASSIGN OWNED BY ${q(u)} TO ${q(env.database.retiredRole)}`);
+    await client.query(`DROP OWNED BY ${q(u)}`);
+    await client.query(`DROP ROLE IF EXISTS ${q(u)}`);
+  }
+  return users.length;
+}
+
+/** Warns when CREATEROLE is superuser-equivalent (PostgreSQL before 16). */
+async function warnOldServer(client: Client, env: EnvironmentConfig): Promise<void> {
+  const r = await client.query('SHOW server_version_num');
+  const num = Number(r.rows[0].server_version_num);
+  if (num < 160000) {
+    const v = `${Math.floor(num / 10000)}.${num % 100}`;
+    console.log(
+      `bootstrap: ${env.name}: WARNING: PostgreSQL ${v} at ${env.postgres.clientHost}:${env.postgres.clientPort}: before PostgreSQL 16 a CREATEROLE role ` +
+        `(Vault's ${env.secretsEngine.vaultUser}) can grant itself predefined roles such as pg_execute_server_program, so it is superuser-equivalent. ` +
+        'Fix: upgrade the server to PostgreSQL 16 or later.',
     );
-    await client.query(`GRANT ${q(ownerRole)}, ${q(groupRoles.read)}, ${q(groupRoles.write)} TO ${q(vaultUser)} WITH ADMIN OPTION`);
+  }
+}
+
+/**
+ * Creates what is missing and re-sends the setup password. `vaultMount` identifies the
+ * Vault mount the users belong to (its accessor): when it differs from the one recorded,
+ * the Vault that created the current dynamic users is gone (a restarted dev server, a
+ * recreated mount), and nobody can revoke them any more, so they are dropped here.
+ */
+export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<void> {
+  const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
+  const vaultUser = env.secretsEngine.vaultUser;
+  const setupPassword = readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
+  const client = await adminConnect(env);
+  const q = (s: string) => client.escapeIdentifier(s);
+  const lit = (s: string) => client.escapeLiteral(s);
+  try {
+    await warnOldServer(client, env);
+    await client.query('BEGIN');
+    // 1. Refuse before changing anything: every existing object must carry our mark.
+    const nologin = [ownerRole, retiredRole, groupRoles.read, groupRoles.write];
+    const existing = new Map<string, boolean>();
+    for (const role of nologin) {
+      const c = await roleComment(client, role);
+      if (c.exists && !isMarked(c.comment, mark)) throw foreignRole(env, role, 'a different environment name (the roles are named pgvault_<env>_*)');
+      existing.set(role, c.exists);
+    }
+    const vault = await roleComment(client, vaultUser);
+    if (vault.exists && !isMarked(vault.comment, mark)) throw foreignRole(env, vaultUser, '"secretsEngine.vaultUser"');
+    const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
+    if (ns.rowCount && !isMarked(ns.rows[0].comment, mark)) {
+      throw new ForeignObjectError(
+        `schema "${schema}" already exists in database "${env.postgres.database}" and was not created by environment ${env.name} ` +
+          `(it lacks the comment '${mark}'); the deploy will not adopt, alter or drop it, nor grant anything in it. ` +
+          `Fix: set "postgres.database" in ${env.file} to a database of the environment's own. Nothing was changed.`,
+      );
+    }
+    const table = await client.query(
+      `SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS comment FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'items'`,
+      [schema],
+    );
+    if (table.rowCount && !isMarked(table.rows[0].comment, mark)) {
+      throw new ForeignObjectError(`table "${schema}.items" exists in database "${env.postgres.database}" but was not created by environment ${env.name}; the deploy will not adopt it. Fix: rename or move that table, or set "postgres.database" to another database. Nothing was changed.`);
+    }
+
+    // 2. Create what is missing, and mark it.
+    for (const role of nologin) {
+      if (existing.get(role)) continue;
+      await client.query(`CREATE ROLE ${q(role)} NOLOGIN`);
+      await client.query(`COMMENT ON ROLE ${q(role)} IS ${lit(mark)}`);
+    }
+    if (!ns.rowCount) {
+      await client.query(`CREATE SCHEMA ${q(schema)} AUTHORIZATION ${q(ownerRole)}`);
+      await client.query(`COMMENT ON SCHEMA ${q(schema)} IS ${lit(mark)}`);
+    }
+    if (!table.rowCount) {
+      await client.query(`CREATE TABLE ${q(schema)}.items (
+          id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+          name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+          created_at timestamptz NOT NULL DEFAULT now())`);
+      await client.query(`ALTER TABLE ${q(schema)}.items OWNER TO ${q(ownerRole)}`);
+      await client.query(`COMMENT ON TABLE ${q(schema)}.items IS ${lit(mark)}`);
+    }
+
+    // 3. Grants: only on what this environment owns.
+    const db = q(env.postgres.database);
+    const [read, write] = [q(groupRoles.read), q(groupRoles.write)];
+    await client.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${db} TO ${read}, ${write}`);
+    await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${read}, ${write}`);
+    await client.query(`GRANT CREATE ON SCHEMA ${q(schema)} TO ${write}`);
+    const owned = await client.query(
+      `SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+        WHERE n.nspname = $1 AND o.rolname = $2 AND c.relkind IN ('r', 'p', 'v', 'm')`,
+      [schema, ownerRole],
+    );
+    for (const { relname } of owned.rows) {
+      const t = `${q(schema)}.${q(relname)}`;
+      await client.query(`GRANT SELECT ON ${t} TO ${read}`);
+      await client.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ${t} TO ${write}`);
+    }
+    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT ON TABLES TO ${read}`);
+    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${write}`);
+    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
+
+    // 4. Vault's role: CREATEROLE and ADMIN on the group roles, nothing more; membership of the
+    // retired role so that revocation can hand it what a user owned. The bootstrap runs when the
+    // connection is about to be written with the setup password, so Postgres must accept it again;
+    // Vault rotates it right after.
+    await client.query(
+      `${vault.exists ? 'ALTER' : 'CREATE'} ROLE ${q(vaultUser)} WITH LOGIN CREATEROLE NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ${lit(setupPassword)}`,
+    );
+    await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
+    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
+
+    // 5. Users of a Vault mount that no longer exists cannot be revoked by anyone else.
+    const recorded = recordedIdentity(vault.comment);
+    if (vault.exists && vaultMount && recorded && recorded !== vaultMount) {
+      const n = await dropDynamicUsers(client, env);
+      say(env, `the Vault mount that created the current dynamic users is gone (a restarted dev server or a recreated mount); dropped its ${n} user(s) from Postgres`);
+    }
+    await client.query(`COMMENT ON ROLE ${q(vaultUser)} IS ${lit(vaultMount ? `${mark} vault-mount=${vaultMount}` : vault.comment ?? mark)}`);
     await client.query('COMMIT');
   } catch (e) {
     await client.query('ROLLBACK').catch(() => undefined);
@@ -91,51 +247,43 @@ export async function up(env: EnvironmentConfig): Promise<void> {
   } finally {
     await client.end();
   }
-  console.log(`bootstrap: ${env.name}: roles ${vaultUser}, ${ownerRole}, ${groupRoles.read}, ${groupRoles.write} and schema ${schema} are in place`);
+  say(env, `roles ${vaultUser}, ${ownerRole}, ${retiredRole}, ${groupRoles.read}, ${groupRoles.write} and schema ${schema} are in place`);
 }
 
+/** The teardown. Only marked objects are touched. */
 export async function down(env: EnvironmentConfig): Promise<void> {
-  const { schema, ownerRole, groupRoles } = env.database;
-  const client = await connect(env);
+  const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
+  const vaultUser = env.secretsEngine.vaultUser;
+  const client = await adminConnect(env);
   const q = (s: string) => client.escapeIdentifier(s);
+  const dropRole = async (role: string) => {
+    const c = await roleComment(client, role);
+    if (!c.exists || !isMarked(c.comment, mark)) return false;
+    await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [role]);
+    await client.query(`DROP OWNED BY ${q(role)}`);
+    await client.query(`DROP ROLE ${q(role)}`);
+    return true;
+  };
   try {
-    // Any dynamic user still left (its lease outlived the mount) goes first.
-    const dynamic = await client.query(
-      `SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid JOIN pg_roles g ON g.oid = m.roleid
-        WHERE g.rolname = ANY($1) AND r.rolcanlogin AND r.rolname <> $2`,
-      [[groupRoles.read, groupRoles.write], env.secretsEngine.vaultUser],
-    );
-    for (const { rolname } of dynamic.rows) {
-      await client.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [rolname]);
-      await client.query(`DROP OWNED BY ${q(rolname)}`);
-      await client.query(`DROP ROLE IF EXISTS ${q(rolname)}`);
-    }
-    await client.query(`DROP SCHEMA IF EXISTS ${q(schema)} CASCADE`);
-    for (const role of [env.secretsEngine.vaultUser, groupRoles.read, groupRoles.write, ownerRole]) {
-      const { rowCount } = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
-      if (!rowCount) continue;
-      await client.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [role]);
-      await client.query(`DROP OWNED BY ${q(role)}`);
-      await client.query(`DROP ROLE ${q(role)}`);
+    const retiredExists = (await roleComment(client, retiredRole)).exists;
+    const users = retiredExists ? await dropDynamicUsers(client, env) : 0;
+    if (users) say(env, `dropped ${users} dynamic user(s) that Vault had not revoked`);
+    const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
+    const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
+    if (env.postgres.dropDataOnDestroy) {
+      if (ourSchema) await client.query(`DROP SCHEMA ${q(schema)} CASCADE`);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, retiredRole, ownerRole]) await dropRole(role);
+      say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
+    } else {
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);
+      const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
+      say(
+        env,
+        `removed Vault's role and the group roles; KEPT schema ${schema} (app.items: ${rows} rows) and its NOLOGIN roles ${ownerRole}, ${retiredRole} ` +
+          `in database ${env.postgres.database}: the next deploy takes them up again. To drop them at destroy, set "postgres.dropDataOnDestroy": true in ${env.file}.`,
+      );
     }
   } finally {
     await client.end();
   }
-  console.log(`bootstrap: ${env.name}: removed the roles and schema it had created`);
-}
-
-async function main(argv: string[]): Promise<void> {
-  const [action, name] = argv;
-  if ((action !== 'up' && action !== 'down') || !name) {
-    throw new Error('usage: db-bootstrap.js up|down <environment>');
-  }
-  const env = loadEnvironment(name);
-  await (action === 'up' ? up(env) : down(env));
-}
-
-if (require.main === module) {
-  main(process.argv.slice(2)).catch((e) => {
-    console.error(`bootstrap failed: ${e.message}`);
-    process.exit(1);
-  });
 }

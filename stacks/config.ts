@@ -50,6 +50,12 @@ export interface EnvironmentConfig {
     readonly adminUser: string;
     readonly adminPasswordFile: string;
     readonly sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+    /**
+     * What `destroy` does with the app's schema and its data. Docker environments are torn
+     * down whole (true); on existing servers the schema, its data and its owner role are kept
+     * unless the environment file sets "postgres.dropDataOnDestroy": true.
+     */
+    readonly dropDataOnDestroy: boolean;
   };
   readonly vault: {
     readonly address: string;
@@ -73,11 +79,22 @@ export interface EnvironmentConfig {
     readonly tokenMaxTtlSeconds: number;
     readonly secretIdTtlSeconds: number;
   };
-  /** Names of the Postgres objects the bootstrap owns. */
+  /**
+   * Names of the Postgres objects the bootstrap creates, per environment so that several
+   * environments can share one server. Each carries the comment `mark`.
+   */
   readonly database: {
     readonly schema: string;
+    /** Owns the schema and app.items. */
     readonly ownerRole: string;
+    /**
+     * Takes over what a revoked dynamic user owned. It holds no privilege and owns nothing
+     * else, so a SECURITY DEFINER function or a view left behind by a writer can do nothing.
+     */
+    readonly retiredRole: string;
     readonly groupRoles: Readonly<Record<Access, string>>;
+    /** The COMMENT that marks an object as created by this environment: `pgvault:<env>`. */
+    readonly mark: string;
   };
 }
 
@@ -129,7 +146,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
 
   const pg = doc.postgres ?? {};
   const vault = doc.vault ?? {};
-  const database = pg.database ?? 'app';
+  const databaseName = pg.database ?? 'app';
   let docker: EnvironmentConfig['docker'];
   let postgres: EnvironmentConfig['postgres'];
   let vaultResolved: EnvironmentConfig['vault'];
@@ -143,7 +160,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       vaultHostPort: d.vaultHostPort ?? 18200,
     };
     if (docker.postgresHostPort === docker.vaultHostPort) throw errors.portClash(file, docker.postgresHostPort);
-    for (const s of ['host', 'port', 'adminPasswordFile'] as const) {
+    for (const s of ['host', 'port', 'adminPasswordFile', 'dropDataOnDestroy'] as const) {
       if (pg[s] !== undefined) throw errors.schemaViolation(file, `postgres.${s}`, pg[s], 'no value: with "infrastructure": "docker" it is set by the container');
     }
     for (const s of ['address', 'tokenFile'] as const) {
@@ -154,10 +171,11 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       port: 5432,
       clientHost: pg.clientHost ?? '127.0.0.1',
       clientPort: pg.clientPort ?? docker.postgresHostPort,
-      database,
+      database: databaseName,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: path.join(local, 'postgres-password'),
       sslmode: pg.sslmode ?? 'disable',
+      dropDataOnDestroy: true,
     };
     vaultResolved = {
       address: `http://127.0.0.1:${docker.vaultHostPort}`,
@@ -175,10 +193,12 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       port: pg.port ?? 5432,
       clientHost: pg.clientHost ?? pg.host,
       clientPort: pg.clientPort ?? pg.port ?? 5432,
-      database,
+      database: databaseName,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: fromRepo(pg.adminPasswordFile),
-      sslmode: pg.sslmode ?? 'require',
+      // verify-full: an unverified server could ask for the superuser's password in clear text.
+      sslmode: pg.sslmode ?? 'verify-full',
+      dropDataOnDestroy: pg.dropDataOnDestroy ?? false,
     };
     vaultResolved = {
       address: vault.address.replace(/\/+$/, ''),
@@ -189,6 +209,22 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   }
 
   const se = doc.secretsEngine ?? {};
+  // Cluster-wide role names carry the environment's name, so two environments can share a server.
+  const prefix = `pgvault_${name.replace(/-/g, '_')}`;
+  const vaultUser: string = se.vaultUser ?? `${prefix}_vault`;
+  const database = {
+    schema: 'app',
+    ownerRole: `${prefix}_owner`,
+    retiredRole: `${prefix}_retired`,
+    groupRoles: { read: `${prefix}_read`, write: `${prefix}_write` },
+    mark: `pgvault:${name}`,
+  };
+  if (vaultUser === postgres.adminUser) {
+    throw errors.schemaViolation(file, 'secretsEngine.vaultUser', vaultUser, `a role other than "postgres.adminUser" (${postgres.adminUser}): Vault's role is reset and given CREATEROLE by the bootstrap, the superuser must not be`);
+  }
+  if ([database.ownerRole, database.retiredRole, database.groupRoles.read, database.groupRoles.write].includes(vaultUser)) {
+    throw errors.schemaViolation(file, 'secretsEngine.vaultUser', vaultUser, `a role name other than the environment's own NOLOGIN roles (${prefix}_*)`);
+  }
   const aa = doc.appAccess ?? {};
   const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
   const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
@@ -205,7 +241,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     secretsEngine: {
       mountPath: se.mountPath ?? 'database',
       connectionName: se.connectionName ?? 'postgres',
-      vaultUser: se.vaultUser ?? 'vault_admin',
+      vaultUser,
       setupPasswordFile: path.join(local, 'vault-setup-password'),
       setupPasswordVersion: se.setupPasswordVersion ?? 1,
       maxOpenConnections: se.maxOpenConnections ?? 4,
@@ -218,11 +254,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       tokenMaxTtlSeconds,
       secretIdTtlSeconds: aa.secretIdTtlSeconds ?? 86400,
     },
-    database: {
-      schema: 'app',
-      ownerRole: 'pgvault_owner',
-      groupRoles: { read: 'pgvault_read', write: 'pgvault_write' },
-    },
+    database,
   };
 }
 

@@ -6,7 +6,7 @@ import { EnvironmentConfig, environmentsDir, localDir } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
-import { DatabaseBootstrap } from './constructs/database-bootstrap';
+import { ScriptHook, ScriptHookProps } from './constructs/script-hook';
 import { InfraStack } from './infra-stack';
 import { pinProviders, stateFile } from './common';
 
@@ -28,10 +28,12 @@ export class SecretsStack extends TerraformStack {
     new LocalBackend(this, { path: stateFile(env, id) });
 
     // The token is read by the provider from a file at apply time: it is never in cdk.tf.json.
+    // TLS verification is set explicitly, so VAULT_SKIP_VERIFY in the operator's shell cannot turn it off.
     new VaultProvider(this, 'vault', {
       address: infra ? infra.vault.address : env.vault.address,
       caCertFile: env.vault.caCertFile,
       tlsServerName: env.vault.tlsServerName,
+      skipTlsVerify: false,
       skipChildToken: true,
       authLoginTokenFile: [{ filename: env.vault.tokenFile }],
     });
@@ -44,21 +46,21 @@ export class SecretsStack extends TerraformStack {
       description: `Setup password of the Postgres role ${env.secretsEngine.vaultUser}; sent once to Vault (write-only), then rotated.`,
     });
 
-    const bootstrap = new DatabaseBootstrap(this, 'bootstrap', {
-      environment: env.name,
-      script: path.resolve(__dirname, '..', 'scripts', 'db-bootstrap.js'),
-      environmentsDir: environmentsDir(),
-      localDir: path.dirname(localDir(env.name)),
-      triggers: {
-        vault_user: env.secretsEngine.vaultUser,
-        setup_password_version: env.secretsEngine.setupPasswordVersion,
-        database: env.postgres.database,
-        // Cross-stack references: a new Postgres or a new (empty) Vault dev server means a fresh bootstrap.
-        postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
-        vault: infra ? infra.vault.container.id : env.vault.address,
-      },
-    });
+    const hook = (id: string, props: Omit<ScriptHookProps, 'script' | 'environment' | 'environmentsDir' | 'localDir'>) =>
+      new ScriptHook(this, id, {
+        script: path.resolve(__dirname, '..', 'scripts', 'hooks.js'),
+        environment: env.name,
+        environmentsDir: environmentsDir(),
+        localDir: path.dirname(localDir(env.name)),
+        ...props,
+      });
 
+    // Destroy runs in the reverse order of creation: the roles go first (nothing issues new
+    // credentials), then every lease is revoked while the connection and the group roles still
+    // exist, then the connection, the mount, and last the teardown of what the bootstrap created.
+    // The teardown is a resource of its own that nothing replaces: re-running the bootstrap
+    // never removes data.
+    const teardown = hook('teardown', { onDestroy: 'teardown' });
     this.engine = new DatabaseSecretsEngine(this, 'database', {
       path: env.secretsEngine.mountPath,
       connectionName: env.secretsEngine.connectionName,
@@ -72,7 +74,25 @@ export class SecretsStack extends TerraformStack {
       allowedRoles: env.roles.map((r) => r.name),
       maxLeaseTtlSeconds: Math.max(...env.roles.map((r) => r.maxTtlSeconds)),
       maxOpenConnections: env.secretsEngine.maxOpenConnections,
-      bootstrap: bootstrap.resource,
+      after: [teardown.resource],
+      bootstrap: (mount) =>
+        hook('bootstrap', {
+          onCreate: 'bootstrap',
+          // The mount's accessor is new whenever the mount is (a restarted dev server, a recreated
+          // mount): the bootstrap then runs again and drops the users nobody can revoke any more.
+          values: { vault_mount: mount.accessor },
+          triggers: {
+            vault_user: env.secretsEngine.vaultUser,
+            setup_password_version: env.secretsEngine.setupPasswordVersion,
+            database: env.postgres.database,
+            postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
+            vault_mount: mount.accessor,
+          },
+        }).resource,
+    });
+    const revokeLeases = hook('revoke-leases', {
+      onDestroy: 'revoke-leases',
+      dependsOn: [this.engine.rootRotation ?? this.engine.connection],
     });
 
     this.roles = env.roles.map(
@@ -81,9 +101,10 @@ export class SecretsStack extends TerraformStack {
           engine: this.engine,
           name: r.name,
           groupRole: env.database.groupRoles[r.access],
-          ownerRole: env.database.ownerRole,
+          retiredRole: env.database.retiredRole,
           defaultTtlSeconds: r.defaultTtlSeconds,
           maxTtlSeconds: r.maxTtlSeconds,
+          after: [revokeLeases.resource],
         }),
     );
 
@@ -96,19 +117,25 @@ export class SecretsStack extends TerraformStack {
       secretIdTtlSeconds: env.appAccess.secretIdTtlSeconds,
     });
 
-    const out = (name: string, value: unknown) => new TerraformOutput(this, name, { value, staticId: true });
-    out('vault_address', infra ? infra.vault.address : env.vault.address);
-    out('postgres_host', env.postgres.clientHost);
-    out('postgres_port', env.postgres.clientPort);
-    out('postgres_database', env.postgres.database);
-    out('postgres_sslmode', env.postgres.sslmode);
-    out('mount_path', this.engine.path);
-    out('connection_name', this.engine.connectionName);
-    out('roles', this.roles.map((r) => r.name));
-    out('role_max_ttl_seconds', Object.fromEntries(env.roles.map((r) => [r.name, r.maxTtlSeconds])));
-    out('approle_mount', this.access.backend.path);
-    out('approle_role_name', this.access.role.roleName);
-    out('approle_role_id', this.access.roleId);
-    out('policy_name', this.access.policy.name);
+    const outputs: Record<string, unknown> = {
+      vault_address: infra ? infra.vault.address : env.vault.address,
+      postgres_host: env.postgres.clientHost,
+      postgres_port: env.postgres.clientPort,
+      postgres_database: env.postgres.database,
+      postgres_sslmode: env.postgres.sslmode,
+      mount_path: this.engine.path,
+      connection_name: this.engine.connectionName,
+      roles: this.roles.map((r) => r.name),
+      role_max_ttl_seconds: Object.fromEntries(env.roles.map((r) => [r.name, r.maxTtlSeconds])),
+      approle_mount: this.access.backend.path,
+      approle_role_name: this.access.role.roleName,
+      approle_role_id: this.access.roleId,
+      policy_name: this.access.policy.name,
+    };
+    for (const [name, value] of Object.entries(outputs)) new TerraformOutput(this, name, { value, staticId: true });
+    // The app reads .local/<env>/outputs.json: the deploy writes it, whether run by npm or by
+    // a plain `cdktf deploy`, and the destroy removes it, so it is never stale. No secret is in it.
+    hook('outputs-file', { onDestroy: 'remove-outputs' });
+    hook('outputs-writer', { onCreate: 'write-outputs', values: { outputs }, triggers: outputs });
   }
 }

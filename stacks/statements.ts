@@ -11,8 +11,11 @@
 export interface RoleStatementsProps {
   /** The NOLOGIN group role whose privileges the dynamic user inherits. */
   readonly groupRole: string;
-  /** The role that takes over anything a dynamic user owns when it is revoked. */
-  readonly ownerRole: string;
+  /**
+   * The role that takes over anything a dynamic user owns when it is revoked. It must hold
+   * no privilege: a SECURITY DEFINER function or a view runs with its owner's rights.
+   */
+  readonly retiredRole: string;
 }
 
 const IDENT = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -43,22 +46,27 @@ export function rollbackStatements(): string[] {
 }
 
 /**
- * Revocation that always succeeds: it terminates the user's sessions, hands
- * anything the user owns to the owner role, drops what is left (privileges),
- * then drops the role. A role that is already gone is not an error.
+ * Revocation that always succeeds: it terminates the user's sessions, takes EXECUTE on
+ * the user's functions away from PUBLIC, hands anything the user owns to the retired
+ * role (which holds no privilege), drops what is left (privileges), then drops the role.
+ * A role that is already gone is not an error.
  *
  * The DO block is dollar-quoted, so Vault runs it whole rather than splitting it on ';'.
  */
 export function revocationStatements(props: RoleStatementsProps): string[] {
-  const owner = ident('ownerRole', props.ownerRole);
+  const retired = ident('retiredRole', props.retiredRole);
   return [
     [
       'DO $$',
+      'DECLARE f regprocedure;',
       'BEGIN',
       `  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{{name}}') THEN`,
       `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
       `    PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = '{{name}}' AND pid <> pg_catalog.pg_backend_pid();`,
-      `    EXECUTE format('REASSIGN OWNED BY %I TO ${owner}', '{{name}}');`,
+      `    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = '{{name}}' LOOP`,
+      `      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);`,
+      '    END LOOP;',
+      `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
       `    EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
       '  END IF;',
       'END',

@@ -1,4 +1,5 @@
 import { Construct } from 'constructs';
+import { ITerraformDependable } from 'cdktf';
 import { DatabaseSecretBackendRole } from '@cdktf/provider-vault/lib/database-secret-backend-role';
 import { DatabaseSecretsEngine } from './database-secrets-engine';
 import * as sql from '../statements';
@@ -9,10 +10,16 @@ export interface DatabaseRoleProps {
   readonly name: string;
   /** The NOLOGIN group role each dynamic user is granted. */
   readonly groupRole: string;
-  /** Takes over objects a revoked user owned. */
-  readonly ownerRole: string;
+  /** Takes over objects a revoked user owned; it holds no privilege. */
+  readonly retiredRole: string;
   readonly defaultTtlSeconds: number;
   readonly maxTtlSeconds: number;
+  /**
+   * More resources the role is created after, and so destroyed before, such as the hook that
+   * revokes every lease at destroy: the roles go first so that nothing issues new credentials.
+   * @default the engine's root rotation (or its connection)
+   */
+  readonly after?: ITerraformDependable[];
 }
 
 /** A Vault role whose credentials are Postgres users created on demand, with a TTL. */
@@ -30,7 +37,7 @@ export class DatabaseRole extends Construct {
         `DatabaseRole ${props.name}: defaultTtlSeconds (${props.defaultTtlSeconds}) is greater than maxTtlSeconds (${props.maxTtlSeconds}); lower the default or raise the maximum`,
       );
     }
-    const stmts = { groupRole: props.groupRole, ownerRole: props.ownerRole };
+    const stmts = { groupRole: props.groupRole, retiredRole: props.retiredRole };
     this.role = new DatabaseSecretBackendRole(this, 'role', {
       backend: props.engine.path,
       name: props.name,
@@ -41,7 +48,7 @@ export class DatabaseRole extends Construct {
       renewStatements: sql.renewStatements(),
       rollbackStatements: sql.rollbackStatements(),
       revocationStatements: sql.revocationStatements(stmts),
-      dependsOn: props.engine.rootRotation ? [props.engine.rootRotation] : [props.engine.connection],
+      dependsOn: [props.engine.rootRotation ?? props.engine.connection, ...(props.after ?? [])],
     });
     this.name = this.role.name;
     this.credsPath = `${props.engine.path}/creds/${this.role.name}`;

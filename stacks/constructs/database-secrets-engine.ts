@@ -2,7 +2,7 @@ import { Construct } from 'constructs';
 import { Mount } from '@cdktf/provider-vault/lib/mount';
 import { DatabaseSecretBackendConnection } from '@cdktf/provider-vault/lib/database-secret-backend-connection';
 import { GenericEndpoint } from '@cdktf/provider-vault/lib/generic-endpoint';
-import { TerraformResource } from 'cdktf';
+import { ITerraformDependable, TerraformResource } from 'cdktf';
 import { connectionUrl } from '../statements';
 
 export interface DatabaseSecretsEngineProps {
@@ -38,17 +38,22 @@ export interface DatabaseSecretsEngineProps {
    */
   readonly rotateRoot?: boolean;
   /**
-   * The resource that prepares the Postgres role and resets its password to the
-   * setup password. The connection waits for it, and is written again (with the setup
-   * password, then rotated) whenever it is replaced.
+   * Called with the mount; returns the resource that prepares the Postgres role and resets
+   * its password to the setup password. The connection waits for it, and is written again
+   * (with the setup password, then rotated) whenever it is replaced.
+   * @default nothing prepares Postgres
    */
-  readonly bootstrap?: TerraformResource;
+  readonly bootstrap?: (mount: Mount) => TerraformResource;
+  /** Resources the mount is created after, and so destroyed before. @default none */
+  readonly after?: ITerraformDependable[];
 }
 
 /** The database secrets engine: a mount, its postgresql connection and the root rotation. */
 export class DatabaseSecretsEngine extends Construct {
   public readonly mount: Mount;
   public readonly connection: DatabaseSecretBackendConnection;
+  /** The resource that prepares Postgres, when there is one. */
+  public readonly bootstrap?: TerraformResource;
   /** The one-shot `rotate-root` call, when rotateRoot is on. */
   public readonly rootRotation?: GenericEndpoint;
   /** Mount path, as a reference (use it rather than retyping the string). */
@@ -67,7 +72,10 @@ export class DatabaseSecretsEngine extends Construct {
       type: 'database',
       description: 'Dynamic Postgres credentials',
       maxLeaseTtlSeconds: props.maxLeaseTtlSeconds,
+      dependsOn: props.after,
     });
+    const bootstrap = props.bootstrap?.(this.mount);
+    this.bootstrap = bootstrap;
     this.connection = new DatabaseSecretBackendConnection(this, 'connection', {
       backend: this.mount.path,
       name: connectionName,
@@ -83,8 +91,8 @@ export class DatabaseSecretsEngine extends Construct {
         maxIdleConnections: 0,
         maxConnectionLifetime: 300,
       },
-      dependsOn: props.bootstrap ? [props.bootstrap] : undefined,
-      lifecycle: props.bootstrap ? { replaceTriggeredBy: [address(props.bootstrap)] } : undefined,
+      dependsOn: bootstrap ? [bootstrap] : undefined,
+      lifecycle: bootstrap ? { replaceTriggeredBy: [address(bootstrap)] } : undefined,
     });
     this.path = this.mount.path;
     this.connectionName = this.connection.name;
@@ -95,7 +103,9 @@ export class DatabaseSecretsEngine extends Construct {
         dataJson: '{}',
         disableRead: true,
         disableDelete: true,
-        lifecycle: { replaceTriggeredBy: [address(this.connection)] },
+        // A connection that Terraform creates anew (not only replaces), such as after a dev
+        // server lost its memory, comes with a new bootstrap: that triggers the rotation too.
+        lifecycle: { replaceTriggeredBy: [address(this.connection), ...(bootstrap ? [address(bootstrap)] : [])] },
       });
     }
   }

@@ -36,7 +36,9 @@ test('the shipped environments validate', () => {
 test('defaults are resolved once, with units in their names', () => {
   const env = resolveEnvironment('x', 'x.json', { infrastructure: 'docker', roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } } });
   assert.equal(env.secretsEngine.mountPath, 'database');
-  assert.equal(env.secretsEngine.vaultUser, 'vault_admin');
+  assert.equal(env.secretsEngine.vaultUser, 'pgvault_x_vault');
+  assert.deepEqual(env.database.groupRoles, { read: 'pgvault_x_read', write: 'pgvault_x_write' });
+  assert.equal(env.database.mark, 'pgvault:x');
   assert.equal(env.appAccess.approleMount, 'approle');
   assert.equal(env.docker?.postgresHostPort, 15432);
   assert.equal(env.roles[0].defaultTtlSeconds, 60);
@@ -88,4 +90,28 @@ test('fails on an unknown setting or a wrong type', () => {
   const doc3 = shipped('local');
   doc3.roles.readonly.access = 'admin';
   rejects(doc3, 'ENV_SCHEMA', 'roles.readonly.access', '"read", "write"');
+});
+
+test('fails when Vault would connect as the superuser', () => {
+  const doc = shipped('existing-example');
+  doc.secretsEngine = { vaultUser: 'postgres' };
+  rejects(doc, 'ENV_SCHEMA', 'secretsEngine.vaultUser', '"postgres"', 'postgres.adminUser');
+});
+
+test('existing servers verify Postgres and keep the data at destroy unless told otherwise', () => {
+  const doc = shipped('existing-example');
+  delete doc.postgres.sslmode;
+  const env = resolveEnvironment('e', 'e.json', doc);
+  assert.equal(env.postgres.sslmode, 'verify-full');
+  assert.equal(env.postgres.dropDataOnDestroy, false);
+  assert.equal(resolveEnvironment('e', 'e.json', { ...doc, postgres: { ...doc.postgres, dropDataOnDestroy: true } }).postgres.dropDataOnDestroy, true);
+  assert.equal(loadEnvironment('local').postgres.dropDataOnDestroy, true, 'docker environments are torn down whole');
+});
+
+test('two environments on one server get different role names', () => {
+  const a = resolveEnvironment('team-a', 'a.json', shipped('existing-example'));
+  const b = resolveEnvironment('team-b', 'b.json', shipped('existing-example'));
+  const names = (e: typeof a) => [e.secretsEngine.vaultUser, e.database.ownerRole, e.database.retiredRole, e.database.groupRoles.read, e.database.groupRoles.write];
+  assert.equal(names(a).filter((n) => names(b).includes(n)).length, 0);
+  assert.equal(a.database.ownerRole, 'pgvault_team_a_owner');
 });

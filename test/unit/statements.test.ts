@@ -3,14 +3,14 @@ import * as assert from 'node:assert/strict';
 import * as sql from '../../stacks/statements';
 import { appPolicy } from '../../stacks/constructs/app-access';
 
-const props = { groupRole: 'pgvault_read', ownerRole: 'pgvault_owner' };
+const props = { groupRole: 'pgvault_local_read', retiredRole: 'pgvault_local_retired' };
 
 test('creation grants the group role and expires with the lease', () => {
   const [stmt] = sql.creationStatements(props);
   assert.match(stmt, /CREATE ROLE "\{\{name\}\}" WITH LOGIN/);
   assert.match(stmt, /PASSWORD '\{\{password\}\}'/);
   assert.match(stmt, /VALID UNTIL '\{\{expiration\}\}'/);
-  assert.match(stmt, /IN ROLE pgvault_read;$/);
+  assert.match(stmt, /IN ROLE pgvault_local_read;$/);
   assert.doesNotMatch(stmt, /GRANT .* ON /, 'no per-table grants');
 });
 
@@ -22,18 +22,20 @@ test('every statement quotes the name and password', () => {
   }
 });
 
-test('revocation terminates sessions, reassigns and drops owned objects, then drops the role if it exists', () => {
+test('revocation terminates sessions, disarms functions, reassigns to the retired role and drops owned objects, then drops the role if it exists', () => {
   const [block, drop] = sql.revocationStatements(props);
   assert.match(block, /^DO \$\$/);
   assert.match(block, /pg_terminate_backend/);
-  assert.match(block, /REASSIGN OWNED BY %I TO pgvault_owner/);
+  assert.match(block, /REVOKE ALL ON FUNCTION %s FROM PUBLIC/);
+  assert.ok(block.indexOf('REVOKE ALL ON FUNCTION') < block.indexOf('REASSIGN OWNED'), 'functions are disarmed before they change owner');
+  assert.match(block, /REASSIGN OWNED BY %I TO pgvault_local_retired/);
   assert.match(block, /DROP OWNED BY %I/);
   assert.match(block, /IF EXISTS/);
   assert.equal(drop, 'DROP ROLE IF EXISTS "{{name}}";');
 });
 
 test('fails when a group role is not a safe identifier', () => {
-  assert.throws(() => sql.creationStatements({ groupRole: 'x; DROP', ownerRole: 'o' }), /not a safe Postgres identifier/);
+  assert.throws(() => sql.creationStatements({ groupRole: 'x; DROP', retiredRole: 'o' }), /not a safe Postgres identifier/);
 });
 
 test('the connection URL leaves credentials to Vault', () => {

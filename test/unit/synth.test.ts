@@ -62,7 +62,7 @@ test('secrets engine: a database mount, a verified postgresql connection with a 
   assert.equal(conn.plugin_name, 'postgresql-database-plugin');
   assert.equal(conn.verify_connection, true);
   assert.deepEqual(conn.allowed_roles, ['readonly', 'readwrite']);
-  assert.equal(conn.postgresql.username, 'vault_admin');
+  assert.equal(conn.postgresql.username, 'pgvault_local_vault');
   assert.equal(conn.postgresql.password_wo, '${var.vault_db_setup_password}');
   assert.equal(conn.postgresql.password_wo_version, 1);
   assert.equal(conn.postgresql.password, undefined);
@@ -71,7 +71,48 @@ test('secrets engine: a database mount, a verified postgresql connection with a 
   const rotate = one(secrets, 'vault_generic_endpoint');
   assert.match(rotate.path, /\/rotate-root\//);
   assert.equal(rotate.disable_delete, true);
-  assert.deepEqual(conn.depends_on, [`terraform_data.${Object.keys(secrets.resource.terraform_data)[0]}`]);
+  assert.deepEqual(conn.depends_on, [hookAddress(secrets, 'bootstrap')]);
+  assert.equal(secrets.provider.vault[0].skip_tls_verify, false, 'VAULT_SKIP_VERIFY in the shell cannot turn TLS checks off');
+});
+
+/** The terraform_data hooks by action, and their addresses. */
+const hooks = (doc: Json) => Object.entries(doc.resource.terraform_data as Record<string, Json>);
+const hookAddress = (doc: Json, id: string) => `terraform_data.${hooks(doc).find(([k]) => k.startsWith(`${id}_`))![0]}`;
+const hook = (doc: Json, id: string) => hooks(doc).find(([k]) => k.startsWith(`${id}_`))![1];
+
+test('re-running the bootstrap never runs the teardown: they are separate hooks, and only the bootstrap is replaced', () => {
+  const { secrets } = synthEnv('local');
+  const bootstrap = hook(secrets, 'bootstrap');
+  assert.ok(bootstrap.triggers_replace.setup_password_version !== undefined);
+  assert.match(bootstrap.triggers_replace.vault_mount, /\$\{vault_mount\.[^}]+\.accessor\}/, 'a new mount (a restarted dev server) re-runs the bootstrap');
+  assert.deepEqual(bootstrap.provisioner.map((p: Json) => p['local-exec'].when ?? 'create'), ['create']);
+  const teardown = hook(secrets, 'teardown');
+  assert.equal(teardown.triggers_replace, undefined, 'nothing replaces the teardown');
+  assert.deepEqual(teardown.provisioner.map((p: Json) => p['local-exec'].when), ['destroy']);
+  assert.match(teardown.provisioner[0]['local-exec'].command, / teardown /);
+});
+
+test('destroy order: the roles go first, then every lease is revoked, then the connection, the mount and the teardown', () => {
+  const { secrets } = synthEnv('local');
+  // Terraform destroys in the reverse order of these dependencies.
+  const mount = one(secrets, 'vault_mount');
+  assert.deepEqual(mount.depends_on, [hookAddress(secrets, 'teardown')]);
+  const revoke = hook(secrets, 'revoke-leases');
+  assert.deepEqual(revoke.depends_on, [`vault_generic_endpoint.${Object.keys(secrets.resource.vault_generic_endpoint)[0]}`]);
+  assert.deepEqual(revoke.provisioner.map((p: Json) => p['local-exec'].when), ['destroy']);
+  for (const role of Object.values(secrets.resource.vault_database_secret_backend_role) as Json[]) {
+    assert.ok(role.depends_on.includes(hookAddress(secrets, 'revoke-leases')), `${role.name} is destroyed before the leases are revoked`);
+  }
+  const rotate = one(secrets, 'vault_generic_endpoint');
+  assert.ok(rotate.lifecycle.replace_triggered_by.includes(hookAddress(secrets, 'bootstrap').replace(/^/, '')), 'a new bootstrap rotates root again');
+});
+
+test('the deploy writes the outputs file, and the destroy removes it', () => {
+  const { secrets } = synthEnv('local');
+  const writer = hook(secrets, 'outputs-writer');
+  assert.ok(writer.triggers_replace.approle_role_id, 'a new role_id rewrites the file');
+  assert.match(writer.provisioner[0]['local-exec'].command, / write-outputs /);
+  assert.match(hook(secrets, 'outputs-file').provisioner[0]['local-exec'].command, / remove-outputs /);
 });
 
 test('roles: each grants a group role, with its TTLs, and revocation statements', () => {
@@ -81,8 +122,9 @@ test('roles: each grants a group role, with its TTLs, and revocation statements'
   const ro = roles.find((r) => r.name === 'readonly')!;
   assert.equal(ro.default_ttl, 3600);
   assert.equal(ro.max_ttl, 86400);
-  assert.match(ro.creation_statements[0], /IN ROLE pgvault_read;/);
-  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_write;/);
+  assert.match(ro.creation_statements[0], /IN ROLE pgvault_local_read;/);
+  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_local_write;/);
+  assert.match(ro.revocation_statements[0], /REASSIGN OWNED BY %I TO pgvault_local_retired/);
   assert.equal(ro.revocation_statements.length, 2);
   assert.match(ro.db_name, /vault_database_secret_backend_connection/);
 });
@@ -106,7 +148,7 @@ test('existing infrastructure: no containers, Vault reached by address with a CA
   assert.equal(secrets.resource.docker_container, undefined);
   assert.equal(secrets.provider.vault[0].address, 'https://vault.internal.example:8200');
   assert.match(secrets.provider.vault[0].ca_cert_file, /vault-ca\.pem$/);
-  assert.match(one(secrets, 'vault_database_secret_backend_connection').postgresql.connection_url, /@db\.internal\.example:5432\/app\?sslmode=require$/);
+  assert.match(one(secrets, 'vault_database_secret_backend_connection').postgresql.connection_url, /@db\.internal\.example:5432\/app\?sslmode=verify-full$/);
 });
 
 test('no secret literal reaches cdk.tf.json, even when secrets are in the environment and in .local', () => {

@@ -1,0 +1,120 @@
+/** Admin calls to an environment's Vault, with its CA; the token comes from the environment's token file. */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
+import { readSecretFile } from './local-secrets';
+import { outputsFile } from './outputs';
+
+/** Vault answered with an error status. `detail` is Vault's own error text, which never holds a secret. */
+export class VaultAdminError extends Error {
+  constructor(message: string, public readonly status: number, public readonly detail: string) {
+    super(message);
+  }
+}
+
+/** A minimal admin call to Vault with the environment's CA. */
+export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000): Promise<any> {
+  const u = new URL(url);
+  const ca = env.vault.caCertFile ? fs.readFileSync(env.vault.caCertFile) : undefined;
+  return new Promise((resolve, reject) => {
+    const req = (u.protocol === 'https:' ? https : http).request(
+      u,
+      { method, headers: { 'X-Vault-Token': token, 'Content-Type': 'application/json' }, ca, servername: env.vault.tlsServerName } as any,
+      (res) => {
+        let data = '';
+        res.on('data', (c) => (data += c));
+        res.on('end', () => {
+          const status = res.statusCode ?? 500;
+          if (status >= 300) {
+            let detail = '';
+            try {
+              detail = (JSON.parse(data).errors ?? []).join('; ');
+            } catch {
+              detail = '';
+            }
+            reject(new VaultAdminError(`Vault ${method} ${u.pathname} answered ${status}${detail ? `: ${detail.slice(0, 400)}` : ''}`, status, detail));
+          } else {
+            resolve(data ? JSON.parse(data) : {});
+          }
+        });
+      },
+    );
+    req.setTimeout(timeoutMillis, () => req.destroy(new Error(`no answer within ${timeoutMillis / 1000} s`)));
+    req.on('error', (e) => reject(new Error(`Vault ${method} ${u.pathname}: ${e.message}`)));
+    if (body !== undefined) req.write(JSON.stringify(body));
+    req.end();
+  });
+}
+
+/** An admin call with the environment's admin token, to its configured address. */
+export function vaultAdmin(env: EnvironmentConfig, method: string, apiPath: string, body?: unknown, timeoutMillis?: number): Promise<any> {
+  const token = readSecretFile(env.vault.tokenFile, 'the Vault admin token');
+  return vaultFetch(env, `${env.vault.address}/v1/${apiPath}`, token, method, body, timeoutMillis);
+}
+
+/** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */
+export async function issueSecretId(name: string, timeoutMillis = 10_000): Promise<string> {
+  const env = loadEnvironment(name);
+  const outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
+  const res = await vaultAdmin(env, 'POST', `auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`, {}, timeoutMillis);
+  return res.data.secret_id;
+}
+
+/** What state the environment's database mount is in, as seen by the admin token. */
+export type MountState = 'absent' | 'healthy' | 'tainted' | 'no-connection';
+
+export async function mountState(env: EnvironmentConfig): Promise<MountState> {
+  const { mountPath, connectionName } = env.secretsEngine;
+  const mounts = await vaultAdmin(env, 'GET', 'sys/mounts');
+  if (!(mounts.data ?? mounts)[`${mountPath}/`]) return 'absent';
+  try {
+    await vaultAdmin(env, 'GET', `${mountPath}/config/${connectionName}`);
+    return 'healthy';
+  } catch (e) {
+    if (e instanceof VaultAdminError && /tainted/i.test(e.detail)) return 'tainted';
+    if (e instanceof VaultAdminError && e.status === 404) return 'no-connection';
+    throw e;
+  }
+}
+
+/** Leases still live under the mount's creds/ (all roles). */
+export async function liveLeaseCount(env: EnvironmentConfig): Promise<number> {
+  const base = `sys/leases/lookup/${env.secretsEngine.mountPath}/creds`;
+  let roles: string[];
+  try {
+    roles = (await vaultAdmin(env, 'LIST', base)).data?.keys ?? [];
+  } catch (e) {
+    if (e instanceof VaultAdminError && e.status === 404) return 0;
+    throw e;
+  }
+  let n = 0;
+  for (const r of roles) {
+    try {
+      n += ((await vaultAdmin(env, 'LIST', `${base}/${r.replace(/\/$/, '')}`)).data?.keys ?? []).length;
+    } catch (e) {
+      if (!(e instanceof VaultAdminError && e.status === 404)) throw e;
+    }
+  }
+  return n;
+}
+
+/**
+ * Revokes every lease under the mount's creds/ while the connection still exists, so Vault's
+ * revocation statements drop the users. When Vault cannot revoke them (the connection is gone
+ * or the mount is tainted), the leases are removed from Vault with revoke-force, and the
+ * Postgres side drops their users (see db-bootstrap `dropDynamicUsers`). Returns what it did.
+ */
+export async function revokeAllLeases(env: EnvironmentConfig): Promise<{ revoked: number; forced: number }> {
+  const prefix = `${env.secretsEngine.mountPath}/creds`;
+  const before = await liveLeaseCount(env);
+  if (before === 0) return { revoked: 0, forced: 0 };
+  try {
+    await vaultAdmin(env, 'PUT', `sys/leases/revoke-prefix/${prefix}`, { sync: true }, 120_000);
+    return { revoked: before, forced: 0 };
+  } catch (e: any) {
+    const left = await liveLeaseCount(env);
+    await vaultAdmin(env, 'PUT', `sys/leases/revoke-force/${prefix}`, {}, 120_000);
+    return { revoked: before - left, forced: left };
+  }
+}
