@@ -9,6 +9,7 @@ import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig, REPO_ROOT, loadEnvironment } from '../stacks/config';
 import { deploy, destroy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { localDir } from '../stacks/config';
 import { AppConfig, appConfigFromOutputs, readOutputs, VaultSession } from '../app/src';
 
 /** Fails (never skips) with what is missing and how to get it. */
@@ -45,6 +46,7 @@ export async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; second
 }
 
 export { deploy, destroy, loadEnvironment };
+export { prepareLocalSecrets } from '../scripts/ops';
 
 /** Superuser connection to the environment's Postgres. */
 export async function adminClient(env: EnvironmentConfig): Promise<Client> {
@@ -122,4 +124,103 @@ export function startProcess(cmd: string, args: string[], opts: { env?: NodeJS.P
         setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
       }),
   };
+}
+
+/** Dynamic users of the environment, seen from the superuser's side: members of its group roles. */
+export async function dynamicRoles(admin: Client, env: EnvironmentConfig): Promise<string[]> {
+  const r = await admin.query(
+    `SELECT DISTINCT u.rolname FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member JOIN pg_roles g ON g.oid = m.roleid
+      WHERE g.rolname = ANY($1) AND u.rolcanlogin AND u.rolname <> $2 ORDER BY 1`,
+    [[env.database.groupRoles.read, env.database.groupRoles.write], env.secretsEngine.vaultUser],
+  );
+  return r.rows.map((x) => x.rolname);
+}
+
+/** Roles whose names are Vault's dynamic users (v-...), whatever their membership. */
+export async function vaultNamedRoles(admin: Client): Promise<string[]> {
+  return (await admin.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY 1")).rows.map((x) => x.rolname);
+}
+
+/**
+ * Watches the environment's roles from the superuser's side while something runs (a destroy
+ * that removes the container at its end): returns what the last successful look saw.
+ */
+export function watchRoles(env: EnvironmentConfig): { stop(): Promise<{ vaultNamed: string[]; ours: string[]; looks: number }> } {
+  let last = { vaultNamed: [] as string[], ours: [] as string[], looks: 0 };
+  let running = true;
+  const loop = (async () => {
+    let admin: Client | undefined;
+    while (running) {
+      try {
+        admin ??= await adminClient(env);
+        const vaultNamed = await vaultNamedRoles(admin);
+        const ours = (await admin.query('SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1', [[
+          env.secretsEngine.vaultUser, env.database.groupRoles.read, env.database.groupRoles.write, env.database.ownerRole, env.database.retiredRole,
+        ]])).rows.map((x) => x.rolname);
+        last = { vaultNamed, ours, looks: last.looks + 1 };
+      } catch {
+        await admin?.end().catch(() => undefined);
+        admin = undefined;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await admin?.end().catch(() => undefined);
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      return last;
+    },
+  };
+}
+
+/**
+ * Runs the README's direct cdktf commands in bash (toolchain env, TF_VAR_* from the local
+ * files, umask 077), with cdktf's output in the test log. Returns the exit code.
+ */
+export function directCdktf(envName: string, command: string): number {
+  const dir = localDir(envName);
+  const script = [
+    'set -e',
+    'umask 077',
+    'eval "$(bash toolchain/toolchain.sh env)"',
+    `export TF_VAR_vault_db_setup_password="$(cat '${dir}/vault-setup-password')"`,
+    `if [ -f '${dir}/vault-token' ]; then export TF_VAR_vault_dev_root_token="$(cat '${dir}/vault-token')"; fi`,
+    `PGVAULT_ONLY_ENV=${envName} npx cdktf ${command} --skip-provider-lock --auto-approve`,
+  ].join('\n');
+  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
+  const r = spawnSync('bash', ['-c', script], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' } });
+  if (typeof log === 'number') fs.closeSync(log);
+  return r.status ?? 1;
+}
+
+/** The tail of the cdktf log (what the hooks printed), for assertions on their messages. */
+export function cdktfLogSince(offset: number): string {
+  const f = process.env.PGVAULT_CDKTF_LOG;
+  if (!f || !fs.existsSync(f)) return '';
+  return fs.readFileSync(f, 'utf8').slice(offset);
+}
+
+export function cdktfLogSize(): number {
+  const f = process.env.PGVAULT_CDKTF_LOG;
+  return f && fs.existsSync(f) ? fs.statSync(f).size : 0;
+}
+
+/** Every file under dir is 0600 and every directory 0700. Returns the offenders. */
+export function loosePermissions(dir: string): string[] {
+  const bad: string[] = [];
+  const walk = (p: string) => {
+    const st = fs.lstatSync(p);
+    if (st.isSymbolicLink()) return;
+    const mode = st.mode & 0o777;
+    if (st.isDirectory()) {
+      if (mode !== 0o700) bad.push(`${p} ${mode.toString(8)}`);
+      for (const e of fs.readdirSync(p)) walk(path.join(p, e));
+    } else if (mode !== 0o600) {
+      bad.push(`${p} ${mode.toString(8)}`);
+    }
+  };
+  walk(dir);
+  return bad;
 }

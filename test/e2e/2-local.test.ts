@@ -6,7 +6,9 @@
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { EnvironmentConfig } from '../../stacks/config';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
 import { VaultRequestError } from '../../app/src';
 import { connectWith } from '../../app/src/verify';
 import * as h from '../harness';
@@ -25,8 +27,13 @@ describe('local environment, end to end', () => {
     });
     env = h.loadEnvironment(ENV);
     await h.destroy(ENV); // whatever an earlier run left
-    const { seconds } = await h.timed(() => h.deploy(ENV));
-    console.log(`# figure: cold deploy of ${ENV}: ${seconds.toFixed(1)}s`);
+    const umask = process.umask(0o022);
+    try {
+      const { seconds } = await h.timed(() => h.deploy(ENV));
+      console.log(`# figure: cold deploy of ${ENV}: ${seconds.toFixed(1)}s`);
+    } finally {
+      process.umask(umask);
+    }
   });
 
   after(async () => {
@@ -38,8 +45,8 @@ describe('local environment, end to end', () => {
     const admin = await h.adminClient(env);
     try {
       for (const [role, group, canWrite] of [
-        ['readonly', 'pgvault_read', false],
-        ['readwrite', 'pgvault_write', true],
+        ['readonly', env.database.groupRoles.read, false],
+        ['readwrite', env.database.groupRoles.write, true],
       ] as const) {
         const creds = await session.issue(cfg.mountPath, role);
         assert.match(creds.username, new RegExp(`^v-approle-${role.slice(0, 8)}`));
@@ -87,7 +94,7 @@ describe('local environment, end to end', () => {
       const gone = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [creds.username]);
       assert.equal(gone.rowCount, 0, 'the role is gone');
       const owner = await admin.query("SELECT tableowner FROM pg_tables WHERE schemaname = 'app' AND tablename = 'owned_by_dynamic_user'");
-      assert.equal(owner.rows[0]?.tableowner, 'pgvault_owner', 'its table was handed to the owner role');
+      assert.equal(owner.rows[0]?.tableowner, env.database.retiredRole, 'its table was handed to the retired role');
       await assert.rejects(client.query('SELECT 1'), 'the open session was terminated');
       assert.equal(await h.tryLogin(env, creds.username, creds.password), '28P01', 'login fails after revocation');
       await admin.query('DROP TABLE app.owned_by_dynamic_user');
@@ -133,9 +140,48 @@ describe('local environment, end to end', () => {
     assert.equal(await h.tryLogin(env, env.secretsEngine.vaultUser, setup), '28P01');
   });
 
-  test('a second deploy changes nothing and credentials still work', async () => {
-    const { seconds } = await h.timed(() => h.deploy(ENV));
+  test('a SECURITY DEFINER function left by a revoked writer gives readers nothing', async () => {
+    const { cfg, session } = await h.appSession(ENV);
+    const admin = await h.adminClient(env);
+    try {
+      await admin.query("INSERT INTO app.items (name) VALUES ('kept-1'), ('kept-2')");
+      const writer = await session.issue(cfg.mountPath, 'readwrite');
+      const w = await connectWith(cfg, writer);
+      w.on('error', () => undefined);
+      await w.query(`CREATE FUNCTION app.backdoor() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE app.items'`);
+      await w.end();
+      await session.revoke(writer.leaseId);
+      const reader = await session.issue(cfg.mountPath, 'readonly');
+      const r = await connectWith(cfg, reader);
+      r.on('error', () => undefined);
+      await assert.rejects(r.query('SELECT app.backdoor()'), (e: any) => e.code === '42501', 'a reader may not run it');
+      await r.end();
+      const owner = await admin.query("SELECT pg_get_userbyid(proowner) AS owner FROM pg_proc WHERE proname = 'backdoor'");
+      assert.equal(owner.rows[0].owner, env.database.retiredRole);
+      // Even its new owner, which holds no privilege, could not empty the table.
+      await admin.query(`SET ROLE ${env.database.retiredRole}`);
+      await assert.rejects(admin.query('SELECT app.backdoor()'), (e: any) => e.code === '42501');
+      await admin.query('RESET ROLE');
+      assert.ok((await admin.query('SELECT count(*)::int AS n FROM app.items')).rows[0].n >= 2, 'the table is intact');
+      await admin.query('DROP FUNCTION app.backdoor()');
+      await session.revoke(reader.leaseId);
+    } finally {
+      await admin.end();
+      await session.revokeSelf();
+    }
+  });
+
+  test('a second deploy changes nothing, credentials still work, and every local file stays private (umask 0002)', async () => {
+    const umask = process.umask(0o002);
+    let seconds: number;
+    try {
+      ({ seconds } = await h.timed(() => h.deploy(ENV)));
+    } finally {
+      process.umask(umask);
+    }
     console.log(`# figure: warm deploy (no changes) of ${ENV}: ${seconds.toFixed(1)}s`);
+    assert.deepEqual(h.loosePermissions(localDir(ENV)), [], 'files 0600 and directories 0700 under .local/local (cold deploy ran with umask 0022, this one with 0002)');
+    assert.ok(fs.existsSync(path.join(localDir(ENV), 'state', `${ENV}-infra.tfstate`)), 'the state holding the dev root token is among them');
     const { cfg, session } = await h.appSession(ENV);
     try {
       const creds = await session.issue(cfg.mountPath, 'readonly');
@@ -146,14 +192,171 @@ describe('local environment, end to end', () => {
     }
   });
 
-  test('destroy leaves no container, network or volume, and a second destroy is harmless', async () => {
-    const { seconds } = await h.timed(() => h.destroy(ENV));
+  test('re-running the bootstrap (a new setupPasswordVersion) keeps the data and rotates root again', async () => {
+    const admin = await h.adminClient(env);
+    try {
+      await admin.query("INSERT INTO app.items (name) VALUES ('survivor-1'), ('survivor-2')");
+      const before = (await admin.query('SELECT count(*)::int AS n FROM app.items')).rows[0].n;
+      const file = path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${ENV}.json`);
+      const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+      doc.secretsEngine = { ...doc.secretsEngine, setupPasswordVersion: 2 };
+      fs.writeFileSync(file, JSON.stringify(doc, null, 2));
+      env = h.loadEnvironment(ENV);
+      const mark = h.cdktfLogSize();
+      await h.deploy(ENV);
+      const log = h.cdktfLogSince(mark);
+      assert.match(log, /bootstrap: local: roles .* are in place/, 'the bootstrap ran again');
+      assert.doesNotMatch(log, /removed the roles|dropped/, 'and removed nothing');
+      assert.equal((await admin.query('SELECT count(*)::int AS n FROM app.items')).rows[0].n, before, 'every row survived');
+      assert.ok((await admin.query("SELECT 1 FROM app.items WHERE name = 'survivor-2'")).rowCount, 'survivor-2 is there');
+    } finally {
+      await admin.end();
+    }
+    const setup = fs.readFileSync(env.secretsEngine.setupPasswordFile, 'utf8').trim();
+    assert.equal(await h.tryLogin(env, env.secretsEngine.vaultUser, setup), '28P01', 'root was rotated again');
+    const { cfg, session } = await h.appSession(ENV);
+    try {
+      const creds = await session.issue(cfg.mountPath, 'readwrite');
+      assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok');
+      await session.revoke(creds.leaseId);
+    } finally {
+      await session.revokeSelf();
+    }
+  });
+
+  test('a restarted (empty) dev server is healed by the next deploy, with no edit to any file', async () => {
+    const { cfg, session } = await h.appSession(ENV);
+    const lost = await session.issue(cfg.mountPath, 'readonly');
+    const admin = await h.adminClient(env);
+    try {
+      h.docker('restart', `pgvault-${ENV}-vault`);
+      await h.waitFor('the dev server to answer again', async () => Boolean(await h.vaultAdmin(env, 'GET', 'sys/health')));
+      const { seconds } = await h.timed(() => h.deploy(ENV));
+      console.log(`# figure: healing deploy after a dev server restart: ${seconds.toFixed(1)}s`);
+      assert.deepEqual(await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [lost.username]).then((r) => r.rows), [], 'the lost lease\'s user is gone');
+      const setup = fs.readFileSync(env.secretsEngine.setupPasswordFile, 'utf8').trim();
+      assert.equal(await h.tryLogin(env, env.secretsEngine.vaultUser, setup), '28P01', 'root was rotated again');
+      assert.ok((await admin.query('SELECT count(*)::int AS n FROM app.items')).rows[0].n >= 2, 'the data is still there');
+    } finally {
+      await admin.end();
+    }
+    const again = await h.appSession(ENV);
+    try {
+      const creds = await again.session.issue(again.cfg.mountPath, 'readwrite');
+      assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok', 'the app gets working credentials again');
+    } finally {
+      await again.session.revokeSelf();
+    }
+  });
+
+  test('destroy succeeds under live leases (the API serving, an admin lease, a user owning a table with an open session) and leaves nothing', async () => {
+    const server = startServer();
+    const admin = await h.adminClient(env);
+    try {
+      await h.waitFor('the API to serve', async () => (await fetch(`${API}/items`)).status === 200, 60_000);
+      const traffic = keepRequesting();
+      const adminLease = await h.vaultAdmin(env, 'GET', `${env.secretsEngine.mountPath}/creds/readwrite`);
+      const { cfg, session } = await h.appSession(ENV);
+      const owner = await session.issue(cfg.mountPath, 'readwrite');
+      const c = await connectWith(cfg, owner);
+      c.on('error', () => undefined);
+      await c.query('CREATE TABLE app.owned_at_destroy (id int)');
+      assert.ok((await h.dynamicRoles(admin, env)).length >= 4, 'API users, the admin lease and the owner are live');
+      assert.ok(adminLease.lease_id);
+      await admin.end();
+
+      const watch = h.watchRoles(env);
+      const { seconds } = await h.timed(() => h.destroy(ENV));
+      const seen = await watch.stop();
+      traffic.stop();
+      console.log(`# figure: destroy of ${ENV} under live leases: ${seconds.toFixed(1)}s (${seen.looks} looks at pg_roles during it)`);
+      assert.deepEqual(seen.vaultNamed, [], 'no dynamic role was left in pg_roles before the container went');
+      assert.deepEqual(seen.ours, [], "no role of the environment's either");
+      destroyed = true;
+      assertNoDockerLeftovers();
+    } finally {
+      await admin.end().catch(() => undefined);
+      server.kill('SIGKILL');
+    }
+  });
+
+  test("the README's direct path: cdktf deploy writes current outputs, and cdktf destroy with a live lease leaves nothing", async () => {
+    // The npm scripts make the local secret files; a direct deploy after a direct destroy reuses them.
+    await h.deploy(ENV);
+    const stale = fs.readFileSync(path.join(localDir(ENV), 'outputs.json'), 'utf8');
+    assert.equal(h.directCdktf(ENV, `destroy ${ENV}-infra ${ENV}-secrets`), 0, 'direct destroy');
+    assert.equal(fs.existsSync(path.join(localDir(ENV), 'outputs.json')), false, 'the destroy removed the outputs file');
+    assert.equal(h.directCdktf(ENV, `deploy ${ENV}-infra ${ENV}-secrets`), 0, 'direct deploy');
+    const fresh = JSON.parse(fs.readFileSync(path.join(localDir(ENV), 'outputs.json'), 'utf8'));
+    assert.notEqual(fresh.approle_role_id, JSON.parse(stale).approle_role_id, 'a new AppRole, a new role_id');
+    assert.deepEqual(h.loosePermissions(localDir(ENV)), []);
+    const server = startServer();
+    try {
+      await h.waitFor('the API to serve on the new role_id', async () => (await fetch(`${API}/items`)).status === 200, 60_000);
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    }
+    const { cfg, session } = await h.appSession(ENV);
+    await session.issue(cfg.mountPath, 'readonly');
+    const watch = h.watchRoles(env);
+    assert.equal(h.directCdktf(ENV, `destroy ${ENV}-secrets`), 0, 'direct destroy of the secrets stack with a live lease');
+    const seen = await watch.stop();
+    assert.ok(seen.looks > 0);
+    assert.deepEqual(seen.vaultNamed, []);
+    assert.deepEqual(seen.ours, []);
+    assert.equal(h.directCdktf(ENV, `destroy ${ENV}-infra`), 0, 'direct destroy of the containers');
+    assertNoDockerLeftovers();
+    await h.destroy(ENV);
+  });
+
+  test('an interrupted teardown (the connection deleted under a live lease) is recovered by destroy', async () => {
+    await h.deploy(ENV);
+    destroyed = false;
+    const { cfg, session } = await h.appSession(ENV);
+    const live = await session.issue(cfg.mountPath, 'readwrite');
+    await h.vaultAdmin(env, 'DELETE', `${env.secretsEngine.mountPath}/config/${env.secretsEngine.connectionName}`);
+    const watch = h.watchRoles(env);
+    const mark = h.cdktfLogSize();
+    await h.destroy(ENV);
     destroyed = true;
-    console.log(`# figure: destroy of ${ENV}: ${seconds.toFixed(1)}s`);
+    const seen = await watch.stop();
+    assert.deepEqual(seen.vaultNamed, [], `${live.username} was dropped from Postgres's side`);
+    assert.deepEqual(seen.ours, []);
+    assert.match(h.cdktfLogSince(mark), /dropped 1 dynamic user/);
+    assertNoDockerLeftovers();
+  });
+
+  test('a second destroy is harmless, and the images are kept', async () => {
+    await h.destroy(ENV);
+    assert.ok(h.docker('image', 'inspect', '--format', '{{.Id}}', env.docker!.postgresImage), 'images are kept (keep_locally)');
+  });
+
+  function assertNoDockerLeftovers(): void {
     assert.equal(h.docker('ps', '-a', '--filter', `name=pgvault-${ENV}-`, '--format', '{{.Names}}'), '');
     assert.equal(h.docker('network', 'ls', '--filter', `name=pgvault-${ENV}`, '--format', '{{.Name}}'), '');
     assert.equal(h.docker('volume', 'ls', '--filter', `name=pgvault-${ENV}-`, '--format', '{{.Name}}'), '');
-    assert.ok(h.docker('image', 'inspect', '--format', '{{.Id}}', env.docker!.postgresImage), 'images are kept (keep_locally)');
-    await h.destroy(ENV);
-  });
+  }
 });
+
+const API_PORT = 18183;
+const API = `http://127.0.0.1:${API_PORT}`;
+
+/** The REST API as a real process on the local environment. */
+function startServer() {
+  const serve = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+  const child = spawn(process.execPath, [serve, ENV], { env: { ...process.env, PORT: String(API_PORT), LOG_LEVEL: 'warn' }, stdio: 'ignore' });
+  return child;
+}
+
+/** Requests against the API until stopped (their outcome does not matter: the destroy must succeed). */
+function keepRequesting(): { stop(): void } {
+  let running = true;
+  void (async () => {
+    while (running) {
+      await fetch(`${API}/items?limit=1`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return { stop: () => (running = false) };
+}

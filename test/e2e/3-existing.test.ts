@@ -14,18 +14,25 @@ import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../../stacks/config';
 import { verifyRole } from '../../app/src';
+import { connectWith } from '../../app/src/verify';
 import * as h from '../harness';
 
 const ENV = 'existing-example';
 const PG_PORT = 25432;
 const VAULT_PORT = 28200;
 
+/** The host's PostgreSQL 15, on purpose: this is the "older server" case (CREATEROLE before 16). */
 function pgBinDir(): string {
-  const base = '/usr/lib/postgresql';
-  const versions = fs.existsSync(base) ? fs.readdirSync(base).sort((a, b) => Number(b) - Number(a)) : [];
-  const dir = versions.map((v) => path.join(base, v, 'bin')).find((d) => fs.existsSync(path.join(d, 'initdb')));
-  if (!dir) throw new Error('end-to-end prerequisite missing: PostgreSQL server binaries (initdb); install them: apt-get install postgresql-15');
+  const dir = '/usr/lib/postgresql/15/bin';
+  if (!fs.existsSync(path.join(dir, 'initdb'))) throw new Error('end-to-end prerequisite missing: PostgreSQL 15 server binaries (initdb); install them: apt-get install postgresql-15');
   return dir;
+}
+
+/** One more environment file beside the scratch one, built from existing-example's settings. */
+function addEnvironment(name: string, base: any, edit: (doc: any) => void): void {
+  const doc = JSON.parse(JSON.stringify(base));
+  edit(doc);
+  fs.writeFileSync(path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${name}.json`), JSON.stringify(doc, null, 2));
 }
 
 describe('existing-infrastructure environment, end to end', () => {
@@ -34,13 +41,16 @@ describe('existing-infrastructure environment, end to end', () => {
   let postgres: h.HostProcess | undefined;
   let vault: h.HostProcess | undefined;
   let destroyed = false;
+  let base: any;
+  let superuser: Client;
+  let secrets: string;
 
   before(async () => {
     h.requireToolchain();
     const bin = pgBinDir();
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-existing-'));
     fs.chmodSync(work, 0o755);
-    const secrets = path.join(work, 'secrets');
+    secrets = path.join(work, 'secrets');
     fs.mkdirSync(secrets, { mode: 0o700 });
     const pgPassword = crypto.randomBytes(18).toString('base64url');
     const rootToken = crypto.randomBytes(16).toString('hex');
@@ -67,23 +77,36 @@ describe('existing-infrastructure environment, end to end', () => {
     await h.waitFor('Postgres to accept connections', async () => {
       const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: pgPassword, database: 'postgres' });
       await c.connect();
-      await c.query('CREATE DATABASE app').catch(() => undefined);
-      await c.end();
+      superuser = c;
       return true;
     });
+    for (const db of ['app', 'app_b', 'app_c']) await superuser.query(`CREATE DATABASE ${db}`);
+    // A superuser that the server asks for a cleartext password (what an impostor would do).
+    const hba = path.join(data, 'pg_hba.conf');
+    fs.writeFileSync(hba, `host all cleartext_admin 127.0.0.1/32 password\n${fs.readFileSync(hba, 'utf8')}`);
+    await superuser.query(`CREATE ROLE cleartext_admin LOGIN SUPERUSER PASSWORD '${pgPassword}'`);
+    await superuser.query('SELECT pg_reload_conf()');
 
     // A Vault-compatible server in dev mode, with TLS and its own CA.
     const tls = path.join(work, 'vault-tls');
     fs.mkdirSync(tls);
+    // Its log holds the root token: it goes in the 0700 secrets directory.
     vault = h.startProcess(process.env.VAULT_SERVER_BIN!, ['server', '-dev', '-dev-tls', `-dev-tls-cert-dir=${tls}`, `-dev-listen-address=127.0.0.1:${VAULT_PORT}`], {
       env: { BAO_DEV_ROOT_TOKEN_ID: rootToken, VAULT_DEV_ROOT_TOKEN_ID: rootToken, HOME: work },
-      logFile: path.join(work, 'vault.log'),
+      logFile: path.join(secrets, 'vault.log'),
     });
     await h.waitFor('Vault to write its CA', async () => fs.existsSync(path.join(tls, 'vault-ca.pem')));
 
     h.scratchEnvironment(ENV, (doc) => {
       doc.postgres = { ...doc.postgres, host: '127.0.0.1', port: PG_PORT, sslmode: 'disable', adminPasswordFile: path.join(secrets, 'postgres-admin-password') };
       doc.vault = { ...doc.vault, address: `https://127.0.0.1:${VAULT_PORT}`, caCertFile: path.join(tls, 'vault-ca.pem'), tokenFile: path.join(secrets, 'vault-token') };
+      base = JSON.parse(JSON.stringify(doc));
+    });
+    // A second team's environment on the same servers: its own database, mount and AppRole.
+    addEnvironment('existing-b', base, (doc) => {
+      doc.postgres.database = 'app_b';
+      doc.secretsEngine = { mountPath: 'database-b' };
+      doc.appAccess = { approleMount: 'approle-b', roleName: 'pgvault-app-b' };
     });
     env = h.loadEnvironment(ENV);
     await h.waitFor('Vault to answer over TLS', async () => Boolean(await h.vaultAdmin(env, 'GET', 'sys/health')));
@@ -91,14 +114,23 @@ describe('existing-infrastructure environment, end to end', () => {
   });
 
   after(async () => {
+    for (const other of ['existing-b', 'existing-c', 'existing-d', 'existing-tls', 'existing-clear']) {
+      if (env) await h.destroy(other).catch((e) => console.error(`cleanup destroy of ${other} failed: ${e.message}`));
+    }
     if (!destroyed && env) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
+    await superuser?.end().catch(() => undefined);
     await vault?.stop();
     await postgres?.stop();
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
-  test('deploys only the Vault configuration, over TLS with the CA from the environment', async () => {
+  test('deploys only the Vault configuration, over TLS with the CA from the environment, and warns about PostgreSQL 15', async () => {
+    const mark = h.cdktfLogSize();
     const { value: outputs, seconds } = await h.timed(() => h.deploy(ENV));
+    const log = h.cdktfLogSince(mark);
+    assert.match(log, /WARNING: PostgreSQL 15\.\d+ at 127\.0\.0\.1:25432: before PostgreSQL 16 a CREATEROLE role/, 'the version warning names the version');
+    assert.match(log, /superuser-equivalent/, 'and the risk');
+    assert.match(log, /upgrade the server to PostgreSQL 16 or later/, 'and the fix');
     console.log(`# figure: deploy of ${ENV} (existing servers): ${seconds.toFixed(1)}s`);
     assert.equal(outputs.vault_address, `https://127.0.0.1:${VAULT_PORT}`);
     assert.equal(outputs.postgres_port, PG_PORT);
@@ -121,22 +153,169 @@ describe('existing-infrastructure environment, end to end', () => {
     }
   });
 
-  test('destroy removes the Vault configuration and the Postgres roles and schema it created', async () => {
-    await h.destroy(ENV);
-    destroyed = true;
-    const mounts = await h.vaultAdmin(env, 'GET', 'sys/mounts');
-    assert.equal(mounts.data['database/'], undefined);
-    const auths = await h.vaultAdmin(env, 'GET', 'sys/auth');
-    assert.equal(auths.data['approle/'], undefined);
+  test('two environments share the servers: both work, and destroying one leaves the other and its data untouched', async () => {
+    await h.deploy('existing-b');
+    const b = h.loadEnvironment('existing-b');
+    const { cfg, session } = await h.appSession('existing-b');
+    const bAdmin = await h.adminClient(b);
+    try {
+      for (const role of b.roles) {
+        const report = await verifyRole(session, cfg, role.name, role.access);
+        assert.deepEqual(report.checks.filter((c) => !c.ok), [], `existing-b ${role.name}`);
+      }
+      await bAdmin.query("INSERT INTO app.items (name) VALUES ('team-b-row')");
+      const held = await session.issue(cfg.mountPath, 'readonly');
+      await h.destroy(ENV);
+      destroyed = true;
+      assert.equal(await h.tryLogin(b, held.username, held.password), 'ok', "existing-b's live user is untouched");
+      assert.equal((await bAdmin.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'team-b-row'")).rows[0].n, 1, "existing-b's data is untouched");
+      const report = await verifyRole(session, cfg, 'readwrite', 'write');
+      assert.deepEqual(report.checks.filter((c) => !c.ok), [], 'existing-b still issues working credentials');
+      await session.revoke(held.leaseId);
+    } finally {
+      await bAdmin.end();
+      await session.revokeSelf();
+    }
+  });
+
+  test('destroy under live leases keeps the data by default and leaves nothing else of ours in Vault or Postgres', async () => {
+    await h.deploy(ENV);
+    destroyed = false;
+    const { cfg, session } = await h.appSession(ENV);
     const admin = await h.adminClient(env);
     try {
-      const roles = await admin.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgvault%' OR rolname = 'vault_admin' OR rolname LIKE 'v-approle-%'");
+      await admin.query("INSERT INTO app.items (name) VALUES ('keep-me')");
+      await h.vaultAdmin(env, 'GET', `${cfg.mountPath}/creds/readonly`);
+      const owner = await session.issue(cfg.mountPath, 'readwrite');
+      const c = await connectWith(cfg, owner);
+      c.on('error', () => undefined);
+      await c.query('CREATE TABLE app.owned_at_destroy (id int)');
+      const mark = h.cdktfLogSize();
+      await h.destroy(ENV);
+      destroyed = true;
+      assert.match(h.cdktfLogSince(mark), /KEPT schema app \(app\.items: \d+ rows\)/, 'the destroy says what it kept');
+      assert.equal(await h.vaultAdmin(env, 'GET', 'sys/mounts').then((m) => m.data['database/']), undefined, 'no mount');
+      assert.equal(await h.vaultAdmin(env, 'GET', 'sys/auth').then((m) => m.data['approle/']), undefined, 'no AppRole');
+      await assert.rejects(h.vaultAdmin(env, 'GET', 'sys/policies/acl/pgvault-app'), /404/, 'no policy');
+      assert.deepEqual(await h.dynamicRoles(admin, env).catch(() => []), []);
+      const left = await admin.query('SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1', [[
+        env.secretsEngine.vaultUser, env.database.groupRoles.read, env.database.groupRoles.write, env.database.ownerRole, env.database.retiredRole,
+      ]]);
+      assert.deepEqual(left.rows.map((r) => r.rolname), [env.database.ownerRole, env.database.retiredRole].sort(), 'only the NOLOGIN owners of the kept data remain');
+      assert.deepEqual(await h.vaultNamedRoles(admin).then((r) => r.filter((n) => n === owner.username)), [], 'the user that owned a table is gone');
+      assert.equal((await admin.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'keep-me'")).rows[0].n, 1, 'the data is kept');
+    } finally {
+      await admin.end();
+    }
+  });
+
+  test('a redeploy takes the kept data up again; with dropDataOnDestroy the destroy removes it all', async () => {
+    await h.deploy(ENV);
+    destroyed = false;
+    const { cfg, session } = await h.appSession(ENV);
+    try {
+      const creds = await session.issue(cfg.mountPath, 'readonly');
+      const c = await connectWith(cfg, creds);
+      assert.equal((await c.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'keep-me'")).rows[0].n, 1);
+      await c.end();
+    } finally {
+      await session.revokeSelf();
+    }
+    const file = path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${ENV}.json`);
+    const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+    doc.postgres.dropDataOnDestroy = true;
+    fs.writeFileSync(file, JSON.stringify(doc, null, 2));
+    await h.destroy(ENV);
+    destroyed = true;
+    const admin = await h.adminClient(h.loadEnvironment(ENV));
+    try {
+      const roles = await admin.query('SELECT rolname FROM pg_roles WHERE rolname LIKE $1', [`pgvault_existing_example_%`]);
       assert.deepEqual(roles.rows, []);
-      const schema = await admin.query("SELECT 1 FROM pg_namespace WHERE nspname = 'app'");
-      assert.equal(schema.rowCount, 0);
+      assert.equal((await admin.query("SELECT 1 FROM pg_namespace WHERE nspname = 'app'")).rowCount, 0);
     } finally {
       await admin.end();
     }
     assert.ok(fs.existsSync(env.vault.tokenFile), "the operator's token file is left alone");
   });
+
+  test('fails when objects it did not create are in the way, and changes nothing of theirs, at deploy or destroy', async () => {
+    const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: readAdminPassword(), database: 'app_c' });
+    await c.connect();
+    try {
+      await c.query('CREATE SCHEMA app');
+      await c.query('CREATE TABLE app.theirs (id int)');
+      await c.query("INSERT INTO app.theirs VALUES (1), (2)");
+      await c.query("CREATE ROLE their_role LOGIN PASSWORD 'theirs-pw'");
+      const acl = async () => (await c.query("SELECT nspacl::text AS a, pg_get_userbyid(nspowner) AS o, obj_description(oid, 'pg_namespace') AS d FROM pg_namespace WHERE nspname = 'app'")).rows[0];
+      const before = await acl();
+
+      addEnvironment('existing-c', base, (doc) => {
+        doc.postgres.database = 'app_c';
+        doc.secretsEngine = { mountPath: 'database-c' };
+        doc.appAccess = { approleMount: 'approle-c', roleName: 'pgvault-app-c' };
+      });
+      await assert.rejects(h.deploy('existing-c'), /schema "app" already exists in database "app_c" and was not created by environment existing-c.*"postgres\.database"/s);
+      addEnvironment('existing-d', base, (doc) => {
+        doc.postgres.database = 'app_b';
+        doc.secretsEngine = { mountPath: 'database-d', vaultUser: 'their_role' };
+        doc.appAccess = { approleMount: 'approle-d', roleName: 'pgvault-app-d' };
+      });
+      await assert.rejects(h.deploy('existing-d'), /role "their_role" already exists .* not created by environment existing-d.*"secretsEngine\.vaultUser"/s);
+      await h.destroy('existing-c');
+      await h.destroy('existing-d');
+
+      assert.deepEqual(await acl(), before, 'their schema: same owner, same privileges, no comment');
+      assert.equal((await c.query('SELECT count(*)::int AS n FROM app.theirs')).rows[0].n, 2, 'their table and rows');
+      const role = await c.query("SELECT rolcreaterole, shobj_description(oid, 'pg_authid') AS d FROM pg_roles WHERE rolname = 'their_role'");
+      assert.deepEqual(role.rows, [{ rolcreaterole: false, d: null }], 'their role: unchanged');
+      const login = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'their_role', password: 'theirs-pw', database: 'app_c' });
+      await login.connect();
+      await login.end();
+      assert.deepEqual((await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgvault_existing_c%' OR rolname LIKE 'pgvault_existing_d%'")).rows, [], 'nothing was half-created');
+    } finally {
+      await c.end();
+    }
+  });
+
+  test('refuses to send the superuser password in clear text', async () => {
+    addEnvironment('existing-clear', base, (doc) => {
+      doc.postgres.adminUser = 'cleartext_admin';
+      doc.secretsEngine = { mountPath: 'database-clear' };
+      doc.appAccess = { approleMount: 'approle-clear', roleName: 'pgvault-app-clear' };
+    });
+    await assert.rejects(h.deploy('existing-clear'), /asked for the superuser's password in clear text; refused/);
+    await h.destroy('existing-clear');
+  });
+
+  test('VAULT_SKIP_VERIFY in the shell does not switch off TLS checks: a wrong CA fails the deploy', async () => {
+    const wrong = path.join(secrets, 'wrong-ca');
+    fs.mkdirSync(wrong);
+    const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(wrong, 'key.pem'), '-out', path.join(wrong, 'ca.pem'), '-days', '1', '-subj', '/CN=not-the-vault-ca'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    addEnvironment('existing-tls', base, (doc) => {
+      doc.vault.caCertFile = path.join(wrong, 'ca.pem');
+      doc.secretsEngine = { mountPath: 'database-tls' };
+      doc.appAccess = { approleMount: 'approle-tls', roleName: 'pgvault-app-tls' };
+    });
+    h.prepareLocalSecrets(h.loadEnvironment('existing-tls'));
+    const mark = h.cdktfLogSize();
+    process.env.VAULT_SKIP_VERIFY = '1';
+    try {
+      assert.notEqual(h.directCdktf('existing-tls', 'deploy existing-tls-secrets'), 0, 'the direct deploy fails');
+    } finally {
+      delete process.env.VAULT_SKIP_VERIFY;
+    }
+    assert.match(h.cdktfLogSince(mark), /x509|certificate/i, 'on TLS');
+    const mounts = await h.vaultAdmin(env, 'GET', 'sys/mounts');
+    assert.equal(mounts.data['database-tls/'], undefined, 'nothing was configured in Vault');
+    addEnvironment('existing-tls', base, (doc) => {
+      doc.secretsEngine = { mountPath: 'database-tls' };
+      doc.appAccess = { approleMount: 'approle-tls', roleName: 'pgvault-app-tls' };
+    });
+    await h.destroy('existing-tls');
+  });
+
+  function readAdminPassword(): string {
+    return fs.readFileSync(path.join(secrets, 'postgres-admin-password'), 'utf8').trim();
+  }
 });
