@@ -208,6 +208,9 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     await client.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${db} TO ${read}, ${write}`);
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${read}, ${write}`);
     await client.query(`GRANT CREATE ON SCHEMA ${q(schema)} TO ${write}`);
+    // Changing an object's owner needs the new owner to have CREATE in its schema; that is all
+    // the retired role holds (no USAGE, nothing on any table), so what it owns can do nothing.
+    await client.query(`GRANT CREATE ON SCHEMA ${q(schema)} TO ${q(retiredRole)}`);
     const owned = await client.query(
       `SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
         WHERE n.nspname = $1 AND o.rolname = $2 AND c.relkind IN ('r', 'p', 'v', 'm')`,

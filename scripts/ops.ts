@@ -31,13 +31,18 @@ function hasResources(env: EnvironmentConfig, stackId: string): boolean {
   }
 }
 
+/** The project's own VAULT_* variables (from the toolchain), unlike the Vault client's settings. */
+const PROJECT_VARIABLES = new Set(['VAULT_IMAGE', 'VAULT_SERVER_BIN']);
+
 /**
  * The cdktf CLI's environment: the secrets as TF_VAR_* and nothing of the operator's Vault
  * settings (VAULT_ADDR, VAULT_TOKEN, VAULT_SKIP_VERIFY, ...): the stacks configure the provider.
  */
 function cdktfEnv(env: EnvironmentConfig): NodeJS.ProcessEnv {
   const childEnv: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!/^(VAULT|BAO)_/.test(k)) childEnv[k] = v;
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!/^(VAULT|BAO)_/.test(k) || PROJECT_VARIABLES.has(k)) childEnv[k] = v;
+  }
   Object.assign(childEnv, {
     PGVAULT_ONLY_ENV: env.name,
     CHECKPOINT_DISABLE: '1',
@@ -126,14 +131,23 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
 /** Destroys the environment's stacks, whatever leases are live. Harmless when nothing is deployed. */
 export async function destroy(name: string): Promise<void> {
   const env = loadEnvironment(name);
-  const deployed = stackIds(env).filter((id) => hasResources(env, id));
+  let deployed = stackIds(env).filter((id) => hasResources(env, id));
   const started = Date.now();
+  if (env.infrastructure === 'docker' && !deployed.includes(`${env.name}-infra`) && deployed.length) {
+    // The containers are gone (an interrupted destroy): the Vault and the Postgres that the
+    // -secrets state describes went with them, so there is nothing left to tear down there.
+    log(`${env.name}: its containers are gone; forgetting the -secrets state that described them`);
+    fs.rmSync(stateFile(env, `${env.name}-secrets`), { force: true });
+    deployed = [];
+  }
   if (deployed.length === 0) {
     log(`nothing deployed for ${env.name}; nothing to destroy`);
   } else {
     try {
       await recoverInterruptedTeardown(env, false);
-      await cdktf(env, ['destroy', ...deployed, '--auto-approve', '--skip-provider-lock']);
+      // A half-deployed environment may have only its -infra stack in state.
+      const partial = deployed.length < stackIds(env).length ? ['--ignore-missing-stack-dependencies'] : [];
+      await cdktf(env, ['destroy', ...deployed, '--auto-approve', '--skip-provider-lock', ...partial]);
     } catch (e: any) {
       throw new Error(
         `destroy of ${env.name} failed: ${e.message}. Fix the cause shown above and run 'npm run destroy -- ${env.name}' again. ` +

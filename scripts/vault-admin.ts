@@ -83,7 +83,7 @@ export async function liveLeaseCount(env: EnvironmentConfig): Promise<number> {
   const base = `sys/leases/lookup/${env.secretsEngine.mountPath}/creds`;
   let roles: string[];
   try {
-    roles = (await vaultAdmin(env, 'LIST', base)).data?.keys ?? [];
+    roles = (await vaultAdmin(env, 'GET', `${base}?list=true`)).data?.keys ?? [];
   } catch (e) {
     if (e instanceof VaultAdminError && e.status === 404) return 0;
     throw e;
@@ -91,7 +91,7 @@ export async function liveLeaseCount(env: EnvironmentConfig): Promise<number> {
   let n = 0;
   for (const r of roles) {
     try {
-      n += ((await vaultAdmin(env, 'LIST', `${base}/${r.replace(/\/$/, '')}`)).data?.keys ?? []).length;
+      n += ((await vaultAdmin(env, 'GET', `${base}/${r.replace(/\/$/, '')}?list=true`)).data?.keys ?? []).length;
     } catch (e) {
       if (!(e instanceof VaultAdminError && e.status === 404)) throw e;
     }

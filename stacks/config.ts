@@ -88,7 +88,8 @@ export interface EnvironmentConfig {
     /** Owns the schema and app.items. */
     readonly ownerRole: string;
     /**
-     * Takes over what a revoked dynamic user owned. It holds no privilege and owns nothing
+     * Takes over what a revoked dynamic user owned. It holds no privilege on any data (only the
+     * CREATE in the schema that a change of owner needs) and owns nothing
      * else, so a SECURITY DEFINER function or a view left behind by a writer can do nothing.
      */
     readonly retiredRole: string;
