@@ -152,7 +152,11 @@ export function watchRoles(env: EnvironmentConfig): { stop(): Promise<{ vaultNam
     let admin: Client | undefined;
     while (running) {
       try {
-        admin ??= await adminClient(env);
+        if (!admin) {
+          admin = await adminClient(env);
+          // The server goes away at the end of a destroy: that is expected here.
+          admin.on('error', () => undefined);
+        }
         const vaultNamed = await vaultNamedRoles(admin);
         const ours = (await admin.query('SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1', [[
           env.secretsEngine.vaultUser, env.database.groupRoles.read, env.database.groupRoles.write, env.database.ownerRole, env.database.retiredRole,
