@@ -20,11 +20,10 @@ const ENV = 'existing-example';
 const PG_PORT = 25432;
 const VAULT_PORT = 28200;
 
+/** PostgreSQL 15 on purpose: the "older server" case (before 16, CREATEROLE is superuser-equivalent). */
 function pgBinDir(): string {
-  const base = '/usr/lib/postgresql';
-  const versions = fs.existsSync(base) ? fs.readdirSync(base).sort((a, b) => Number(b) - Number(a)) : [];
-  const dir = versions.map((v) => path.join(base, v, 'bin')).find((d) => fs.existsSync(path.join(d, 'initdb')));
-  if (!dir) throw new Error('end-to-end prerequisite missing: PostgreSQL server binaries (initdb); install them: apt-get install postgresql-15');
+  const dir = '/usr/lib/postgresql/15/bin';
+  if (!fs.existsSync(path.join(dir, 'initdb'))) throw new Error(`end-to-end prerequisite missing: PostgreSQL 15 server binaries (${dir}/initdb); install them: apt-get install postgresql-15`);
   return dir;
 }
 

@@ -54,12 +54,14 @@ function expectStatus(a: Answer, status: number, what: string): any {
   return a.body;
 }
 
-/** The app's token: AppRole login with the deployed role_id and a fresh secret_id. */
-async function appToken(): Promise<string> {
+/** The app's token: AppRole login through the CLI, as the README shows it (role_id and secret_id from files). */
+async function appToken(dir: string): Promise<string> {
   const out = JSON.parse(fs.readFileSync(outputsFile(ENV), 'utf8'));
-  const secretId = await issueSecretId(ENV);
-  const login = await vault('', 'POST', `auth/${out.approle_mount}/login`, { role_id: out.approle_role_id, secret_id: secretId });
-  return expectStatus(login, 200, 'AppRole login').auth.client_token;
+  fs.writeFileSync(path.join(dir, 'role-id'), out.approle_role_id, { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'secret-id'), await issueSecretId(ENV), { mode: 0o600 });
+  const login = bao('', 'write', '-field=token', `auth/${out.approle_mount}/login`, `role_id=@${path.join(dir, 'role-id')}`, `secret_id=@${path.join(dir, 'secret-id')}`);
+  assert.equal(login.status, 0, `bao write auth/${out.approle_mount}/login: ${login.stderr}`);
+  return login.stdout.trim();
 }
 
 /** Live lease ids under <mount>/creds/<role>, as the admin sees them. */
@@ -265,7 +267,7 @@ describe('standard Vault clients on a deployed environment', () => {
     }
 
     const log = fs.readFileSync(logFile, 'utf8');
-    assert.doesNotMatch(log, /permission denied|403/, `the agent met a refusal; see ${logFile}`);
+    assert.doesNotMatch(log, /permission denied|Code: 403/, `the agent met a refusal; see ${logFile}`);
     assert.deepEqual(failures, [], 'every rendered pair logs in with its role\'s grants');
     let total = 0;
     for (const role of ROLES) {
@@ -300,7 +302,9 @@ describe('standard Vault clients on a deployed environment', () => {
   });
 
   test('the Go client (`bao lease renew/revoke`) and plain HTTP (lease_id in the body) renew and revoke the app\'s leases, and get 403 for any other role\'s', async () => {
-    const token = await appToken();
+    const dir = path.join(work, 'cli');
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const token = await appToken(dir);
     await withOutsideRoles(env, admin, mount, ['outside'], async () => {
       const outsideRead = await vault(admin, 'GET', `${mount}/creds/outside`);
       const outside = expectStatus(outsideRead, 200, 'admin reads creds of a role outside the policy').lease_id as string;
@@ -308,7 +312,9 @@ describe('standard Vault clients on a deployed environment', () => {
       try {
         for (const role of ROLES) {
           // The Go client: `lease renew` sends PUT sys/leases/renew with the lease_id in the body.
-          const issued = expectStatus(await vault(token, 'GET', `${mount}/creds/${role}`), 200, `app reads ${role}`);
+          const read = bao(token, 'read', '-format=json', `${mount}/creds/${role}`);
+          assert.equal(read.status, 0, `bao read ${mount}/creds/${role}: ${read.stderr}`);
+          const issued = JSON.parse(read.stdout);
           const renew = bao(token, 'lease', 'renew', '-format=json', '-increment=10s', issued.lease_id);
           assert.equal(renew.status, 0, `bao lease renew (${role}): ${renew.stderr}`);
           assert.equal(JSON.parse(renew.stdout).lease_id, issued.lease_id);
@@ -396,7 +402,7 @@ describe('standard Vault clients on a deployed environment', () => {
           const creds = await vault(admin, 'GET', `${mount}/creds/${role}`);
           assert.notEqual(creds.status, 200, `${role}: Vault must not issue credentials (${statement})`);
           assert.match(JSON.stringify(creds.body.errors), /permission denied/, `${role}: Postgres's permission error`);
-          console.log(`# ${role}: refused: ${JSON.stringify(creds.body.errors).match(/permission denied[^\\(]*/)?.[0]}`);
+          console.log(`# ${role}: refused: ${String((creds.body.errors ?? []).join(' ')).match(/permission denied[^(\n]*/)?.[0]?.trim()}`);
         }
       });
       assert.deepEqual(await privileged(), before, 'no pg_* membership, superuser or admin-role grant was added');
