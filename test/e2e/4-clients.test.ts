@@ -329,6 +329,13 @@ describe('standard Vault clients on a deployed environment', () => {
           assert.equal(renewed.lease_id, again.lease_id);
           expectStatus(await vault(token, 'PUT', 'sys/leases/revoke', { lease_id: again.lease_id, sync: true }), 204, `body-form revoke (${role})`);
           assert.ok(!(await liveLeases(admin, mount, role)).includes(again.lease_id), 'revoked through the body form');
+          const pg = await h.adminClient(env);
+          try {
+            const left = await pg.query('SELECT 1 FROM pg_roles WHERE rolname = ANY($1)', [[issued.data.username, again.data.username]]);
+            assert.equal(left.rowCount, 0, `${role}: the revocations dropped both Postgres users`);
+          } finally {
+            await pg.end();
+          }
         }
 
         // The same requests for a lease of a role outside the policy.
