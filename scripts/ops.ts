@@ -12,6 +12,7 @@ import { log } from './toolchain-env';
 import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-secrets';
 import { outputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
+import { checkPostgresDataVolume } from './preflight';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -108,6 +109,7 @@ async function recoverInterruptedTeardown(env: EnvironmentConfig, forDeploy: boo
 export async function deploy(name: string): Promise<Record<string, unknown>> {
   const env = loadEnvironment(name);
   prepareLocalSecrets(env);
+  checkPostgresDataVolume(env);
   const raw = path.join(localDir(env.name), 'cdktf-outputs.json');
   const started = Date.now();
   try {

@@ -99,7 +99,7 @@ export interface EnvironmentConfig {
   };
 }
 
-export const DEFAULT_POSTGRES_IMAGE = 'postgres:15-bookworm';
+export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
 export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;

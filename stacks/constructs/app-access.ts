@@ -19,14 +19,30 @@ export interface AppAccessProps {
   readonly secretIdTtlSeconds?: number;
 }
 
-/** Renders the app's policy: its roles' creds, its own leases and its own token, nothing else. */
+/**
+ * Renders the app's policy: its roles' creds, its own leases and its own token, nothing else.
+ *
+ * Leases are renewed and revoked in both request forms. Our client puts the lease in the URL
+ * (`sys/leases/renew/<lease>`); the standard consumers (Vault/OpenBao Agent, the Go client's
+ * `lease renew`, hvac, Spring Vault) send `PUT sys/leases/renew` or `sys/leases/revoke` with the
+ * lease_id in the body. For the body form the lease_id values are restricted to the app's creds
+ * paths, so a lease of any other role still answers 403. The tokens carry no `default` policy,
+ * which is where Vault would otherwise grant `sys/leases/renew` to every token.
+ */
 export function appPolicy(credsPaths: readonly string[]): string {
+  if (credsPaths.length === 0) {
+    // An empty value list in allowed_parameters admits any value: every lease in Vault.
+    throw new Error('AppAccess: "roles" is empty; expected at least one role the app may read credentials for. Give the app a role.');
+  }
   const blocks = credsPaths.flatMap((p) => [
     `path "${p}" {\n  capabilities = ["read"]\n}`,
     `path "sys/leases/renew/${p}/*" {\n  capabilities = ["update"]\n}`,
     `path "sys/leases/revoke/${p}/*" {\n  capabilities = ["update"]\n}`,
   ]);
+  const leaseIds = credsPaths.map((p) => `"${p}/*"`).join(', ');
   blocks.push(
+    `path "sys/leases/renew" {\n  capabilities = ["update"]\n  allowed_parameters = {\n    "lease_id" = [${leaseIds}]\n    "increment" = []\n  }\n}`,
+    `path "sys/leases/revoke" {\n  capabilities = ["update"]\n  allowed_parameters = {\n    "lease_id" = [${leaseIds}]\n    "sync" = []\n  }\n}`,
     'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
     'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
     'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}',

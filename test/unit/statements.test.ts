@@ -42,16 +42,43 @@ test('the connection URL leaves credentials to Vault', () => {
   assert.equal(sql.connectionUrl('db', 5432, 'app', 'disable'), 'postgresql://{{username}}:{{password}}@db:5432/app?sslmode=disable');
 });
 
-test('the app policy allows its creds, its leases and its own token, nothing else', () => {
-  const hcl = appPolicy(['database/creds/readonly']);
+test('the app policy allows its creds, its leases in both request forms and its own token, nothing else', () => {
+  const hcl = appPolicy(['database/creds/readonly', 'database/creds/readwrite']);
   const paths = [...hcl.matchAll(/path "([^"]+)"/g)].map((m) => m[1]);
   assert.deepEqual(paths, [
     'database/creds/readonly',
     'sys/leases/renew/database/creds/readonly/*',
     'sys/leases/revoke/database/creds/readonly/*',
+    'database/creds/readwrite',
+    'sys/leases/renew/database/creds/readwrite/*',
+    'sys/leases/revoke/database/creds/readwrite/*',
+    'sys/leases/renew',
+    'sys/leases/revoke',
     'auth/token/lookup-self',
     'auth/token/renew-self',
     'auth/token/revoke-self',
   ]);
-  assert.doesNotMatch(hcl, /sudo|"create"|"delete"|"list"/);
+  assert.doesNotMatch(hcl, /sudo|"create"|"delete"|"list"|"read", "update"/);
+});
+
+test('the body form of renew and revoke admits only lease_ids under the app\'s creds paths', () => {
+  const hcl = appPolicy(['database/creds/readonly', 'database/creds/readwrite']);
+  const block = (p: string) => hcl.match(new RegExp(`path "${p}" \\{[\\s\\S]*?\\n\\}`))![0];
+  const ids = '"lease_id" = ["database/creds/readonly/*", "database/creds/readwrite/*"]';
+  const renew = block('sys/leases/renew');
+  assert.match(renew, /capabilities = \["update"\]/);
+  assert.ok(renew.includes(ids), renew);
+  assert.match(renew, /"increment" = \[\]/);
+  assert.doesNotMatch(renew, /"sync"/);
+  const revoke = block('sys/leases/revoke');
+  assert.ok(revoke.includes(ids), revoke);
+  assert.match(revoke, /"sync" = \[\]/);
+  assert.doesNotMatch(revoke, /"increment"/);
+  for (const b of [renew, revoke]) {
+    assert.equal([...b.matchAll(/^    "/gm)].length, 2, 'exactly two allowed parameters');
+  }
+});
+
+test('fails when the app has no role (an empty lease_id list would admit every lease)', () => {
+  assert.throws(() => appPolicy([]), /"roles" is empty; expected at least one role/);
 });

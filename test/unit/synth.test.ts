@@ -137,6 +137,13 @@ test('app access: an AppRole with no default policy and a least-privilege policy
   const policy = one(secrets, 'vault_policy');
   assert.match(policy.policy, /path "\$\{vault_mount\.[^}]+\}\/creds\/\$\{vault_database_secret_backend_role\.role-readonly[^}]+\}"/);
   assert.doesNotMatch(policy.policy, /config|sudo/);
+  // The body form of renew/revoke admits only lease_ids under the roles' creds paths, resolved by Terraform.
+  const leaseIds = policy.policy.match(/"lease_id" = \[([^\]]*)\]/g);
+  assert.equal(leaseIds?.length, 2, 'sys/leases/renew and sys/leases/revoke each restrict lease_id');
+  for (const l of leaseIds!) {
+    assert.match(l, /"\$\{vault_mount\.[^}]+\}\/creds\/\$\{vault_database_secret_backend_role\.role-readonly[^}]+\}\/\*"/);
+    assert.match(l, /role-readwrite/);
+  }
   for (const o of ['vault_address', 'postgres_host', 'postgres_port', 'postgres_database', 'mount_path', 'roles', 'approle_mount', 'approle_role_name', 'approle_role_id']) {
     assert.ok(secrets.output[o], `output ${o} is missing`);
   }

@@ -28,6 +28,14 @@ if [ "${1:0:1}" = '-' ]; then
 fi
 
 if [ "$1" = 'postgres' ]; then
+	# A cluster made by another major version cannot be opened: say so once and stop,
+	# instead of letting postgres fail on every restart.
+	if [ -s "$PGDATA/PG_VERSION" ] && [ "$(< "$PGDATA/PG_VERSION")" != "$PG_MAJOR" ]; then
+		echo >&2 "error: $PGDATA holds a PostgreSQL $(< "$PGDATA/PG_VERSION") cluster, but this image runs PostgreSQL $PG_MAJOR, which cannot open it."
+		echo >&2 "       Fix: run a PostgreSQL $(< "$PGDATA/PG_VERSION") image on it, upgrade it (pg_dumpall, then restore into a new volume),"
+		echo >&2 "       or start over with an empty volume (pgvault: npm run destroy -- <env>, then npm run deploy -- <env>; this deletes its data)."
+		exit 78
+	fi
 	if [ "$(id -u)" = '0' ]; then
 		# Read secrets as root (the file may be root-only), then drop to the postgres user.
 		file_env POSTGRES_PASSWORD
