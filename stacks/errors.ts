@@ -66,3 +66,12 @@ export function missingSetting(file: string, setting: string, why: string): Conf
     `${file}: setting "${setting}" is missing; it is required ${why}. Add it to the file.`,
   );
 }
+
+export function tlsVerificationOff(variable: string, value: string): ConfigError {
+  return new ConfigError(
+    'ENV_TLS_SKIP',
+    `${variable} is "${value}" in this shell; expected it unset. The Vault provider (and Vault's Go client) would skip verifying ` +
+      `Vault's TLS certificate even though the stacks set skip_tls_verify = false. Unset it (unset ${variable}) and run again; ` +
+      'to trust a private CA, set "vault.caCertFile" in the environment file instead.',
+  );
+}

@@ -1,5 +1,6 @@
 import { App } from 'cdktf';
 import { listEnvironments, loadEnvironment } from './config';
+import { tlsVerificationOff } from './errors';
 import { InfraStack } from './infra-stack';
 import { SecretsStack } from './secrets-stack';
 
@@ -9,6 +10,7 @@ import { SecretsStack } from './secrets-stack';
  * PGVAULT_ONLY_ENV=<name> synthesizes that environment alone.
  */
 export function buildApp(app: App, names: readonly string[] = listEnvironments()): App {
+  refuseTlsSkip(process.env);
   for (const name of names) {
     const env = loadEnvironment(name);
     const infra = env.infrastructure === 'docker' ? new InfraStack(app, `${name}-infra`, env) : undefined;
@@ -16,6 +18,18 @@ export function buildApp(app: App, names: readonly string[] = listEnvironments()
     if (infra) secrets.addDependency(infra);
   }
   return app;
+}
+
+/**
+ * The Vault provider takes VAULT_SKIP_VERIFY from the environment of the `cdktf deploy` that
+ * runs it, and an explicit skip_tls_verify = false does not undo it. cdktf synthesizes in that
+ * same environment, so the synth refuses it: a plain `cdktf deploy` never skips the TLS check.
+ */
+export function refuseTlsSkip(env: NodeJS.ProcessEnv): void {
+  for (const variable of ['VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY']) {
+    const value = env[variable];
+    if (value !== undefined && value !== '' && !/^(0|false)$/i.test(value)) throw tlsVerificationOff(variable, value);
+  }
 }
 
 if (require.main === module) {

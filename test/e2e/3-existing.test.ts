@@ -284,6 +284,12 @@ describe('existing-infrastructure environment, end to end', () => {
       doc.appAccess = { approleMount: 'approle-clear', roleName: 'pgvault-app-clear' };
     });
     await assert.rejects(h.deploy('existing-clear'), /asked for the superuser's password in clear text; refused/);
+    // The teardown refuses it too; the operator's fix is a superuser the server authenticates with SCRAM.
+    await assert.rejects(h.destroy('existing-clear'), /asked for the superuser's password in clear text; refused/);
+    addEnvironment('existing-clear', base, (doc) => {
+      doc.secretsEngine = { mountPath: 'database-clear' };
+      doc.appAccess = { approleMount: 'approle-clear', roleName: 'pgvault-app-clear' };
+    });
     await h.destroy('existing-clear');
   });
 
@@ -292,26 +298,29 @@ describe('existing-infrastructure environment, end to end', () => {
     fs.mkdirSync(wrong);
     const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(wrong, 'key.pem'), '-out', path.join(wrong, 'ca.pem'), '-days', '1', '-subj', '/CN=not-the-vault-ca'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
-    addEnvironment('existing-tls', base, (doc) => {
-      doc.vault.caCertFile = path.join(wrong, 'ca.pem');
+    const tlsEnv = (doc: any) => {
       doc.secretsEngine = { mountPath: 'database-tls' };
       doc.appAccess = { approleMount: 'approle-tls', roleName: 'pgvault-app-tls' };
+    };
+    addEnvironment('existing-tls', base, (doc) => {
+      tlsEnv(doc);
+      doc.vault.caCertFile = path.join(wrong, 'ca.pem');
     });
     h.prepareLocalSecrets(h.loadEnvironment('existing-tls'));
-    const mark = h.cdktfLogSize();
     process.env.VAULT_SKIP_VERIFY = '1';
     try {
-      assert.notEqual(h.directCdktf('existing-tls', 'deploy existing-tls-secrets'), 0, 'the direct deploy fails');
+      const mark = h.cdktfLogSize();
+      await assert.rejects(h.deploy('existing-tls'), /x509|certificate/i, 'npm run deploy: fails on TLS');
+      assert.match(h.cdktfLogSince(mark), /x509|certificate/i);
+      const direct = h.cdktfLogSize();
+      assert.notEqual(h.directCdktf('existing-tls', 'deploy existing-tls-secrets'), 0, 'a plain cdktf deploy fails too');
+      assert.match(h.cdktfLogSince(direct), /VAULT_SKIP_VERIFY is "1" in this shell; expected it unset/, 'before reaching Vault, saying why');
     } finally {
       delete process.env.VAULT_SKIP_VERIFY;
     }
-    assert.match(h.cdktfLogSince(mark), /x509|certificate/i, 'on TLS');
     const mounts = await h.vaultAdmin(env, 'GET', 'sys/mounts');
     assert.equal(mounts.data['database-tls/'], undefined, 'nothing was configured in Vault');
-    addEnvironment('existing-tls', base, (doc) => {
-      doc.secretsEngine = { mountPath: 'database-tls' };
-      doc.appAccess = { approleMount: 'approle-tls', roleName: 'pgvault-app-tls' };
-    });
+    addEnvironment('existing-tls', base, tlsEnv);
     await h.destroy('existing-tls');
   });
 

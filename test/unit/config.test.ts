@@ -115,3 +115,10 @@ test('two environments on one server get different role names', () => {
   assert.equal(names(a).filter((n) => names(b).includes(n)).length, 0);
   assert.equal(a.database.ownerRole, 'pgvault_team_a_owner');
 });
+
+test('fails when VAULT_SKIP_VERIFY would switch off the provider\'s TLS check', async () => {
+  const { refuseTlsSkip } = await import('../../stacks/main');
+  assert.throws(() => refuseTlsSkip({ VAULT_SKIP_VERIFY: '1' }), (e: any) => e.code === 'ENV_TLS_SKIP' && /unset VAULT_SKIP_VERIFY/.test(e.message));
+  assert.throws(() => refuseTlsSkip({ BAO_SKIP_VERIFY: 'true' }), /BAO_SKIP_VERIFY/);
+  for (const ok of [{}, { VAULT_SKIP_VERIFY: '' }, { VAULT_SKIP_VERIFY: '0' }, { VAULT_SKIP_VERIFY: 'false' }]) refuseTlsSkip(ok);
+});
