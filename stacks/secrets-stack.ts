@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { Construct } from 'constructs';
 import { LocalBackend, TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
-import { EnvironmentConfig, environmentsDir, localDir } from './config';
+import { EnvironmentConfig, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
@@ -46,14 +46,10 @@ export class SecretsStack extends TerraformStack {
       description: `Setup password of the Postgres role ${env.secretsEngine.vaultUser}; sent once to Vault (write-only), then rotated.`,
     });
 
-    const hook = (id: string, props: Omit<ScriptHookProps, 'script' | 'environment' | 'environmentsDir' | 'localDir'>) =>
-      new ScriptHook(this, id, {
-        script: path.resolve(__dirname, '..', 'scripts', 'hooks.js'),
-        environment: env.name,
-        environmentsDir: environmentsDir(),
-        localDir: path.dirname(localDir(env.name)),
-        ...props,
-      });
+    // Terraform runs this stack in cdktf.out/stacks/<id>: the hooks script is found from there.
+    const script = path.relative(path.join(REPO_ROOT, 'cdktf.out', 'stacks', id), path.resolve(__dirname, '..', 'scripts', 'hooks.js'));
+    const hook = (hookId: string, props: Omit<ScriptHookProps, 'script' | 'environment'>) =>
+      new ScriptHook(this, hookId, { script, environment: env.name, ...props });
 
     // Destroy runs in the reverse order of creation: the roles go first (nothing issues new
     // credentials), then every lease is revoked while the connection and the group roles still

@@ -3,13 +3,16 @@ import { ITerraformDependable } from 'cdktf';
 import { DataResource } from 'cdktf/lib/terraform-data-resource';
 
 export interface ScriptHookProps {
-  /** Absolute path of the compiled hooks script (scripts/hooks.js). */
+  /**
+   * Path of the compiled hooks script (scripts/hooks.js), relative to the directory Terraform
+   * runs the stack in, so that nothing of one machine's layout lands in state.
+   */
   readonly script: string;
-  /** The environment the hook acts on. */
+  /**
+   * The environment the hook acts on. The script finds its file the way the deploy did:
+   * PGVAULT_ENVIRONMENTS_DIR and PGVAULT_LOCAL_DIR come from Terraform's own environment.
+   */
   readonly environment: string;
-  /** Directories the script resolves the environment from, so a destroy finds the same files. */
-  readonly environmentsDir: string;
-  readonly localDir: string;
   /** The hook's action when the resource is created (or replaced). @default none */
   readonly onCreate?: string;
   /** The hook's action when the resource is destroyed (not when it is replaced: see `triggers`). @default none */
@@ -40,25 +43,20 @@ export class ScriptHook extends Construct {
       throw new Error(`ScriptHook ${id}: a hook with onDestroy ("${props.onDestroy}") must not have triggers; every replacement would run it`);
     }
     const values = props.values ?? {};
-    const env: Record<string, string> = {
-      PGVAULT_ENVIRONMENTS_DIR: '${self.input.environments_dir}',
-      PGVAULT_LOCAL_DIR: '${self.input.local_dir}',
-    };
+    const env: Record<string, string> = {};
     for (const k of Object.keys(values)) env[`PGVAULT_HOOK_${k.toUpperCase()}`] = `\${jsonencode(self.input.values.${k})}`;
     const command = (action: string) => `node "\${self.input.script}" ${action} "\${self.input.environment}"`;
     this.resource = new DataResource(this, 'run', {
       input: {
         environment: props.environment,
         script: props.script,
-        environments_dir: props.environmentsDir,
-        local_dir: props.localDir,
         values,
       },
       triggersReplace: props.triggers,
       dependsOn: props.dependsOn,
       provisioners: [
-        ...(props.onCreate ? [{ type: 'local-exec' as const, command: command(props.onCreate), environment: env }] : []),
-        ...(props.onDestroy ? [{ type: 'local-exec' as const, when: 'destroy' as const, command: command(props.onDestroy), environment: env }] : []),
+        ...(props.onCreate ? [{ type: 'local-exec' as const, command: command(props.onCreate), environment: Object.keys(env).length ? env : undefined }] : []),
+        ...(props.onDestroy ? [{ type: 'local-exec' as const, when: 'destroy' as const, command: command(props.onDestroy), environment: Object.keys(env).length ? env : undefined }] : []),
       ],
     });
   }

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
-import { EnvironmentConfig } from '../../stacks/config';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
 import { verifyRole } from '../../app/src';
 import { connectWith } from '../../app/src/verify';
 import * as h from '../harness';
@@ -20,6 +20,7 @@ import * as h from '../harness';
 const ENV = 'existing-example';
 const PG_PORT = 25432;
 const VAULT_PORT = 28200;
+const EXTRA_ENVS = ['existing-b', 'existing-c', 'existing-d', 'existing-tls', 'existing-clear'];
 
 /** The host's PostgreSQL 15, on purpose: this is the "older server" case (CREATEROLE before 16). */
 function pgBinDir(): string {
@@ -75,11 +76,15 @@ describe('existing-infrastructure environment, end to end', () => {
       asUser: 'postgres',
     });
     await h.waitFor('Postgres to accept connections', async () => {
-      const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: pgPassword, database: 'postgres' });
-      await c.connect();
+      const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: pgPassword, database: 'postgres', connectionTimeoutMillis: 5000 });
+      c.on('error', () => undefined);
+      await c.connect().catch(async (e) => {
+        await c.end().catch(() => undefined);
+        throw e;
+      });
       superuser = c;
       return true;
-    });
+    }, 90_000);
     for (const db of ['app', 'app_b', 'app_c']) await superuser.query(`CREATE DATABASE ${db}`);
     // A superuser that the server asks for a cleartext password (what an impostor would do).
     const hba = path.join(data, 'pg_hba.conf');
@@ -102,6 +107,9 @@ describe('existing-infrastructure environment, end to end', () => {
       doc.vault = { ...doc.vault, address: `https://127.0.0.1:${VAULT_PORT}`, caCertFile: path.join(tls, 'vault-ca.pem'), tokenFile: path.join(secrets, 'vault-token') };
       base = JSON.parse(JSON.stringify(doc));
     });
+    // The servers live as long as this run: state that an earlier, interrupted run left for its
+    // extra environments describes servers that are gone.
+    for (const other of EXTRA_ENVS) fs.rmSync(localDir(other), { recursive: true, force: true });
     // A second team's environment on the same servers: its own database, mount and AppRole.
     addEnvironment('existing-b', base, (doc) => {
       doc.postgres.database = 'app_b';
@@ -114,7 +122,7 @@ describe('existing-infrastructure environment, end to end', () => {
   });
 
   after(async () => {
-    for (const other of ['existing-b', 'existing-c', 'existing-d', 'existing-tls', 'existing-clear']) {
+    for (const other of EXTRA_ENVS) {
       if (env) await h.destroy(other).catch((e) => console.error(`cleanup destroy of ${other} failed: ${e.message}`));
     }
     if (!destroyed && env) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));

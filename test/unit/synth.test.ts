@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { App, Testing } from 'cdktf';
 import { InfraStack } from '../../stacks/infra-stack';
 import { SecretsStack } from '../../stacks/secrets-stack';
-import { loadEnvironment } from '../../stacks/config';
+import { loadEnvironment, REPO_ROOT } from '../../stacks/config';
 
 type Json = Record<string, any>;
 
@@ -105,6 +105,13 @@ test('destroy order: the roles go first, then every lease is revoked, then the c
   }
   const rotate = one(secrets, 'vault_generic_endpoint');
   assert.ok(rotate.lifecycle.replace_triggered_by.includes(hookAddress(secrets, 'bootstrap').replace(/^/, '')), 'a new bootstrap rotates root again');
+});
+
+test('the hooks record no path of this machine in state: a second clone plans no change', () => {
+  const { secrets } = synthEnv('local');
+  const inputs = JSON.stringify(Object.values(secrets.resource.terraform_data).map((r: any) => [r.input, r.triggers_replace]));
+  assert.ok(!inputs.includes(REPO_ROOT), inputs);
+  assert.equal(hook(secrets, 'teardown').input.script, '../../../dist/scripts/hooks.js');
 });
 
 test('the deploy writes the outputs file, and the destroy removes it', () => {
