@@ -111,17 +111,26 @@ export interface HostProcess {
 }
 
 export function startProcess(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; logFile: string; asUser?: string }): HostProcess {
-  const log = fs.openSync(opts.logFile, 'a');
+  const log = fs.openSync(opts.logFile, 'a', 0o600);
   const [c, a] = opts.asUser && process.getuid?.() === 0 ? ['runuser', ['-u', opts.asUser, '--', cmd, ...args]] : [cmd, args];
-  const child = spawn(c, a, { env: { ...process.env, ...opts.env }, stdio: ['ignore', log, log], detached: false });
+  // A process group of its own: the signal reaches the server itself, not only runuser (which
+  // does not pass SIGINT on), so no server outlives the test holding its port.
+  const child = spawn(c, a, { env: { ...process.env, ...opts.env }, stdio: ['ignore', log, log], detached: true });
+  const signal = (sig: NodeJS.Signals) => {
+    try {
+      process.kill(-child.pid!, sig);
+    } catch {
+      // already gone
+    }
+  };
   return {
     child,
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once('exit', () => resolve());
-        child.kill('SIGINT');
-        setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+        signal('SIGINT');
+        setTimeout(() => signal('SIGKILL'), 10_000).unref();
       }),
   };
 }
