@@ -1,3 +1,4 @@
+import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import nodeVault from 'node-vault';
 import { AppConfigError, AppError, loginRefused, VaultRequestError } from './errors';
@@ -52,6 +53,10 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   #backoff?: BackoffOptions;
   #relogin?: Promise<void>;
   #reloginAttempt = 0;
+  #nextLoginAt = 0;
+  #lastLoginError?: AppError;
+  /** A digest of the last secret_id Vault refused: it is not sent again (see login()). */
+  #refusedSecretId?: string;
   #tokenIssuedTtl = 0;
   public readonly address: string;
   /** The login's token TTL and policies, once logged in. */
@@ -103,8 +108,21 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw e instanceof AppError ? e : new AppError('APP_SECRET_ID', `cannot obtain the AppRole secret_id: ${e?.message ?? e}`);
     }
     const path = `auth/${mount}/login`;
+    // Vault locks a role_id out (403 for every instance, 15 min by default) after a few failed
+    // logins: a refused secret_id is never sent again; the next login waits for a new one.
+    const digest = crypto.createHash('sha256').update(id).digest('hex');
+    if (digest === this.#refusedSecretId) {
+      throw new AppConfigError('APP_SECRET_ID_REFUSED', 'Vault refused this secret_id before; waiting for a new one from its source');
+    }
     const sentAt = Date.now();
-    const res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: id }));
+    let res: any;
+    try {
+      res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: id }));
+    } catch (e) {
+      if (loginRefused(e)) this.#refusedSecretId = digest;
+      throw e;
+    }
+    this.#refusedSecretId = undefined;
     this.token = res.auth.client_token;
     this.tokenGeneration++;
     this.tokenTtlSeconds = res.auth.lease_duration;
@@ -122,12 +140,15 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   reloginNow(failedGeneration = this.tokenGeneration): Promise<void> {
     if (this.#relogin) return this.#relogin;
     if (this.tokenGeneration > failedGeneration) return Promise.resolve();
+    // After a failed login, the next waits for its backoff, whoever asks: no burst of logins.
+    if (this.#lastLoginError && Date.now() + 50 < this.#nextLoginAt) return Promise.reject(this.#lastLoginError);
     const l = this.#login;
     if (!l) return Promise.reject(new AppError('VAULT_NOT_LOGGED_IN', 'no AppRole login to repeat; call login() first'));
     this.#relogin = (async () => {
       try {
         await this.login(l.mount, l.roleId, l.secretId);
         this.#reloginAttempt = 0;
+        this.#lastLoginError = undefined;
         this.loginFailingSince = undefined;
         this.loginRefused = false;
         this.scheduleKeepAlive(renewalDelayMillis(this.tokenTtlSeconds));
@@ -137,7 +158,10 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         this.loginFailingSince ??= Date.now();
         this.loginRefused = loginRefused(err);
         // Keep trying with backoff until a login succeeds, whoever asked for this one.
-        this.scheduleKeepAlive(backoffDelay(this.#reloginAttempt++, this.#backoff));
+        const delay = backoffDelay(this.#reloginAttempt++, this.#backoff);
+        this.#lastLoginError = err;
+        this.#nextLoginAt = Date.now() + delay;
+        this.scheduleKeepAlive(delay);
         this.emit('loginFailed', err, this.loginRefused);
         throw err;
       }

@@ -343,7 +343,7 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     main!.child.kill('SIGTERM');
     assert.equal(await exited(main!.child, 30_000), 0);
     const attempts0 = await metric(s.port, 'pgvault_lease_renew_attempts_total');
-    const pauseSeconds = LEASE_TTL + 8;
+    const pauseSeconds = LEASE_TTL + 10;
     h.docker('pause', `pgvault-${ENV}-vault`);
     let r: LoadResult;
     let attempts = 0;
@@ -383,7 +383,7 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     const lines = fs.readFileSync(s.log, 'utf8').trim().split('\n');
     console.log(`# figure: wrong secret_id: exit ${code} after ${seconds.toFixed(1)}s: ${lines.join(' | ')}`);
     assert.equal(code, 1);
-    assert.ok(seconds < 5, 'fails fast');
+    assert.ok(seconds < 10, 'fails fast');
     assert.equal(lines.length, 1, 'one line');
     assert.match(lines[0], /"level":60.*refused the AppRole login.*secret_id from PGVAULT_SECRET_ID_FILE/);
     assert.ok(!lines[0].includes(wrong), 'the secret_id itself is not shown');

@@ -232,3 +232,47 @@ test('a wrong secret_id is a refusal (fail fast); unreachable, 429 and 5xx are w
   assert.equal(loginRefused(new VaultRequestError('VAULT_HTTP', 'x', 'auth/approle/login', 503)), false);
   assert.equal(loginRefused(new VaultRequestError('VAULT_UNREACHABLE', 'x', 'auth/approle/login')), false);
 });
+
+test('a refused secret_id is never sent again (Vault would lock the role_id out); a new one from the source is', async () => {
+  let valid = 'good-2';
+  const sent: string[] = [];
+  const client = new FakeVaultClient((path, body) => {
+    if (!path.endsWith('/login')) return {};
+    sent.push(body.secret_id);
+    return body.secret_id === valid ? { auth: { client_token: 't', lease_duration: 60, policies: [] } } : httpError(400, 'invalid role or secret ID');
+  });
+  const s = new VaultSession({ address: 'http://127.0.0.1:1' });
+  (s as any).client = client;
+  s.on('loginFailed', () => undefined);
+  s.on('error', () => undefined);
+  let current = 'good-2';
+  await s.login('approle', 'role', () => current);
+  current = 'stale';
+  s.keepAlive({ initialMillis: 20, maxMillis: 40 });
+  await s.reloginNow(s.tokenGeneration).catch(() => undefined);
+  await wait(500); // the keep-alive retries meanwhile, with backoff
+  assert.deepEqual(sent, ['good-2', 'stale'], 'the refused secret_id went to Vault once');
+  assert.equal(s.loginRefused, true);
+  current = valid = 'fresh';
+  await wait(200);
+  assert.deepEqual(sent, ['good-2', 'stale', 'fresh']);
+  assert.equal(s.loginFailingSince, undefined);
+  s.stopKeepAlive();
+});
+
+test('logins asked for by many callers during a backoff do not reach Vault', async () => {
+  let calls = 0;
+  const client = new FakeVaultClient((path) => {
+    if (!path.endsWith('/login')) return {};
+    calls++;
+    return calls === 1 ? { auth: { client_token: 't', lease_duration: 60, policies: [] } } : httpError(503, 'sealed');
+  });
+  const s = new VaultSession({ address: 'http://127.0.0.1:1' });
+  (s as any).client = client;
+  s.on('loginFailed', () => undefined);
+  await s.login('approle', 'role', 'x');
+  s.keepAlive({ initialMillis: 1000, maxMillis: 1000 });
+  for (let i = 0; i < 10; i++) await s.reloginNow(1).catch(() => undefined);
+  assert.equal(calls, 2, 'one failed re-login, the other nine waited for the backoff');
+  s.stopKeepAlive();
+});
