@@ -221,6 +221,8 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
       }
     }
     await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
+    // The logs stay for reading; the secret_id files go.
+    for (const f of fs.readdirSync(dir).filter((f) => f.includes('secret-id'))) fs.rmSync(path.join(dir, f), { force: true });
   });
 
   test(`load across 3 secret_id lifetimes (${3 * SECRET_ID_TTL} s) with re-logins: no failed request, no current lease lost`, async () => {
