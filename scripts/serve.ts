@@ -110,7 +110,7 @@ async function main(): Promise<void> {
     await api.stop(Math.min(requestTimeoutMillis + 1000, shutdownMillis / 3));
     const r = await runtime.close({ timeoutMillis: shutdownMillis / 2 });
     if (r.unrevokedLeases > 0 || !r.tokenRevoked) {
-      logger.warn({ unrevokedLeases: r.unrevokedLeases, tokenRevoked: r.tokenRevoked }, 'Vault could not be reached for every revocation; what is left expires with its TTL');
+      logger.warn({ unrevokedLeases: r.unrevokedLeases, tokenRevoked: r.tokenRevoked }, 'not everything could be revoked (Vault unreachable, or the token already expired); what is left expires with its TTL');
     }
     logger.info(code === 0 ? 'stopped cleanly' : 'stopped');
     process.exit(code);
