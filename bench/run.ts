@@ -8,6 +8,11 @@
  * 2. API throughput in steady state and during rotations (forced every second), and the ratio.
  *
  * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase, default 10).
+ *
+ * Between phases it revokes every lease of the role with `sys/leases/revoke-prefix` and the
+ * admin token. On a shared Vault that would drop other applications' live credentials too,
+ * so outside docker environments it refuses unless `--allow-revoke-prefix` (or
+ * BENCH_ALLOW_REVOKE_PREFIX=1) is given.
  */
 import { appConfigFromOutputs, ApiServer, CredentialRuntime, readOutputs, VaultSession } from '../app/src';
 import { loadEnvironment } from '../stacks/config';
@@ -66,9 +71,18 @@ async function apiLoad(base: string, seconds: number, workers: number, during?: 
 }
 
 async function main(): Promise<void> {
-  const envName = process.argv[2] ?? 'local';
+  const args = process.argv.slice(2);
+  const allowRevokePrefix = args.includes('--allow-revoke-prefix') || process.env.BENCH_ALLOW_REVOKE_PREFIX === '1';
+  const envName = args.find((a) => !a.startsWith('--')) ?? 'local';
   loadToolchainEnv();
   const env = loadEnvironment(envName);
+  if (env.infrastructure !== 'docker' && !allowRevokePrefix) {
+    throw new Error(
+      `environment ${envName} is "infrastructure": "${env.infrastructure}": the benchmark revokes every lease under ${env.secretsEngine.mountPath}/creds/<role> ` +
+        `with the admin token, which would drop other applications' live credentials on a shared Vault. ` +
+        `Run it against a docker environment, or pass --allow-revoke-prefix (or BENCH_ALLOW_REVOKE_PREFIX=1) if nothing else uses these roles`,
+    );
+  }
   process.env.PGVAULT_CDKTF_LOG ??= '/dev/null';
   await deploy(envName);
   const outputs = readOutputs(outputsFile(envName));

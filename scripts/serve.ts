@@ -1,19 +1,35 @@
+#!/usr/bin/env node
 /**
- * npm run serve -- <env>: the REST API against a deployed environment.
- * The AppRole secret_id comes from PGVAULT_SECRET_ID_FILE / PGVAULT_SECRET_ID, or, when
- * neither is set, a fresh one is issued with the environment's admin token (local use).
+ * The REST API against a deployed environment:
+ *   npm run serve -- <env>            (builds first; npm passes SIGTERM/SIGINT on)
+ *   node dist/scripts/serve.js <env>  (containers, systemd: no npm in between)
+ * The AppRole secret_id comes from PGVAULT_SECRET_ID_FILE (read again at every login, so an
+ * orchestrator can refresh it) or PGVAULT_SECRET_ID. Only for a docker environment, when
+ * neither is set, one is issued with the environment's admin token for each login.
  * PORT (default 8080). PGVAULT_START_TIMEOUT_SECONDS bounds the start-up retries (default 30).
+ * PGVAULT_REQUEST_TIMEOUT_SECONDS: each request's deadline (default 5).
+ * PGVAULT_SHUTDOWN_TIMEOUT_SECONDS: the bound on a shutdown (default 20).
+ * PGVAULT_LOGIN_REFUSED_EXIT_SECONDS: how long Vault may refuse every re-login before the
+ * server exits 1 (default 60).
  * SIGTERM / SIGINT: stop taking work, drain, revoke every lease and the token, exit 0.
  */
-import { appConfigFromOutputs, ApiServer, CredentialRuntime, readOutputs, safeMessage } from '../app/src';
+import { appConfigFromOutputs, ApiServer, AppConfigError, CredentialRuntime, readOutputs, safeMessage } from '../app/src';
 import { backoffDelay, sleep } from '../app/src/backoff';
 import { createLogger } from '../app/src/log';
+import { loadEnvironment } from '../stacks/config';
 import { issueSecretId, outputsFile } from './ops';
 
 const logger = createLogger('pgvault-serve');
 
-async function secretId(envName: string, deadline: number): Promise<string | undefined> {
-  if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) return undefined;
+function seconds(name: string, fallback: number): number {
+  const raw = process.env[name];
+  const value = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isFinite(value) || value <= 0) throw new AppConfigError('APP_SETTING', `${name} is "${raw}"; expected a number of seconds above 0`);
+  return value;
+}
+
+/** For docker environments only: a secret_id issued with the admin token, retried until `deadline`. */
+async function adminSecretId(envName: string, deadline: number): Promise<string> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await issueSecretId(envName, Math.min(3000, Math.max(500, deadline - Date.now())));
@@ -28,42 +44,92 @@ async function secretId(envName: string, deadline: number): Promise<string | und
   }
 }
 
+/** A signal that arrives while starting stops the server as soon as it has started (then cleanly). */
+let onSignal = (signal: string) => {
+  logger.info({ signal }, 'signal received while starting; stopping once started');
+  pendingSignal = signal;
+};
+let pendingSignal: string | undefined;
+process.on('SIGTERM', () => onSignal('SIGTERM'));
+process.on('SIGINT', () => onSignal('SIGINT'));
+
 async function main(): Promise<void> {
   const envName = process.argv[2] ?? 'local';
   const port = Number(process.env.PORT ?? 8080);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT is "${process.env.PORT}"; expected a port number from 0 to 65535`);
-  const timeoutMillis = Number(process.env.PGVAULT_START_TIMEOUT_SECONDS ?? 30) * 1000;
-  const deadline = Date.now() + timeoutMillis;
+  const deadline = Date.now() + seconds('PGVAULT_START_TIMEOUT_SECONDS', 30) * 1000;
+  const requestTimeoutMillis = seconds('PGVAULT_REQUEST_TIMEOUT_SECONDS', 5) * 1000;
+  const shutdownMillis = seconds('PGVAULT_SHUTDOWN_TIMEOUT_SECONDS', 20) * 1000;
+  const loginRefusedMillis = seconds('PGVAULT_LOGIN_REFUSED_EXIT_SECONDS', 60) * 1000;
+  const env = loadEnvironment(envName);
   const outputs = readOutputs(outputsFile(envName));
-  const cfg = appConfigFromOutputs(outputs, { secretId: await secretId(envName, deadline) });
+  let cfg;
+  if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) {
+    cfg = appConfigFromOutputs(outputs);
+  } else if (env.infrastructure === 'docker') {
+    cfg = appConfigFromOutputs(outputs, {
+      secretId: await adminSecretId(envName, deadline),
+      secretIdSource: () => issueSecretId(envName, 5000),
+      secretIdFrom: `the admin token of the docker environment ${envName}`,
+    });
+  } else {
+    throw new AppConfigError(
+      'APP_SECRET_ID',
+      `environment ${envName} is "infrastructure": "${env.infrastructure}": the server does not use the admin token there. ` +
+        `Set PGVAULT_SECRET_ID_FILE to a file (mode 0600) holding an AppRole secret_id, issued by whoever holds the admin token: ` +
+        `vault write -f -field=secret_id auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`,
+    );
+  }
   const runtime = await CredentialRuntime.start(cfg, {
     startTimeoutMillis: Math.max(1000, deadline - Date.now()),
+    loginRefusedFatalMillis: loginRefusedMillis,
     onRetry: (attempt, e, delay) => logger.warn({ attempt, delayMillis: delay, code: e.code }, `Vault login failed (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`),
   });
-  const api = new ApiServer({ runtime, log: (l) => logger.warn(l) });
+  const api = new ApiServer({ runtime, requestTimeoutMillis, log: (l) => logger.warn(l) });
   for (const [role, lease] of runtime.leases) {
     lease.on('issued', (c) => logger.info({ role, user: c.username, leaseSeconds: c.leaseDurationSeconds }, 'credentials issued'));
     lease.on('renewed', (c, d) => logger.debug({ role, user: c.username, leaseSeconds: d }, 'lease renewed'));
     lease.on('rotated', (prev, cur, reason) => logger.info({ role, from: prev.username, to: cur.username, reason }, 'credentials rotated'));
     lease.on('revoked', (c) => logger.info({ role, user: c.username }, 'lease revoked'));
+    lease.on('lost', (c, why) => logger.warn({ role, user: c.username }, `lease lost: ${why}`));
     lease.on('error', (e, op) => logger.warn({ role, operation: op, code: e.code }, `${op} failed: ${safeMessage(e)}`));
   }
   runtime.session.on('relogin', () => logger.info('Vault token replaced by a new AppRole login'));
-  const bound = await api.listen(port);
-  logger.info({ env: envName, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
+  runtime.session.on('loginFailed', (e, refused) => logger.warn({ code: e.code, refused }, `AppRole re-login failed: ${safeMessage(e)}`));
 
   let stopping = false;
-  const shutdown = async (signal: string) => {
+  const shutdown = async (why: string, code: number) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'draining, revoking leases and the token');
-    await api.stop();
-    await runtime.close();
-    logger.info('stopped cleanly');
-    process.exit(0);
+    // The bound holds whatever Vault, Postgres or clients do; the steps below fit inside it.
+    setTimeout(() => {
+      logger.error(`shutdown did not finish within ${shutdownMillis / 1000} s; exiting with leases left to expire by themselves`);
+      process.exit(1);
+    }, shutdownMillis).unref();
+    logger.info({ reason: why }, 'draining, revoking leases and the token');
+    await api.stop(Math.min(requestTimeoutMillis + 1000, shutdownMillis / 3));
+    const r = await runtime.close({ timeoutMillis: shutdownMillis / 2 });
+    if (r.unrevokedLeases > 0 || !r.tokenRevoked) {
+      logger.warn({ unrevokedLeases: r.unrevokedLeases, tokenRevoked: r.tokenRevoked }, 'not everything could be revoked (Vault unreachable, or the token already expired); what is left expires with its TTL');
+    }
+    logger.info(code === 0 ? 'stopped cleanly' : 'stopped');
+    process.exit(code);
   };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  onSignal = (signal) => void shutdown(signal, 0);
+  if (pendingSignal) return onSignal(pendingSignal);
+  runtime.on('fatal', (e) => {
+    logger.fatal({ code: e.code }, safeMessage(e));
+    void shutdown('Vault refuses every login', 1);
+  });
+  // Last resort: a bug must not leave leases and the token behind.
+  process.on('uncaughtException', (e) => {
+    logger.fatal({ code: (e as any)?.code }, `uncaught exception: ${safeMessage(e)}`);
+    void shutdown('uncaught exception', 1);
+  });
+  process.on('unhandledRejection', (e) => logger.error(`unhandled rejection (serving on): ${safeMessage(e)}`));
+
+  const bound = await api.listen(port);
+  logger.info({ env: envName, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
 }
 
 main().catch((e) => {

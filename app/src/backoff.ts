@@ -21,7 +21,15 @@ export function backoffDelay(attempt: number, opts: BackoffOptions = {}, random:
 export function renewalDelayMillis(ttlSeconds: number, fraction = 2 / 3, jitter = 0.1, random: () => number = Math.random): number {
   const base = ttlSeconds * fraction;
   const spread = ttlSeconds * jitter * (random() * 2 - 1);
-  return Math.max(200, Math.round((base + spread) * 1000));
+  return cappedDelay(Math.max(200, (base + spread) * 1000));
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, cappedDelay(ms)));
+
+/** The longest delay setTimeout honours (2^31-1 ms, about 24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMER_MILLIS = 2 ** 31 - 1;
+
+/** A delay safe for setTimeout: at most MAX_TIMER_MILLIS. A timer that fires early re-checks and sets the next one. */
+export function cappedDelay(ms: number): number {
+  return Math.min(MAX_TIMER_MILLIS, Math.max(0, Math.round(ms)));
+}

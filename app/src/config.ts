@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { AppConfigError } from './errors';
+import type { SecretIdSource } from './vault';
 
 /** What the app needs, from a deployed environment's outputs.json plus its secret_id. */
 export interface AppConfig {
@@ -8,7 +9,12 @@ export interface AppConfig {
   readonly vaultCaCert?: string;
   readonly approleMount: string;
   readonly roleId: string;
+  /** The secret_id read when the config was built. */
   readonly secretId: string;
+  /** Where every login gets its secret_id (a file is read again each time). @default the fixed secretId */
+  readonly secretIdSource?: SecretIdSource;
+  /** Where the secret_id comes from, for messages (never the value). */
+  readonly secretIdFrom?: string;
   readonly mountPath: string;
   readonly roles: readonly string[];
   /** Each role's max TTL, so leases rotate before they reach it. */
@@ -52,21 +58,42 @@ export function readOutputs(file: string): DeployOutputs {
   return raw as DeployOutputs;
 }
 
+/** A secret_id source that reads `file` at every login, so an orchestrator can refresh it. */
+export function secretIdFile(file: string): SecretIdSource {
+  return () => {
+    let value: string;
+    try {
+      value = fs.readFileSync(file, 'utf8').trim();
+    } catch (e: any) {
+      throw new AppConfigError('APP_SECRET_ID', `PGVAULT_SECRET_ID_FILE names ${file}, which cannot be read (${e.code}); point it at a file holding the AppRole secret_id`);
+    }
+    if (!value) throw new AppConfigError('APP_SECRET_ID', `PGVAULT_SECRET_ID_FILE names ${file}, which is empty; write the AppRole secret_id into it`);
+    return value;
+  };
+}
+
 /**
- * Builds the app's configuration. The secret_id comes from `secretId`, or else from
- * PGVAULT_SECRET_ID_FILE, or else from PGVAULT_SECRET_ID.
+ * Builds the app's configuration. The secret_id comes from `secretId` (with
+ * `secretIdSource` for later logins), or else from PGVAULT_SECRET_ID_FILE (read again at
+ * every login), or else from PGVAULT_SECRET_ID.
  */
-export function appConfigFromOutputs(outputs: DeployOutputs, opts: { secretId?: string; env?: NodeJS.ProcessEnv } = {}): AppConfig {
+export function appConfigFromOutputs(
+  outputs: DeployOutputs,
+  opts: { secretId?: string; secretIdSource?: SecretIdSource; secretIdFrom?: string; env?: NodeJS.ProcessEnv } = {},
+): AppConfig {
   const env = opts.env ?? process.env;
   let secretId = opts.secretId;
+  let secretIdSource = opts.secretIdSource;
+  let secretIdFrom = opts.secretIdFrom ?? (secretId ? 'the caller' : undefined);
   if (!secretId && env.PGVAULT_SECRET_ID_FILE) {
-    try {
-      secretId = fs.readFileSync(env.PGVAULT_SECRET_ID_FILE, 'utf8').trim();
-    } catch (e: any) {
-      throw new AppConfigError('APP_SECRET_ID', `PGVAULT_SECRET_ID_FILE names ${env.PGVAULT_SECRET_ID_FILE}, which cannot be read (${e.code}); point it at a file holding the AppRole secret_id`);
-    }
+    secretIdSource ??= secretIdFile(env.PGVAULT_SECRET_ID_FILE);
+    secretId = secretIdFile(env.PGVAULT_SECRET_ID_FILE)() as string;
+    secretIdFrom = `PGVAULT_SECRET_ID_FILE (${env.PGVAULT_SECRET_ID_FILE})`;
   }
-  secretId = secretId || env.PGVAULT_SECRET_ID;
+  if (!secretId && env.PGVAULT_SECRET_ID) {
+    secretId = env.PGVAULT_SECRET_ID;
+    secretIdFrom = 'PGVAULT_SECRET_ID';
+  }
   if (!secretId) {
     throw new AppConfigError('APP_SECRET_ID', 'no AppRole secret_id: set PGVAULT_SECRET_ID_FILE (a file holding it) or PGVAULT_SECRET_ID');
   }
@@ -85,6 +112,8 @@ export function appConfigFromOutputs(outputs: DeployOutputs, opts: { secretId?: 
     approleMount: outputs.approle_mount,
     roleId: outputs.approle_role_id,
     secretId,
+    secretIdSource,
+    secretIdFrom,
     mountPath: outputs.mount_path,
     roles: outputs.roles,
     roleMaxTtlSeconds: outputs.role_max_ttl_seconds,

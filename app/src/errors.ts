@@ -25,6 +25,16 @@ export class VaultRequestError extends AppError {
   }
 }
 
+/**
+ * Vault refused an AppRole login for good (HTTP 4xx other than 408 and 429): a wrong,
+ * expired or used-up secret_id, or a wrong role_id. Trying the same again cannot help.
+ */
+export function loginRefused(e: unknown): boolean {
+  if (e instanceof AppConfigError) return true;
+  const status = e instanceof VaultRequestError ? e.status : undefined;
+  return status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429;
+}
+
 /** Postgres refused or failed a query or connection. */
 export class DatabaseError extends AppError {
   /** The SQLSTATE, when Postgres sent one. */

@@ -1,10 +1,21 @@
 import { EventEmitter } from 'node:events';
 import { AppError, VaultRequestError } from './errors';
-import { BackoffOptions, backoffDelay, renewalDelayMillis, sleep } from './backoff';
-import { DatabaseCredentials, VaultSession } from './vault';
+import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis } from './backoff';
+import { DatabaseCredentials } from './vault';
+
+/** The calls a lease manager makes; VaultSession implements them. */
+export interface LeaseSession {
+  /** Counts logins; a lease issued under an older generation dies with the older token. */
+  readonly tokenGeneration: number;
+  issue(mount: string, role: string): Promise<DatabaseCredentials>;
+  renew(leaseId: string, incrementSeconds?: number): Promise<number>;
+  revoke(leaseId: string, opts?: { timeoutMillis?: number }): Promise<void>;
+  /** Logs in again unless a login newer than `failedGeneration` exists; concurrent calls share one login. */
+  reloginNow(failedGeneration: number): Promise<void>;
+}
 
 export interface LeaseManagerOptions {
-  readonly session: VaultSession;
+  readonly session: LeaseSession;
   readonly mount: string;
   readonly role: string;
   /** The role's max TTL, when known (from the deploy outputs): rotation happens before it. */
@@ -18,21 +29,27 @@ export interface LeaseManagerOptions {
   readonly startTimeoutMillis?: number;
 }
 
-/** Events: issued, renewed, rotated, revoked, error. None carries a password in its enumerable fields. */
+/** Events: issued, renewed, rotated, revoked, lost, error. None carries a password in its enumerable fields. */
 export interface LeaseManagerEvents {
   issued: [creds: DatabaseCredentials];
   renewed: [creds: DatabaseCredentials, leaseDurationSeconds: number];
+  /** A renewal was sent (counted whether or not it succeeds). */
+  renewAttempt: [creds: DatabaseCredentials];
   rotated: [previous: DatabaseCredentials, current: DatabaseCredentials, reason: string];
   revoked: [creds: DatabaseCredentials];
+  /** The current lease was found gone (revoked or expired behind the manager's back). */
+  lost: [creds: DatabaseCredentials, reason: string];
   error: [error: AppError, operation: string];
 }
 
 /**
  * Keeps one role's credentials alive: renews the lease at about two thirds of its
- * TTL (with jitter), and when renewal is capped by the max TTL, or the lease is
- * gone, issues new credentials before the old ones expire. Failed calls are retried
- * with bounded exponential backoff. The previous credentials of a rotation are held
- * until `retire()` (the pool calls it once drained) and revoked then.
+ * TTL (with jitter), and when renewal is capped by the max TTL, the lease is gone or
+ * expired, or its token was replaced, issues new credentials before the old ones expire.
+ * Failed calls are retried with bounded exponential backoff; an expired lease is never
+ * renewed. A 403 from Vault means "log in again" (shared with every other caller).
+ * The previous credentials of a rotation are renewed while they drain (within their max
+ * TTL) and revoked at `retire()`, which the pool calls once they are drained.
  */
 export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   public readonly role: string;
@@ -43,9 +60,12 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   private capped = false;
   private timer?: NodeJS.Timeout;
   private stopped = false;
+  private wake?: () => void;
   private rotation?: Promise<DatabaseCredentials>;
   private lastRotationAt = 0;
   private readonly held = new Set<DatabaseCredentials>();
+  /** Renewal timers of credentials that a rotation replaced and that are still draining. */
+  private readonly retiring = new Map<DatabaseCredentials, NodeJS.Timeout>();
 
   constructor(opts: LeaseManagerOptions) {
     super();
@@ -56,17 +76,9 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   /** Issues the first credentials, retrying with backoff up to startTimeoutMillis. */
   async start(): Promise<DatabaseCredentials> {
     const deadline = Date.now() + (this.opts.startTimeoutMillis ?? 30_000);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const creds = await this.issue();
-        this.install(creds);
-        return creds;
-      } catch (e) {
-        this.report(e, 'issue');
-        if (Date.now() > deadline || this.stopped) throw e;
-        await sleep(backoffDelay(attempt, this.opts.backoff));
-      }
-    }
+    const creds = await this.issueCurrent(deadline);
+    this.install(creds);
+    return creds;
   }
 
   /** The credentials new connections should use. */
@@ -93,6 +105,7 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   /**
    * Issues new credentials now (once at a time; at most once a second unless `force`),
    * for example when Postgres refused the current ones. Resolves with the current credentials.
+   * A forced rotation also replaces credentials of an older token than the session's.
    */
   rotateNow(reason: string, opts: { force?: boolean } = {}): Promise<DatabaseCredentials> {
     if (this.rotation) return this.rotation;
@@ -115,19 +128,61 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     await this.revokeLease(creds);
   }
 
-  /** Stops renewing and revokes every lease this manager holds. */
-  async stop(): Promise<void> {
+  /**
+   * Stops renewing and revokes every lease this manager holds, each call bounded by
+   * `timeoutMillis`. A lease that cannot be revoked (Vault down) expires by itself.
+   */
+  async stop(opts: { timeoutMillis?: number } = {}): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await Promise.all([...this.held].map((c) => this.revokeLease(c)));
+    for (const t of this.retiring.values()) clearTimeout(t);
+    this.retiring.clear();
+    this.wake?.();
+    await Promise.all([...this.held].map((c) => this.revokeLease(c, opts.timeoutMillis)));
     this.creds = undefined;
+  }
+
+  /** Leases held (current and draining); after stop(), the ones that could not be revoked. */
+  get heldCount(): number {
+    return this.held.size;
   }
 
   private async issue(): Promise<DatabaseCredentials> {
     const creds = await this.opts.session.issue(this.opts.mount, this.opts.role);
     this.held.add(creds);
+    if (this.stopped) {
+      // Stopped while the request was in flight: nobody will use these.
+      await this.revokeLease(creds);
+      throw new AppError('LEASE_STOPPED', `lease manager for ${this.role} stopped`);
+    }
     this.emit('issued', creds);
     return creds;
+  }
+
+  /**
+   * Issues credentials of the session's current token. Credentials that come back from a
+   * token replaced while the request was in flight are revoked and asked for again: Vault
+   * revokes them when the old token goes. A 403 asks the session to log in again.
+   */
+  private async issueCurrent(deadline = Infinity): Promise<DatabaseCredentials> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.stopped) throw new AppError('LEASE_STOPPED', `lease manager for ${this.role} stopped`);
+      const generation = this.opts.session.tokenGeneration;
+      try {
+        const creds = await this.issue();
+        if (creds.tokenGeneration >= this.opts.session.tokenGeneration) return creds;
+        void this.revokeLease(creds);
+        attempt = -1;
+        continue;
+      } catch (e) {
+        if (this.stopped) throw e;
+        this.report(e, 'issue');
+        if (forbidden(e)) await this.opts.session.reloginNow(generation).catch(() => undefined);
+        const delay = backoffDelay(attempt, this.opts.backoff);
+        if (Date.now() + delay > deadline) throw e;
+        await this.pause(delay);
+      }
+    }
   }
 
   private install(creds: DatabaseCredentials): void {
@@ -142,23 +197,35 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     if (this.stopped) return;
     if (this.timer) clearTimeout(this.timer);
     const delay = delayMillis ?? renewalDelayMillis(ttlSeconds, this.opts.renewFraction, this.opts.jitter);
-    this.timer = setTimeout(() => void this.tick(0), delay);
+    this.timer = setTimeout(() => void this.tick(0), cappedDelay(delay));
     this.timer.unref();
   }
 
   private async tick(attempt: number): Promise<void> {
     if (this.stopped || !this.creds) return;
     const creds = this.creds;
+    // An expired lease is gone in Vault: never renew it, replace it.
+    if (Date.now() >= this.expiresAt) {
+      await this.startRotation('lease expired').catch(() => undefined);
+      return;
+    }
+    if (creds.tokenGeneration < this.opts.session.tokenGeneration) {
+      await this.startRotation('new Vault token').catch(() => undefined);
+      return;
+    }
     const toMax = this.secondsToMaxTtl;
     // Renewing further cannot help when the lease is capped, or the max TTL is within reach.
     if (this.capped || !creds.renewable || (toMax !== undefined && toMax < creds.leaseDurationSeconds)) {
       await this.startRotation(this.capped ? 'max TTL reached' : 'max TTL near').catch(() => undefined);
       return;
     }
+    const generation = this.opts.session.tokenGeneration;
     try {
+      const sentAt = Date.now();
+      this.emit('renewAttempt', creds);
       const duration = await this.opts.session.renew(creds.leaseId, creds.leaseDurationSeconds);
       if (this.creds !== creds || this.stopped) return;
-      this.expiresAt = Date.now() + duration * 1000;
+      this.expiresAt = sentAt + duration * 1000;
       this.capped = duration < creds.leaseDurationSeconds;
       this.emit('renewed', creds, duration);
       this.schedule(duration);
@@ -166,40 +233,71 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
       if (this.creds !== creds || this.stopped) return;
       this.report(e, 'renew');
       if (leaseGone(e)) {
+        this.emit('lost', creds, 'Vault says the lease is gone');
         await this.startRotation('lease revoked').catch(() => undefined);
         return;
       }
-      // Vault unreachable or failing: retry with backoff, but not past the expiry.
+      if (forbidden(e)) {
+        // The token was revoked or expired, and its leases with it.
+        await this.opts.session.reloginNow(generation).catch(() => undefined);
+        await this.startRotation('Vault token refused').catch(() => undefined);
+        return;
+      }
+      // Vault unreachable or failing: retry with backoff, but not past the expiry (then rotate).
       const remaining = this.expiresAt - Date.now();
-      const delay = Math.min(backoffDelay(attempt, this.opts.backoff), Math.max(200, remaining / 2));
+      const delay = Math.min(backoffDelay(attempt, this.opts.backoff), Math.max(0, remaining));
       if (this.timer) clearTimeout(this.timer);
-      this.timer = setTimeout(() => void this.tick(attempt + 1), delay);
+      this.timer = setTimeout(() => void this.tick(attempt + 1), cappedDelay(delay));
       this.timer.unref();
     }
   }
 
   private async rotate(reason: string): Promise<DatabaseCredentials> {
-    for (let attempt = 0; !this.stopped; attempt++) {
-      try {
-        const previous = this.creds;
-        const next = await this.issue();
-        this.install(next);
-        if (previous) {
-          if (this.listenerCount('rotated') > 0) this.emit('rotated', previous, next, reason);
-          else await this.retire(previous);
-        }
-        return next;
-      } catch (e) {
-        this.report(e, 'rotate');
-        await sleep(backoffDelay(attempt, this.opts.backoff));
-      }
+    const previous = this.creds;
+    const previousExpiresAt = this.expiresAt;
+    const next = await this.issueCurrent();
+    this.install(next);
+    if (previous) {
+      this.renewWhileDraining(previous, previousExpiresAt);
+      if (this.listenerCount('rotated') > 0) this.emit('rotated', previous, next, reason);
+      else await this.retire(previous);
     }
-    throw new AppError('LEASE_STOPPED', `lease manager for ${this.role} stopped`);
+    return next;
   }
 
-  private async revokeLease(creds: DatabaseCredentials): Promise<void> {
+  /**
+   * Renews replaced credentials while they drain, so a transaction in progress is not cut
+   * at their expiry; Vault caps the renewals at the role's max TTL (and at the token's life).
+   */
+  private renewWhileDraining(creds: DatabaseCredentials, expiresAt: number): void {
+    const plan = (until: number) => {
+      if (this.stopped || !this.held.has(creds)) return;
+      const remaining = until - Date.now();
+      if (remaining <= 0) return;
+      const t = setTimeout(async () => {
+        if (this.stopped || !this.held.has(creds)) return;
+        try {
+          const sentAt = Date.now();
+          this.emit('renewAttempt', creds);
+          const duration = await this.opts.session.renew(creds.leaseId, creds.leaseDurationSeconds);
+          if (duration > 0 && sentAt + duration * 1000 > until) plan(sentAt + duration * 1000);
+        } catch (e) {
+          // Expiry, the max TTL or a down Vault ends the extension; the drain timeout bounds the rest.
+          if (!leaseGone(e)) this.report(e, 'renew_retiring');
+        }
+      }, cappedDelay(remaining * (this.opts.renewFraction ?? 2 / 3)));
+      t.unref();
+      this.retiring.set(creds, t);
+    };
+    plan(expiresAt);
+  }
+
+  private async revokeLease(creds: DatabaseCredentials, timeoutMillis?: number): Promise<void> {
+    const t = this.retiring.get(creds);
+    if (t) clearTimeout(t);
+    this.retiring.delete(creds);
     try {
-      await this.opts.session.revoke(creds.leaseId);
+      await this.opts.session.revoke(creds.leaseId, timeoutMillis === undefined ? undefined : { timeoutMillis });
       this.held.delete(creds);
       this.emit('revoked', creds);
     } catch (e) {
@@ -211,6 +309,18 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     }
   }
 
+  /** Sleeps, but stop() wakes it. */
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, cappedDelay(ms));
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
   private report(e: unknown, operation: string): void {
     const err = e instanceof AppError ? e : new AppError('LEASE_ERROR', String((e as Error)?.message ?? e));
     if (this.listenerCount('error') > 0) this.emit('error', err, operation);
@@ -220,4 +330,9 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
 /** Vault says the lease no longer exists (revoked or expired behind our back). */
 export function leaseGone(e: unknown): boolean {
   return e instanceof VaultRequestError && e.status === 400 && /lease (not found|is not renewable|.*expired)|invalid lease/i.test(e.message);
+}
+
+/** Vault refused the token (revoked or expired): log in again. */
+function forbidden(e: unknown): boolean {
+  return e instanceof VaultRequestError && e.status === 403;
 }

@@ -14,6 +14,8 @@ export class RuntimeMetrics {
     const renewals = lease('pgvault_lease_renewals_total', 'Lease renewals');
     const rotations = lease('pgvault_lease_rotations_total', 'Credential rotations (new credentials replacing old ones)');
     const revocations = lease('pgvault_lease_revocations_total', 'Leases revoked by the app');
+    const renewAttempts = lease('pgvault_lease_renew_attempts_total', 'Lease renewals sent to Vault, failed ones included');
+    const lost = lease('pgvault_lease_lost_total', 'Current leases found gone (revoked or expired behind the app)');
     this.failures = new Counter({ name: 'pgvault_failures_total', help: 'Failures by reason', labelNames: ['reason'], registers: [r] });
     this.httpRequests = new Counter({ name: 'pgvault_http_requests_total', help: 'HTTP requests', labelNames: ['route', 'status'], registers: [r] });
     const failures = this.failures;
@@ -66,11 +68,13 @@ export class RuntimeMetrics {
     for (const [role, l] of rt.leases) {
       // Series exist from the start; the credentials issued before metrics were attached count once.
       issued.inc({ role }, l.leaseDurationSeconds > 0 ? 1 : 0);
-      for (const c of [renewals, rotations, revocations]) c.inc({ role }, 0);
+      for (const c of [renewals, rotations, revocations, renewAttempts, lost]) c.inc({ role }, 0);
       l.on('issued', () => issued.inc({ role }));
       l.on('renewed', () => renewals.inc({ role }));
       l.on('rotated', () => rotations.inc({ role }));
       l.on('revoked', () => revocations.inc({ role }));
+      l.on('renewAttempt', () => renewAttempts.inc({ role }));
+      l.on('lost', () => lost.inc({ role }));
       l.on('error', (e, op) => failures.inc({ reason: `${op}_${e.code.toLowerCase()}` }));
     }
     rt.session.on('error', (e) => failures.inc({ reason: `token_${e.code.toLowerCase()}` }));
@@ -78,6 +82,8 @@ export class RuntimeMetrics {
     const tokenRenewals = new Counter({ name: 'pgvault_token_renewals_total', help: 'Token renewals', registers: [r] });
     rt.session.on('relogin', () => relogins.inc());
     rt.session.on('renewed', () => tokenRenewals.inc());
+    const loginFailures = new Counter({ name: 'pgvault_token_login_failures_total', help: 'Re-logins that failed, by whether Vault refused them', labelNames: ['refused'], registers: [r] });
+    rt.session.on('loginFailed', (_e, refused) => loginFailures.inc({ refused: String(refused) }));
   }
 
   fail(reason: string): void {

@@ -3,7 +3,7 @@ import { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { pgSsl } from './config';
 import { AppError, DatabaseError } from './errors';
 import { LeaseManager } from './lease';
-import { backoffDelay, sleep } from './backoff';
+import { backoffDelay, MAX_TIMER_MILLIS, sleep } from './backoff';
 import { DatabaseCredentials } from './vault';
 
 export interface RotatingPoolOptions {
@@ -35,8 +35,19 @@ interface Generation {
   readonly pool: Pool;
   readonly creds: DatabaseCredentials;
   inFlight: number;
+  /** Postgres accepted these credentials at least once. */
+  connected: boolean;
   drained?: () => void;
 }
+
+/** Per-call limits. */
+export interface CallOptions {
+  /** Give up (AppError REQUEST_DEADLINE) when waiting for new credentials or a connection passes this time (ms since epoch). */
+  readonly deadline?: number;
+}
+
+/** pg-pool arms a timer of maxLifetimeSeconds: keep it within what setTimeout honours. */
+const MAX_LIFETIME_SECONDS = Math.floor(MAX_TIMER_MILLIS / 1000);
 
 export interface RotatingPoolEvents {
   swapped: [previousUser: string, currentUser: string];
@@ -45,6 +56,17 @@ export interface RotatingPoolEvents {
 }
 
 const AUTH_FAILED = new Set(['28P01', '28000']);
+
+/** Rejects with REQUEST_DEADLINE when `deadline` passes first; the work itself goes on. */
+function beforeDeadline<T>(work: Promise<T>, deadline: number | undefined, what: string): Promise<T> {
+  if (deadline === undefined) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new AppError('REQUEST_DEADLINE', `gave up waiting for ${what}: the deadline passed`)), Math.max(0, deadline - Date.now()));
+  });
+  work.catch(() => undefined);
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
 
 /** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
 function transientConnectError(e: any): boolean {
@@ -68,6 +90,9 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   /** Queries that failed, by reason; for metrics. */
   public readonly failures = new Map<string, number>();
   public rotations = 0;
+  /** Refusals of credentials Postgres never accepted, in a row: they back off new rotations. */
+  private freshRefusals = 0;
+  private nextFreshRotationAt = 0;
 
   constructor(opts: RotatingPoolOptions) {
     super();
@@ -77,48 +102,71 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   }
 
   /** Runs a query on the current credentials. */
-  async query<R extends QueryResultRow = any>(text: string, values?: unknown[]): Promise<QueryResult<R>> {
-    return this.withClient((c) => c.query<R>(text, values));
+  async query<R extends QueryResultRow = any>(text: string, values?: unknown[], opts: CallOptions = {}): Promise<QueryResult<R>> {
+    return this.withClient((c) => c.query<R>(text, values), opts);
   }
 
   /**
    * Runs `fn` with one client of the current pool (for transactions). If Postgres
    * refuses the credentials at connect time (revoked behind our back, or expired), new
    * credentials are issued and `fn` runs once more: nothing had been sent yet.
+   * When `fn` throws, the client is destroyed rather than returned to the pool: it may be
+   * inside a transaction that the next user would otherwise continue.
    */
-  async withClient<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
+  async withClient<T>(fn: (client: PoolClient) => Promise<T>, opts: CallOptions = {}): Promise<T> {
     if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
-    const client = await this.connect();
+    const client = await this.connect(opts.deadline);
     const owner = this.generationOf(client);
+    let failure: Error | undefined;
     try {
       return await fn(client);
     } catch (e: any) {
+      failure = e instanceof Error ? e : new Error(String(e));
       throw this.fail(e, 'query');
     } finally {
-      client.release();
+      client.release(failure);
       this.done(owner);
     }
   }
 
   /**
-   * A client of the current pool. Nothing has been sent yet, so a refusal is safe to retry:
-   * refused credentials get new ones (once); Postgres starting up or unreachable is retried
-   * with backoff for up to connectRetryMillis.
+   * A client of the current pool. Nothing has been sent yet, so a refusal is safe to retry.
+   * Only a password refusal (28P01) of credentials Postgres accepted before (revoked or
+   * expired behind our back) gets new credentials at once, and once. Credentials refused
+   * before they ever worked, or refused for another reason (28000: pg_hba, NOLOGIN), are not
+   * a lease problem (Postgres's clock ahead of Vault's, a configuration change): new ones are
+   * tried only after an exponentially growing pause. Postgres starting up or unreachable is
+   * retried with backoff for up to connectRetryMillis. Nothing waits past `deadline`.
    */
-  private async connect(): Promise<PoolClient> {
-    const deadline = Date.now() + (this.opts.connectRetryMillis ?? 5000);
+  private async connect(callDeadline?: number): Promise<PoolClient> {
+    const deadline = Math.min(Date.now() + (this.opts.connectRetryMillis ?? 5000), callDeadline ?? Infinity);
     let renewed = false;
     for (let attempt = 0; ; attempt++) {
       const gen = this.active;
       try {
-        return await this.acquire(gen);
+        const client = await this.acquireBefore(gen, callDeadline);
+        gen.connected = true;
+        if (gen === this.active) this.freshRefusals = 0;
+        return client;
       } catch (e: any) {
-        if (AUTH_FAILED.has(e?.code) && !renewed) {
+        if (e?.code === '28P01' && gen.connected && !renewed) {
           renewed = true;
-          this.count('auth');
-          await this.opts.lease.rotateNow('credentials refused by Postgres');
+          this.count('auth_refused');
+          await beforeDeadline(this.opts.lease.rotateNow('credentials refused by Postgres'), callDeadline, 'new credentials');
           if (this.active === gen) this.swapTo(this.opts.lease.current());
           continue;
+        }
+        if (AUTH_FAILED.has(e?.code) && !gen.connected) {
+          this.count(e.code === '28P01' ? 'auth_refused_fresh' : 'auth_refused_28000');
+          if (e.code === '28P01' && gen === this.active && Date.now() >= this.nextFreshRotationAt) {
+            this.nextFreshRotationAt = Date.now() + backoffDelay(this.freshRefusals++, { initialMillis: 1000, maxMillis: 60_000 });
+            void this.opts.lease.rotateNow('new credentials refused by Postgres').then((c) => this.swapTo(c)).catch(() => undefined);
+          }
+          throw this.fail(e, 'connect', 'Postgres refused credentials it never accepted before: check its clock against Vault\'s, pg_hba.conf and the role\'s LOGIN attribute');
+        }
+        if (AUTH_FAILED.has(e?.code)) {
+          this.count(e.code === '28P01' ? 'auth_refused' : 'auth_refused_28000');
+          throw this.fail(e, 'connect');
         }
         if (!transientConnectError(e) || Date.now() > deadline || this.closed) throw this.fail(e, 'connect');
         this.count('connect_retry');
@@ -143,11 +191,11 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     return this.active.creds.username;
   }
 
-  /** Stops taking queries, lets in-flight ones finish, and closes every pool. */
-  async close(): Promise<void> {
+  /** Stops taking queries, lets in-flight ones finish (for up to `timeoutMillis`), and closes every pool. */
+  async close(opts: { timeoutMillis?: number } = {}): Promise<void> {
     this.closed = true;
     const all = [this.active, ...this.retiring];
-    await Promise.all(all.map((g) => this.drain(g)));
+    await Promise.all(all.map((g) => this.drain(g, opts.timeoutMillis)));
   }
 
   private generation(creds: DatabaseCredentials): Generation {
@@ -163,12 +211,12 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       max: this.opts.max ?? 10,
       connectionTimeoutMillis: this.opts.connectionTimeoutMillis ?? 5000,
       idleTimeoutMillis: this.opts.idleTimeoutMillis ?? 10_000,
-      maxLifetimeSeconds: Math.min(lifetime, Math.max(1, ttl - 1)),
+      maxLifetimeSeconds: Math.min(lifetime, Math.max(1, ttl - 1), MAX_LIFETIME_SECONDS),
       application_name: this.opts.applicationName ?? 'pgvault-app',
     });
     // An idle client whose backend goes away (restart, revocation) must not crash the process.
     pool.on('error', (e: any) => this.count(e?.code === '57P01' ? 'terminated' : 'idle_error'));
-    const gen: Generation = { pool, creds, inFlight: 0 };
+    const gen: Generation = { pool, creds, inFlight: 0, connected: false };
     this.byPool.set(pool, gen);
     return gen;
   }
@@ -189,6 +237,22 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       return client;
     } catch (e) {
       this.done(gen);
+      throw e;
+    }
+  }
+
+  /** acquire(), but a client that arrives after the deadline goes straight back. */
+  private async acquireBefore(gen: Generation, deadline?: number): Promise<PoolClient> {
+    const pending = this.acquire(gen);
+    try {
+      return await beforeDeadline(pending, deadline, 'a database connection');
+    } catch (e: any) {
+      if (e?.code === 'REQUEST_DEADLINE') {
+        pending.then((c) => {
+          c.release();
+          this.done(gen);
+        }, () => undefined);
+      }
       throw e;
     }
   }
@@ -226,29 +290,31 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     });
   }
 
-  private async drain(gen: Generation): Promise<void> {
+  /** Waits for in-flight work (at most the drain timeout), then ends the pool (a stuck client does not hold it up). */
+  private async drain(gen: Generation, timeoutMillis = this.opts.drainTimeoutMillis ?? 30_000): Promise<void> {
+    const end = Date.now() + timeoutMillis;
     if (gen.inFlight > 0) {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, this.opts.drainTimeoutMillis ?? 30_000);
+        const t = setTimeout(resolve, timeoutMillis);
         gen.drained = () => {
           clearTimeout(t);
           resolve();
         };
       });
     }
-    await gen.pool.end().catch(() => undefined);
+    await beforeDeadline(gen.pool.end(), Math.max(end, Date.now() + 1000), 'the pool to end').catch(() => undefined);
   }
 
   private count(reason: string): void {
     this.failures.set(reason, (this.failures.get(reason) ?? 0) + 1);
   }
 
-  private fail(e: any, operation: string): AppError {
+  private fail(e: any, operation: string, hint?: string): AppError {
     if (e instanceof AppError) return e;
     const reason = e?.code && /^[0-9A-Z]{5}$/.test(e.code) ? `sqlstate_${e.code}` : (e?.code ?? 'error').toString().toLowerCase();
     this.count(reason);
     // Keep Postgres's own message for the logs; it never contains the password.
-    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}`, e?.code, { cause: undefined });
+    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}${hint ? `; ${hint}` : ''}`, e?.code, { cause: undefined });
     if (this.listenerCount('error') > 0) this.emit('error', err, operation);
     return err;
   }

@@ -1,5 +1,6 @@
+import { EventEmitter } from 'node:events';
 import { AppConfig } from './config';
-import { AppError } from './errors';
+import { AppError, loginRefused } from './errors';
 import { BackoffOptions, backoffDelay, sleep } from './backoff';
 import { LeaseManager } from './lease';
 import { RotatingPool } from './pool';
@@ -13,33 +14,61 @@ export interface RuntimeOptions {
   readonly backoff?: BackoffOptions;
   /** Connections per role's pool. @default 10 */
   readonly poolSize?: number;
+  /**
+   * How long re-logins may keep being refused (HTTP 4xx: the secret_id expired or is wrong)
+   * before the runtime emits 'fatal'. Meanwhile it keeps retrying and reports not-ready.
+   * @default 60000
+   */
+  readonly loginRefusedFatalMillis?: number;
   /** Called for each start-up attempt that failed (for a one-line log). */
   readonly onRetry?: (attempt: number, error: AppError, delayMillis: number) => void;
+}
+
+export interface CredentialRuntimeEvents {
+  /** Vault has refused every login for loginRefusedFatalMillis: the process should stop so a supervisor can act. */
+  fatal: [error: AppError];
+}
+
+/** What close() could not do: leases left to expire by themselves. */
+export interface CloseResult {
+  readonly unrevokedLeases: number;
+  readonly tokenRevoked: boolean;
 }
 
 /**
  * The app's credential runtime: an AppRole session kept alive, one lease manager and
  * one rotating pool per role, and an orderly shutdown that revokes everything.
  */
-export class CredentialRuntime {
+export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   public readonly session: VaultSession;
   public readonly leases = new Map<string, LeaseManager>();
   public readonly pools = new Map<string, RotatingPool>();
-  private closing?: Promise<void>;
+  private closing?: Promise<CloseResult>;
+  private fatalEmitted = false;
 
   private constructor(session: VaultSession) {
+    super();
     this.session = session;
   }
 
-  /** Logs in and issues credentials for every role, retrying with bounded backoff. */
+  /**
+   * Logs in and issues credentials for every role, retrying with bounded backoff while
+   * Vault is unreachable. A login that Vault refuses (wrong or expired secret_id) fails at once.
+   */
   static async start(cfg: AppConfig, opts: RuntimeOptions = {}): Promise<CredentialRuntime> {
     const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
     const deadline = Date.now() + (opts.startTimeoutMillis ?? 30_000);
     for (let attempt = 1; ; attempt++) {
       try {
-        await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
+        await session.login(cfg.approleMount, cfg.roleId, attempt === 1 ? cfg.secretId : (cfg.secretIdSource ?? cfg.secretId), cfg.secretIdSource);
         break;
       } catch (e: any) {
+        if (loginRefused(e)) {
+          throw new AppError(
+            'VAULT_LOGIN_REFUSED',
+            `Vault at ${cfg.vaultAddress} refused the AppRole login (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong, expired or of another role: issue a new one and start again`,
+          );
+        }
         const delay = backoffDelay(attempt, opts.backoff);
         if (Date.now() + delay > deadline) {
           throw new AppError(e.code ?? 'VAULT_LOGIN', `cannot log in to Vault at ${cfg.vaultAddress} after ${attempt} attempts: ${e.message}`);
@@ -49,6 +78,7 @@ export class CredentialRuntime {
       }
     }
     const rt = new CredentialRuntime(session);
+    session.on('error', () => undefined);
     session.keepAlive(opts.backoff);
     try {
       for (const role of opts.roles ?? cfg.roles) {
@@ -61,8 +91,8 @@ export class CredentialRuntime {
           startTimeoutMillis: Math.max(1000, deadline - Date.now()),
         });
         lease.on('error', () => undefined);
-        await lease.start();
         rt.leases.set(role, lease);
+        await lease.start();
         const pool = new RotatingPool({
           lease,
           host: cfg.postgres.host,
@@ -75,13 +105,20 @@ export class CredentialRuntime {
         pool.on('error', () => undefined);
         rt.pools.set(role, pool);
       }
-      // Leases hang off the token that issued them: after a re-login, move them to the new token.
+      // Leases hang off the token that issued them: after a re-login, move them all to the new token.
       session.on('relogin', () => {
         for (const lease of rt.leases.values()) void lease.rotateNow('new Vault token', { force: true }).catch(() => undefined);
       });
-      session.on('error', () => undefined);
+      const fatalAfter = opts.loginRefusedFatalMillis ?? 60_000;
+      session.on('loginFailed', (e, refused) => {
+        if (!refused || rt.fatalEmitted || session.loginFailingSince === undefined) return;
+        if (Date.now() - session.loginFailingSince >= fatalAfter) {
+          rt.fatalEmitted = true;
+          rt.emit('fatal', new AppError('VAULT_LOGIN_REFUSED', `Vault has refused every AppRole login for ${Math.round((Date.now() - session.loginFailingSince) / 1000)} s (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong or expired: provide a fresh one`));
+        }
+      });
     } catch (e) {
-      await rt.close();
+      await rt.close({ timeoutMillis: 5000 });
       throw e;
     }
     return rt;
@@ -99,12 +136,31 @@ export class CredentialRuntime {
     return l;
   }
 
-  /** Drains every pool, revokes every lease, then revokes the token. Idempotent. */
-  close(): Promise<void> {
+  /** "ok", or why Vault logins currently fail ("login refused": 4xx; "login failing": unreachable). */
+  get vaultLogin(): 'ok' | 'login refused' | 'login failing' {
+    if (this.session.loginFailingSince === undefined) return 'ok';
+    return this.session.loginRefused ? 'login refused' : 'login failing';
+  }
+
+  /**
+   * Drains every pool, revokes every lease, then revokes the token. Idempotent. Completes
+   * within about `timeoutMillis` (default 15 s) whatever Vault or Postgres do: half of it
+   * for the drain, the rest for the revocations; what cannot be revoked expires by itself.
+   */
+  close(opts: { timeoutMillis?: number } = {}): Promise<CloseResult> {
     this.closing ??= (async () => {
-      await Promise.all([...this.pools.values()].map((p) => p.close()));
-      await Promise.all([...this.leases.values()].map((l) => l.stop()));
-      await this.session.revokeSelf().catch(() => undefined);
+      const budget = opts.timeoutMillis ?? 15_000;
+      const end = Date.now() + budget;
+      this.session.stopKeepAlive();
+      await Promise.all([...this.pools.values()].map((p) => p.close({ timeoutMillis: budget / 2 })));
+      const revokeBudget = () => Math.max(500, (end - Date.now()) / 2);
+      await Promise.all([...this.leases.values()].map((l) => l.stop({ timeoutMillis: revokeBudget() })));
+      const unrevokedLeases = [...this.leases.values()].reduce((n, l) => n + l.heldCount, 0);
+      const tokenRevoked = await this.session.revokeSelf({ timeoutMillis: Math.max(500, end - Date.now()) }).then(
+        () => true,
+        () => false,
+      );
+      return { unrevokedLeases, tokenRevoked };
     })();
     return this.closing;
   }

@@ -13,6 +13,8 @@ export interface ApiServerOptions {
   readonly readyMarginFraction?: number;
   /** Largest accepted request body. @default 4096 */
   readonly maxBodyBytes?: number;
+  /** Every request answers within this time; past it, 503. @default 5000 */
+  readonly requestTimeoutMillis?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -23,6 +25,22 @@ class HttpError extends Error {
 }
 
 const MAX_NAME = 200;
+const ROUTES = ['GET /healthz', 'GET /readyz', 'GET /items', 'POST /items', 'GET /metrics'];
+
+/**
+ * The request target as a URL, or a 400. Origin-form (/path?query) and absolute-form
+ * (http://host/path) are accepted; anything else (`*`, `//x`, garbage) is not a resource here.
+ */
+function parseTarget(target: string): URL {
+  const shown = JSON.stringify(target.length > 80 ? `${target.slice(0, 80)}...` : target);
+  const bad = () => new HttpError(400, `request target ${shown} is not a path; expected one like /items?limit=5`);
+  if (!(target.startsWith('/') && !target.startsWith('//')) && !/^https?:\/\/[^/]/i.test(target)) throw bad();
+  try {
+    return new URL(target, 'http://localhost');
+  } catch {
+    throw bad();
+  }
+}
 
 /**
  * The REST API: /healthz, /readyz, GET and POST /items, /metrics. Database errors
@@ -33,14 +51,33 @@ export class ApiServer {
   public readonly metrics: RuntimeMetrics;
   private readonly opts: ApiServerOptions;
   private readonly rt: CredentialRuntime;
+  private readonly requestTimeoutMillis: number;
   private accepting = true;
 
   constructor(opts: ApiServerOptions) {
     this.opts = opts;
     this.rt = opts.runtime;
+    this.requestTimeoutMillis = opts.requestTimeoutMillis ?? 5000;
     this.metrics = new RuntimeMetrics(this.rt);
-    this.server = http.createServer((req, res) => void this.handle(req, res));
+    this.server = http.createServer((req, res) => {
+      // Last resort: whatever a request does, it cannot end the process.
+      this.handle(req, res).catch((e) => {
+        this.opts.log?.(`unhandled error in a request: ${safeMessage(e)}`);
+        if (!res.headersSent) this.send(res, 500, { error: 'internal error' });
+        else res.destroy();
+      });
+    });
     this.server.keepAliveTimeout = 5000;
+    // Slow clients cannot hold a connection (and a shutdown) for Node's default 300 s.
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 15_000;
+    // A request line or header the parser rejects (NUL byte, too long, bad syntax): 400 or 431, and close.
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable || (err as any).code === 'ECONNRESET') return void socket.destroy();
+      const tooLarge = (err as any).code === 'HPE_HEADER_OVERFLOW';
+      const body = JSON.stringify({ error: tooLarge ? 'the request line or headers are too large' : 'malformed HTTP request' });
+      socket.end(`HTTP/1.1 ${tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
   }
 
   listen(port: number, host = '127.0.0.1'): Promise<number> {
@@ -50,73 +87,107 @@ export class ApiServer {
     });
   }
 
-  /** Stops taking new requests and waits for those in flight. */
-  async stop(): Promise<void> {
+  /**
+   * Stops taking new requests and waits for those in flight, which answer within the
+   * request deadline; connections still open after `graceMillis` (default: the request
+   * deadline plus 1 s) are closed.
+   */
+  async stop(graceMillis = this.requestTimeoutMillis + 1000): Promise<void> {
     this.accepting = false;
     await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
+      const t = setTimeout(() => this.server.closeAllConnections(), graceMillis);
+      this.server.close(() => {
+        clearTimeout(t);
+        resolve();
+      });
       this.server.closeIdleConnections();
     });
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const route = `${req.method} ${url.pathname}`;
+    let route = `${req.method} ?`;
     let status = 500;
+    let timer: NodeJS.Timeout | undefined;
     try {
+      const url = parseTarget(req.url ?? '');
+      route = `${req.method} ${url.pathname}`;
       if (!this.accepting) throw new HttpError(503, 'shutting down');
-      let body: unknown;
-      switch (route) {
-        case 'GET /healthz':
-          [status, body] = [200, { status: 'ok' }];
-          break;
-        case 'GET /readyz':
-          [status, body] = await this.readiness();
-          break;
-        case 'GET /items':
-          [status, body] = [200, await this.listItems(url)];
-          break;
-        case 'POST /items':
-          [status, body] = [201, await this.createItem(req)];
-          break;
-        case 'GET /metrics': {
-          status = 200;
-          res.writeHead(200, { 'Content-Type': this.metrics.registry.contentType });
-          res.end(await this.metrics.registry.metrics());
-          return;
-        }
-        default:
-          throw new HttpError(404, `no route ${route}; routes: GET /healthz, GET /readyz, GET /items, POST /items, GET /metrics`);
+      const deadline = Date.now() + this.requestTimeoutMillis;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new HttpError(503, `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); try again`)), this.requestTimeoutMillis);
+      });
+      const work = this.route(route, url, req, res, deadline);
+      work.catch(() => undefined);
+      const answer = await Promise.race([work, late]);
+      if (!answer) {
+        status = 200;
+        return;
       }
-      this.send(res, status, body);
+      [status] = answer;
+      this.send(res, status, answer[1]);
     } catch (e) {
       if (e instanceof HttpError) {
         status = e.status;
         this.send(res, status, { error: e.message });
-      } else if (e instanceof DatabaseError) {
+      } else if (e instanceof AppError) {
+        // Postgres down, credentials unavailable (Vault down), a deadline passed: temporary.
         status = 503;
         this.opts.log?.(`${route}: ${safeMessage(e)}`);
-        this.send(res, status, { error: 'the database is unavailable; try again' });
+        this.send(res, status, { error: e instanceof DatabaseError ? 'the database is unavailable; try again' : 'credentials are unavailable; try again' });
       } else {
         status = 500;
         this.opts.log?.(`${route}: ${safeMessage(e)}`);
         this.send(res, status, { error: 'internal error' });
       }
     } finally {
-      this.metrics.httpRequests.inc({ route: ['GET /healthz', 'GET /readyz', 'GET /items', 'POST /items', 'GET /metrics'].includes(route) ? route : 'other', status: String(status) });
+      clearTimeout(timer);
+      this.metrics.httpRequests.inc({ route: ROUTES.includes(route) ? route : 'other', status: String(status) });
     }
   }
 
+  /** Answers [status, body], or undefined when it wrote the response itself. */
+  private async route(route: string, url: URL, req: http.IncomingMessage, res: http.ServerResponse, deadline: number): Promise<[number, unknown] | undefined> {
+    let status: number;
+    let body: unknown;
+    switch (route) {
+      case 'GET /healthz':
+        [status, body] = [200, { status: 'ok' }];
+        break;
+      case 'GET /readyz':
+        [status, body] = await this.readiness();
+        break;
+      case 'GET /items':
+        [status, body] = [200, await this.listItems(url, deadline)];
+        break;
+      case 'POST /items':
+        [status, body] = [201, await this.createItem(req, deadline)];
+        break;
+      case 'GET /metrics': {
+        const text = await this.metrics.registry.metrics();
+        if (res.headersSent) return undefined;
+        res.writeHead(200, { 'Content-Type': this.metrics.registry.contentType });
+        res.end(text);
+        return undefined;
+      }
+      default:
+        throw new HttpError(404, `no route ${JSON.stringify(route.slice(0, 100))}; routes: ${ROUTES.join(', ')}`);
+    }
+    return [status, body];
+  }
+
   private send(res: http.ServerResponse, status: number, body: unknown): void {
-    if (res.headersSent) return;
-    res.writeHead(status, { 'Content-Type': 'application/json' });
+    if (res.headersSent || res.destroyed) return;
+    // While shutting down, keep-alive connections are closed after this answer.
+    res.writeHead(status, { 'Content-Type': 'application/json', ...(this.accepting ? {} : { Connection: 'close' }) });
     res.end(JSON.stringify(body));
   }
 
   private async readiness(): Promise<[number, unknown]> {
     const margin = this.opts.readyMarginFraction ?? 0.2;
     const roles: Record<string, unknown> = {};
-    let ready = this.accepting;
+    const vault = this.rt.vaultLogin;
+    // Vault refusing logins (expired or wrong secret_id) needs an operator: not ready.
+    let ready = this.accepting && vault !== 'login refused';
     for (const [role, lease] of this.rt.leases) {
       const toExpiry = lease.secondsToExpiry;
       const ok = toExpiry > lease.leaseDurationSeconds * margin;
@@ -130,25 +201,25 @@ export class ApiServer {
     let database = 'ok';
     try {
       const pool = this.rt.pool(this.opts.readRole ?? 'readonly');
-      await Promise.race([pool.query('SELECT 1'), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000).unref())]);
+      await pool.query('SELECT 1', [], { deadline: Date.now() + 2000 });
     } catch {
       database = 'unavailable';
       ready = false;
     }
-    return [ready ? 200 : 503, { ready, database, roles }];
+    return [ready ? 200 : 503, { ready, database, vault, roles }];
   }
 
-  private async listItems(url: URL): Promise<unknown> {
+  private async listItems(url: URL, deadline: number): Promise<unknown> {
     const raw = url.searchParams.get('limit');
     const limit = raw === null ? 20 : Number(raw);
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
       throw new HttpError(400, `query parameter "limit" is ${JSON.stringify(raw)}; expected a whole number from 1 to 100`);
     }
-    const r = await this.rt.pool(this.opts.readRole ?? 'readonly').query('SELECT id, name, created_at FROM app.items ORDER BY id DESC LIMIT $1', [limit]);
+    const r = await this.rt.pool(this.opts.readRole ?? 'readonly').query('SELECT id, name, created_at FROM app.items ORDER BY id DESC LIMIT $1', [limit], { deadline });
     return { items: r.rows.map((row) => ({ id: Number(row.id), name: row.name, createdAt: row.created_at })) };
   }
 
-  private async createItem(req: http.IncomingMessage): Promise<unknown> {
+  private async createItem(req: http.IncomingMessage, deadline: number): Promise<unknown> {
     const type = req.headers['content-type'] ?? '';
     if (!/^application\/json\b/.test(type)) throw new HttpError(400, `Content-Type is "${type}"; expected application/json`);
     const text = await readBody(req, this.opts.maxBodyBytes ?? 4096);
@@ -164,7 +235,7 @@ export class ApiServer {
     if (typeof doc.name !== 'string' || doc.name.trim().length === 0 || doc.name.length > MAX_NAME) {
       throw new HttpError(400, `field "name" must be a string of 1 to ${MAX_NAME} characters`);
     }
-    const r = await this.rt.pool(this.opts.writeRole ?? 'readwrite').query('INSERT INTO app.items (name) VALUES ($1) RETURNING id, name, created_at', [doc.name]);
+    const r = await this.rt.pool(this.opts.writeRole ?? 'readwrite').query('INSERT INTO app.items (name) VALUES ($1) RETURNING id, name, created_at', [doc.name], { deadline });
     const row = r.rows[0];
     return { id: Number(row.id), name: row.name, createdAt: row.created_at };
   }

@@ -1,7 +1,8 @@
+import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import nodeVault from 'node-vault';
-import { AppConfigError, AppError, VaultRequestError } from './errors';
-import { BackoffOptions, backoffDelay, renewalDelayMillis } from './backoff';
+import { AppConfigError, AppError, loginRefused, VaultRequestError } from './errors';
+import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis } from './backoff';
 
 export interface VaultSessionOptions {
   readonly address: string;
@@ -19,30 +20,56 @@ export interface DatabaseCredentials {
   readonly renewable: boolean;
   readonly username: string;
   readonly password: string;
-  /** When the lease was issued (ms since epoch). */
+  /** When the request for the lease was sent (ms since epoch): the lease cannot expire before issuedAt + TTL. */
   readonly issuedAt: number;
+  /** The login (VaultSession.tokenGeneration) whose token issued the lease: Vault revokes the lease with that token. */
+  readonly tokenGeneration: number;
 }
+
+/**
+ * Where the AppRole secret_id comes from. It is called for every login, so a secret_id
+ * that an orchestrator refreshes (a file written again) is picked up at the next login.
+ */
+export type SecretIdSource = () => string | Promise<string>;
 
 /**
  * A Vault session that logs in with AppRole. It never takes a token from the
  * environment (node-vault would read VAULT_TOKEN) and never disables TLS checks.
  */
 export interface VaultSessionEvents {
-  /** A new token replaced one that could not be renewed any more: leases should move to it. */
-  relogin: [];
+  /** A new token replaced the previous one: leases of older tokens should move to it. */
+  relogin: [generation: number];
   renewed: [ttlSeconds: number];
+  /** A re-login failed; `refused` when Vault refused it (4xx) rather than being unreachable. */
+  loginFailed: [error: AppError, refused: boolean];
   error: [error: AppError, operation: string];
 }
 
 export class VaultSession extends EventEmitter<VaultSessionEvents> {
   private readonly client: any;
-  #login?: { mount: string; roleId: string; secretId: string };
+  #login?: { mount: string; roleId: string; secretId: SecretIdSource };
   #timer?: NodeJS.Timeout;
+  #keepAlive = false;
+  #backoff?: BackoffOptions;
+  #relogin?: Promise<void>;
+  #reloginAttempt = 0;
+  #nextLoginAt = 0;
+  #lastLoginError?: AppError;
+  /** A digest of the last secret_id Vault refused: it is not sent again (see login()). */
+  #refusedSecretId?: string;
   #tokenIssuedTtl = 0;
   public readonly address: string;
   /** The login's token TTL and policies, once logged in. */
   public tokenTtlSeconds = 0;
   public policies: string[] = [];
+  /** Counts logins: leases remember the generation of the token that issued them. */
+  public tokenGeneration = 0;
+  /** When the current token expires unless renewed (ms since epoch). */
+  public tokenExpiresAt = 0;
+  /** Since when re-logins fail (ms since epoch); undefined while the last login succeeded. */
+  public loginFailingSince?: number;
+  /** Whether the last failed login was refused by Vault (4xx) rather than unreachable. */
+  public loginRefused = false;
 
   constructor(opts: VaultSessionOptions) {
     super();
@@ -68,60 +95,144 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     return Boolean(this.client.token);
   }
 
-  /** Logs in with AppRole. */
-  async login(mount: string, roleId: string, secretId: string): Promise<void> {
+  /**
+   * Logs in with AppRole. `secretId` may be a source, asked at every login; re-logins use
+   * `later` when given (for example a file an orchestrator refreshes), else the same.
+   */
+  async login(mount: string, roleId: string, secretId: string | SecretIdSource, later?: SecretIdSource): Promise<void> {
+    const source: SecretIdSource = typeof secretId === 'function' ? secretId : () => secretId;
+    let id: string;
+    try {
+      id = await source();
+    } catch (e: any) {
+      throw e instanceof AppError ? e : new AppError('APP_SECRET_ID', `cannot obtain the AppRole secret_id: ${e?.message ?? e}`);
+    }
     const path = `auth/${mount}/login`;
-    const res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: secretId }));
+    // Vault locks a role_id out (403 for every instance, 15 min by default) after a few failed
+    // logins: a refused secret_id is never sent again; the next login waits for a new one.
+    const digest = crypto.createHash('sha256').update(id).digest('hex');
+    if (digest === this.#refusedSecretId) {
+      throw new AppConfigError('APP_SECRET_ID_REFUSED', 'Vault refused this secret_id before; waiting for a new one from its source');
+    }
+    const sentAt = Date.now();
+    let res: any;
+    try {
+      res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: id }));
+    } catch (e) {
+      if (loginRefused(e)) this.#refusedSecretId = digest;
+      throw e;
+    }
+    this.#refusedSecretId = undefined;
     this.token = res.auth.client_token;
+    this.tokenGeneration++;
     this.tokenTtlSeconds = res.auth.lease_duration;
+    this.tokenExpiresAt = sentAt + res.auth.lease_duration * 1000;
     this.#tokenIssuedTtl = res.auth.lease_duration;
     this.policies = res.auth.policies ?? [];
-    this.#login = { mount, roleId, secretId };
+    this.#login = { mount, roleId, secretId: later ?? source };
+  }
+
+  /**
+   * Logs in again now, unless a login newer than `failedGeneration` already happened
+   * (then the caller just retries with the newer token). Concurrent calls share one login.
+   * Emits 'relogin' on success, 'loginFailed' on failure.
+   */
+  reloginNow(failedGeneration = this.tokenGeneration): Promise<void> {
+    if (this.#relogin) return this.#relogin;
+    if (this.tokenGeneration > failedGeneration) return Promise.resolve();
+    // After a failed login, the next waits for its backoff, whoever asks: no burst of logins.
+    if (this.#lastLoginError && Date.now() + 50 < this.#nextLoginAt) return Promise.reject(this.#lastLoginError);
+    const l = this.#login;
+    if (!l) return Promise.reject(new AppError('VAULT_NOT_LOGGED_IN', 'no AppRole login to repeat; call login() first'));
+    this.#relogin = (async () => {
+      try {
+        await this.login(l.mount, l.roleId, l.secretId);
+        this.#reloginAttempt = 0;
+        this.#lastLoginError = undefined;
+        this.loginFailingSince = undefined;
+        this.loginRefused = false;
+        this.scheduleKeepAlive(renewalDelayMillis(this.tokenTtlSeconds));
+        this.emit('relogin', this.tokenGeneration);
+      } catch (e: any) {
+        const err = e instanceof AppError ? e : new AppError('VAULT_LOGIN', String(e?.message ?? e));
+        this.loginFailingSince ??= Date.now();
+        this.loginRefused = loginRefused(err);
+        // Keep trying with backoff until a login succeeds, whoever asked for this one.
+        const delay = backoffDelay(this.#reloginAttempt++, this.#backoff);
+        this.#lastLoginError = err;
+        this.#nextLoginAt = Date.now() + delay;
+        this.scheduleKeepAlive(delay);
+        this.emit('loginFailed', err, this.loginRefused);
+        throw err;
+      }
+    })().finally(() => {
+      this.#relogin = undefined;
+    });
+    return this.#relogin;
   }
 
   /**
    * Keeps the token alive: renews it at about two thirds of its TTL, and logs in
-   * again (emitting 'relogin') when it can no longer be renewed or renewal is capped.
+   * again (emitting 'relogin') as soon as a renewal is capped by the max TTL or the
+   * token is refused or expired. A failed re-login is retried with backoff until it succeeds.
    */
   keepAlive(backoff?: BackoffOptions): void {
-    const schedule = (delay: number, attempt: number) => {
-      if (this.#timer) clearTimeout(this.#timer);
-      this.#timer = setTimeout(() => void run(attempt), delay);
-      this.#timer.unref();
-    };
-    const run = async (attempt: number) => {
-      if (!this.#login) return;
+    this.#keepAlive = true;
+    this.#backoff = backoff;
+    this.scheduleKeepAlive(renewalDelayMillis(this.tokenTtlSeconds));
+  }
+
+  private scheduleKeepAlive(delay: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (!this.#keepAlive) return;
+    this.#timer = setTimeout(() => void this.keepAliveTick(0), cappedDelay(delay));
+    this.#timer.unref();
+  }
+
+  private async keepAliveTick(renewAttempt: number): Promise<void> {
+    if (!this.#login || !this.#keepAlive) return;
+    // A re-login is pending (an earlier one failed), or the token is past its expiry: log in.
+    if (this.loginFailingSince === undefined && Date.now() < this.tokenExpiresAt) {
       try {
-        const before = this.tokenTtlSeconds;
-        const ttl = await this.renewSelf().catch(async (e) => {
-          if (e instanceof VaultRequestError && e.status === 403) return -1;
-          throw e;
-        });
-        if (ttl < 0 || ttl < Math.min(before, this.#tokenIssuedTtl) / 2) {
-          // Expired, revoked or capped by its max TTL: log in again while the old token still works.
-          const l = this.#login;
-          await this.login(l.mount, l.roleId, l.secretId);
-          this.emit('relogin');
-        } else {
+        const sentAt = Date.now();
+        const ttl = await this.renewSelf();
+        this.tokenExpiresAt = sentAt + ttl * 1000;
+        if (ttl >= this.#tokenIssuedTtl) {
           this.emit('renewed', ttl);
+          this.scheduleKeepAlive(renewalDelayMillis(ttl));
+          return;
         }
-        schedule(renewalDelayMillis(this.tokenTtlSeconds), 0);
+        // Capped by the max TTL: log in again while the old token still works, so leases can move.
       } catch (e) {
-        if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'token');
-        schedule(backoffDelay(attempt, backoff), attempt + 1);
+        if (!(e instanceof VaultRequestError && e.status === 403)) {
+          // Vault unreachable or failing: retry the renewal with backoff, but not past the expiry.
+          if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'token');
+          const remaining = this.tokenExpiresAt - Date.now();
+          if (this.#timer) clearTimeout(this.#timer);
+          if (!this.#keepAlive) return;
+          this.#timer = setTimeout(() => void this.keepAliveTick(renewAttempt + 1), cappedDelay(Math.min(backoffDelay(renewAttempt, this.#backoff), Math.max(0, remaining))));
+          this.#timer.unref();
+          return;
+        }
+        // 403: the token was revoked or expired.
       }
-    };
-    schedule(renewalDelayMillis(this.tokenTtlSeconds), 0);
+    }
+    await this.reloginNow().catch((e) => {
+      if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'login');
+    });
   }
 
   /** Stops the keep-alive timer. */
   stopKeepAlive(): void {
+    this.#keepAlive = false;
     if (this.#timer) clearTimeout(this.#timer);
   }
 
   /** Reads new credentials from `<mount>/creds/<role>`. */
   async issue(mount: string, role: string): Promise<DatabaseCredentials> {
     const path = `${mount}/creds/${role}`;
+    const tokenGeneration = this.tokenGeneration;
+    const issuedAt = Date.now();
     const res = await this.call(path, () => this.client.read(path));
     const creds = {
       role,
@@ -129,7 +240,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       leaseDurationSeconds: res.lease_duration,
       renewable: res.renewable,
       username: res.data.username,
-      issuedAt: Date.now(),
+      issuedAt,
+      tokenGeneration,
     } as DatabaseCredentials;
     Object.defineProperty(creds, 'password', { value: res.data.password, enumerable: false });
     return creds;
@@ -143,9 +255,9 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   }
 
   /** Revokes a lease: Vault drops the database user. */
-  async revoke(leaseId: string): Promise<void> {
+  async revoke(leaseId: string, opts: { timeoutMillis?: number } = {}): Promise<void> {
     const path = `sys/leases/revoke/${leaseId}`;
-    await this.call(path, () => this.client.write(path, {}));
+    await this.call(path, () => this.client.write(path, {}, requestTimeout(opts.timeoutMillis)));
   }
 
   /** Renews this session's own token. */
@@ -157,11 +269,11 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   }
 
   /** Revokes this session's own token; the session is logged out afterwards. */
-  async revokeSelf(): Promise<void> {
+  async revokeSelf(opts: { timeoutMillis?: number } = {}): Promise<void> {
     this.stopKeepAlive();
     if (!this.loggedIn) return;
     const path = 'auth/token/revoke-self';
-    await this.call(path, () => this.client.write(path, {}));
+    await this.call(path, () => this.client.write(path, {}, requestTimeout(opts.timeoutMillis)));
     this.token = '';
   }
 
@@ -181,4 +293,9 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw new VaultRequestError(code, `Vault ${path} failed (${why})`, path, status);
     }
   }
+}
+
+/** node-vault request options for a per-call timeout (a shutdown must not wait 5 s per call). */
+function requestTimeout(ms?: number): Record<string, unknown> | undefined {
+  return ms === undefined ? undefined : { timeout: Math.max(1, Math.round(ms)) };
 }

@@ -7,35 +7,13 @@ import * as assert from 'node:assert/strict';
 import { backoffDelay, renewalDelayMillis } from '../../app/src/backoff';
 import { LeaseManager, leaseGone } from '../../app/src/lease';
 import { VaultRequestError } from '../../app/src/errors';
-import type { DatabaseCredentials, VaultSession } from '../../app/src/vault';
-
-/** A fake of the few VaultSession calls the lease manager makes. */
-class FakeVaultSession {
-  issued = 0;
-  renewals: string[] = [];
-  revoked: string[] = [];
-  /** What renew answers: a lease duration, or an error to throw. */
-  renewAnswer: (leaseId: string) => number = () => 1;
-  constructor(private readonly ttl: number) {}
-  async issue(_mount: string, role: string): Promise<DatabaseCredentials> {
-    this.issued++;
-    const creds = { role, leaseId: `database/creds/${role}/${this.issued}`, leaseDurationSeconds: this.ttl, renewable: true, username: `v-${role}-${this.issued}`, issuedAt: Date.now() } as DatabaseCredentials;
-    Object.defineProperty(creds, 'password', { value: 'fake', enumerable: false });
-    return creds;
-  }
-  async renew(leaseId: string): Promise<number> {
-    this.renewals.push(leaseId);
-    return this.renewAnswer(leaseId);
-  }
-  async revoke(leaseId: string): Promise<void> {
-    this.revoked.push(leaseId);
-  }
-}
+import type { DatabaseCredentials } from '../../app/src/vault';
+import { FakeVaultSession } from './fakes';
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function manager(fake: FakeVaultSession, maxTtlSeconds?: number): LeaseManager {
-  return new LeaseManager({ session: fake as unknown as VaultSession, mount: 'database', role: 'ro', maxTtlSeconds, jitter: 0, backoff: { initialMillis: 10, maxMillis: 50 } });
+  return new LeaseManager({ session: fake, mount: 'database', role: 'ro', maxTtlSeconds, jitter: 0, backoff: { initialMillis: 10, maxMillis: 50 } });
 }
 
 test('backoff grows, stays bounded and never reaches zero', () => {
@@ -52,6 +30,7 @@ test('renewal happens at about two thirds of the TTL, with jitter', () => {
 
 test('renews the lease before it expires', async () => {
   const fake = new FakeVaultSession(1);
+  fake.renewAnswer = () => 1;
   const m = manager(fake);
   const renewed: number[] = [];
   m.on('renewed', (_c, d) => renewed.push(d));
