@@ -185,7 +185,8 @@ describe('fault tests: the API on short-lived credentials', () => {
     console.log(`# figure: Postgres restart: ${r.failed} failed requests of ${r.ok + r.failed}; last failure ${recoverSeconds.toFixed(1)}s after the restart began; ${retries} connection attempts retried`);
     const after = await load(2, ((end) => () => Date.now() > end)(Date.now() + 3000));
     assert.equal(after.failed, 0, `still failing after recovery: ${JSON.stringify(after.statuses)}`);
-    assert.equal(await ready(), 200);
+    // Readiness also wants every lease above 20 % of its TTL: on a loaded machine a 10 s lease may dip there for a moment.
+    await h.waitFor('the API to be ready again', async () => (await ready()) === 200, 15_000);
   });
 
   test('a lease revoked behind the app’s back: it notices, issues new credentials and recovers', async () => {
