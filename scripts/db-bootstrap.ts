@@ -13,6 +13,7 @@
  *
  * It never prints a password.
  */
+import * as crypto from 'node:crypto';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl } from '../app/src/config';
@@ -56,13 +57,28 @@ export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000)
       return client;
     } catch (e: any) {
       await client.end().catch(() => undefined);
-      if (cleartextAsked || Date.now() > deadline) {
+      // Only a server that is not up yet is worth waiting for; a refusal will not go away.
+      const transient = ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EAI_AGAIN', '57P03'].includes(e?.code) || /timeout|terminated/i.test(String(e?.message));
+      if (cleartextAsked || !transient || Date.now() > deadline) {
         throw new Error(`cannot connect to Postgres at ${env.postgres.clientHost}:${env.postgres.clientPort} as ${env.postgres.adminUser}: ${e.message}`);
       }
       // Postgres may still be finishing its first start.
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
+}
+
+/**
+ * A SCRAM-SHA-256 verifier of the password (RFC 5802/7677, as Postgres stores it), so the
+ * password itself never reaches the server's statement log. Our passwords are ASCII, so
+ * SASLprep leaves them unchanged.
+ */
+export function scramVerifier(password: string, salt = crypto.randomBytes(16), iterations = 4096): string {
+  const salted = crypto.pbkdf2Sync(password, salt, iterations, 32, 'sha256');
+  const hmac = (key: Buffer, text: string) => crypto.createHmac('sha256', key).update(text).digest();
+  const storedKey = crypto.createHash('sha256').update(hmac(salted, 'Client Key')).digest();
+  const serverKey = hmac(salted, 'Server Key');
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
 }
 
 /** The object exists, but this environment did not create it. */
@@ -119,7 +135,7 @@ export async function dropDynamicUsers(client: Client, env: EnvironmentConfig): 
   for (const u of users) {
     await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u]);
     const fns = await client.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u]);
-    for (const { f } of fns.rows) await client.query(`REVOKE ALL ON FUNCTION ${f} FROM PUBLIC`);
+    for (const { f } of fns.rows) await client.query(`REVOKE ALL ON ROUTINE ${f} FROM PUBLIC`);
     await client.query(`REASSIGN OWNED BY ${q(u)} TO ${q(env.database.retiredRole)}`);
     await client.query(`DROP OWNED BY ${q(u)}`);
     await client.query(`DROP ROLE IF EXISTS ${q(u)}`);
@@ -172,7 +188,8 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       throw new ForeignObjectError(
         `schema "${schema}" already exists in database "${env.postgres.database}" and was not created by environment ${env.name} ` +
           `(it lacks the comment '${mark}'); the deploy will not adopt, alter or drop it, nor grant anything in it. ` +
-          `Fix: set "postgres.database" in ${env.file} to a database of the environment's own. Nothing was changed.`,
+          `Fix: set "postgres.database" in ${env.file} to a database of the environment's own. Nothing was changed. ` +
+          `(If environment ${env.name} made it with a version of pgvault-creds from before objects were marked, see "Upgrading" in the README.)`,
       );
     }
     const table = await client.query(
@@ -223,14 +240,13 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     }
     await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT ON TABLES TO ${read}`);
     await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${write}`);
-    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
 
     // 4. Vault's role: CREATEROLE and ADMIN on the group roles, nothing more; membership of the
     // retired role so that revocation can hand it what a user owned. The bootstrap runs when the
     // connection is about to be written with the setup password, so Postgres must accept it again;
     // Vault rotates it right after.
     await client.query(
-      `${vault.exists ? 'ALTER' : 'CREATE'} ROLE ${q(vaultUser)} WITH LOGIN CREATEROLE NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ${lit(setupPassword)}`,
+      `${vault.exists ? 'ALTER' : 'CREATE'} ROLE ${q(vaultUser)} WITH LOGIN CREATEROLE NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ${lit(scramVerifier(setupPassword))}`,
     );
     await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
@@ -268,13 +284,30 @@ export async function down(env: EnvironmentConfig): Promise<void> {
     return true;
   };
   try {
-    const retiredExists = (await roleComment(client, retiredRole)).exists;
-    const users = retiredExists ? await dropDynamicUsers(client, env) : 0;
+    // Users are ours only when the roles that identify them are: the group roles, their grantor and the retired role.
+    const marked = async (role: string) => {
+      const c = await roleComment(client, role);
+      return c.exists && isMarked(c.comment, mark);
+    };
+    const ours = (await marked(vaultUser)) && (await marked(groupRoles.read)) && (await marked(groupRoles.write)) && (await marked(retiredRole));
+    const users = ours ? await dropDynamicUsers(client, env) : 0;
     if (users) say(env, `dropped ${users} dynamic user(s) that Vault had not revoked`);
     const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
     const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
     if (env.postgres.dropDataOnDestroy) {
-      if (ourSchema) await client.query(`DROP SCHEMA ${q(schema)} CASCADE`);
+      // RESTRICT, not CASCADE: what others built on or inside the schema stops the teardown instead of going with it.
+      const owners = [];
+      for (const role of [retiredRole, ownerRole]) if (await marked(role)) owners.push(q(role));
+      try {
+        if (owners.length) await client.query(`DROP OWNED BY ${owners.join(', ')}`);
+        if (ourSchema) await client.query(`DROP SCHEMA IF EXISTS ${q(schema)} RESTRICT`);
+      } catch (e: any) {
+        if (e?.code !== '2BP01') throw e;
+        throw new Error(
+          `schema ${schema} in database ${env.postgres.database} holds or is used by objects that environment ${env.name} did not create (${e.detail ?? e.message}); ` +
+            'the teardown does not drop them. Move or drop those objects yourself, then run the destroy again.',
+        );
+      }
       for (const role of [vaultUser, groupRoles.read, groupRoles.write, retiredRole, ownerRole]) await dropRole(role);
       say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
     } else {

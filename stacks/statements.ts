@@ -64,7 +64,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
       `    PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = '{{name}}' AND pid <> pg_catalog.pg_backend_pid();`,
       `    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = '{{name}}' LOOP`,
-      `      EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);`,
+      `      EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);`,
       '    END LOOP;',
       `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
       `    EXECUTE format('DROP OWNED BY %I', '{{name}}');`,

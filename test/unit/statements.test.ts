@@ -26,8 +26,8 @@ test('revocation terminates sessions, disarms functions, reassigns to the retire
   const [block, drop] = sql.revocationStatements(props);
   assert.match(block, /^DO \$\$/);
   assert.match(block, /pg_terminate_backend/);
-  assert.match(block, /REVOKE ALL ON FUNCTION %s FROM PUBLIC/);
-  assert.ok(block.indexOf('REVOKE ALL ON FUNCTION') < block.indexOf('REASSIGN OWNED'), 'functions are disarmed before they change owner');
+  assert.match(block, /REVOKE ALL ON ROUTINE %s FROM PUBLIC/, 'ROUTINE: procedures and aggregates too');
+  assert.ok(block.indexOf('REVOKE ALL ON ROUTINE') < block.indexOf('REASSIGN OWNED'), 'functions are disarmed before they change owner');
   assert.match(block, /REASSIGN OWNED BY %I TO pgvault_local_retired/);
   assert.match(block, /DROP OWNED BY %I/);
   assert.match(block, /IF EXISTS/);
@@ -81,4 +81,13 @@ test('the body form of renew and revoke admits only lease_ids under the app\'s c
 
 test('fails when the app has no role (an empty lease_id list would admit every lease)', () => {
   assert.throws(() => appPolicy([]), /"roles" is empty; expected at least one role/);
+});
+
+test('the setup password reaches Postgres as a SCRAM verifier, never as text', async () => {
+  const { scramVerifier } = await import('../../scripts/db-bootstrap');
+  const v = scramVerifier('setup-secret', Buffer.alloc(16, 1), 4096);
+  assert.match(v, /^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$/);
+  assert.ok(!v.includes('setup-secret'));
+  assert.equal(v, scramVerifier('setup-secret', Buffer.alloc(16, 1), 4096), 'deterministic for a given salt');
+  assert.notEqual(scramVerifier('setup-secret'), scramVerifier('setup-secret'), 'a fresh salt each time');
 });
