@@ -149,12 +149,15 @@ describe('local environment, end to end', () => {
       const w = await connectWith(cfg, writer);
       w.on('error', () => undefined);
       await w.query(`CREATE FUNCTION app.backdoor() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE app.items'`);
+      // A procedure too: revocation must disarm every kind of routine, or it would fail.
+      await w.query(`CREATE PROCEDURE app.backdoor_proc() LANGUAGE sql SECURITY DEFINER AS 'TRUNCATE app.items'`);
       await w.end();
       await session.revoke(writer.leaseId);
       const reader = await session.issue(cfg.mountPath, 'readonly');
       const r = await connectWith(cfg, reader);
       r.on('error', () => undefined);
       await assert.rejects(r.query('SELECT app.backdoor()'), (e: any) => e.code === '42501', 'a reader may not run it');
+      await assert.rejects(r.query('CALL app.backdoor_proc()'), (e: any) => e.code === '42501', 'nor the procedure');
       await r.end();
       const owner = await admin.query("SELECT pg_get_userbyid(proowner) AS owner FROM pg_proc WHERE proname = 'backdoor'");
       assert.equal(owner.rows[0].owner, env.database.retiredRole);
@@ -164,6 +167,7 @@ describe('local environment, end to end', () => {
       await admin.query('RESET ROLE');
       assert.ok((await admin.query('SELECT count(*)::int AS n FROM app.items')).rows[0].n >= 2, 'the table is intact');
       await admin.query('DROP FUNCTION app.backdoor()');
+      await admin.query('DROP PROCEDURE app.backdoor_proc()');
       await session.revoke(reader.leaseId);
     } finally {
       await admin.end();
