@@ -48,6 +48,9 @@ function nodeConfig(env: EnvironmentConfig, i: number): string {
   return `# Made by scripts/vault-cluster.ts; no secret in it (the keys are files beside it).
 disable_mlock = true
 ui            = false
+# Standbys forward every request to the active node: read-after-write, so a secret_id just
+# written is valid at once on every node (standby reads are eventually consistent).
+disable_standby_reads = true
 # What clients reach (published on the host), and what the nodes reach on their network.
 api_addr     = "${env.vault.addresses[i]}"
 cluster_addr = "https://${nodeName(env, i)}:8201"
@@ -204,7 +207,7 @@ export async function initializeCluster(env: EnvironmentConfig, timeoutMillis = 
   if (!init.initialized) {
     const res = await nodeCall(env, first, 'PUT', 'sys/init', undefined, { recovery_shares: 5, recovery_threshold: 3 }, 60_000);
     if (res.status !== 200 || !res.body.root_token) throw new Error(`Vault cluster of ${env.name}: operator init answered ${res.status}: ${(res.body.errors ?? []).join('; ')}`);
-    writePrivateFile(f.recoveryKeys, JSON.stringify({ recovery_keys_b64: res.body.recovery_keys_b64, recovery_threshold: 3, purpose: 'bao operator generate-root (a new root token)' }, null, 2) + '\n');
+    writePrivateFile(f.recoveryKeys, JSON.stringify({ recovery_keys_base64: res.body.recovery_keys_base64, recovery_threshold: 3, purpose: 'bao operator generate-root (a new root token)' }, null, 2) + '\n');
     const root: string = res.body.root_token;
     await until(env.name, 'an active node', timeoutMillis, async () => ((await nodeCall(env, first, 'GET', 'sys/health')).status === 200 ? true : undefined));
     const must = async (method: string, p: string, body?: unknown) => {
