@@ -18,7 +18,7 @@ import { log } from './toolchain-env';
 export const ADMIN_TOKEN_PERIOD = '168h';
 export const ADMIN_POLICY = 'pgvault-admin';
 /** The audit log inside each node's volume. */
-export const AUDIT_LOG = '/vault/audit/audit.log';
+export const auditLog = (env: EnvironmentConfig) => `${env.docker!.vaultDataDir}/audit/audit.log`;
 
 const nodeName = (env: EnvironmentConfig, i: number) => `pgvault-${env.name}-vault-${i}`;
 
@@ -64,7 +64,7 @@ listener "tcp" {
 }
 
 storage "raft" {
-  path                   = "/vault/raft"
+  path                   = "${env.docker!.vaultDataDir}/raft"
   node_id                = "${nodeName(env, i)}"
   performance_multiplier = 1
 ${joins}
@@ -74,7 +74,7 @@ ${joins}
 audit "file" "file" {
   description = "pgvault audit log on the node's volume"
   options {
-    file_path = "${AUDIT_LOG}"
+    file_path = "${auditLog(env)}"
   }
 }
 

@@ -40,6 +40,8 @@ export interface EnvironmentConfig {
     readonly vaultHostPort: number;
     /** Nodes of an OpenBao Raft cluster; undefined: one dev server. */
     readonly vaultNodes?: number;
+    /** A cluster node's writable directory (its volume: raft/ and audit/), owned by the image's user. */
+    readonly vaultDataDir: string;
   };
   readonly postgres: {
     /** Host and port as Vault sees them. For docker, the container's name on the private network. */
@@ -105,6 +107,8 @@ export interface EnvironmentConfig {
 
 export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
 export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
+/** A cluster needs OpenBao: seal "static" exists only there. */
+export const DEFAULT_OPENBAO_IMAGE = 'openbao/openbao:2.5.0';
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
@@ -160,11 +164,14 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     const d = doc.docker ?? {};
     docker = {
       postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
-      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || DEFAULT_VAULT_IMAGE,
+      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || (d.vaultNodes ? DEFAULT_OPENBAO_IMAGE : DEFAULT_VAULT_IMAGE),
       postgresHostPort: d.postgresHostPort ?? 15432,
       vaultHostPort: d.vaultHostPort ?? 18200,
       vaultNodes: d.vaultNodes,
+      vaultDataDir: '',
     };
+    // The official OpenBao image's user owns /openbao/file; the offline image's user owns /vault.
+    docker = { ...docker, vaultDataDir: d.vaultDataDir ?? (/(^|\/)openbao\/openbao(:|@|$)/.test(docker.vaultImage) ? '/openbao/file' : '/vault') };
     const vaultPorts = Array.from({ length: docker.vaultNodes ?? 1 }, (_, i) => docker!.vaultHostPort + i);
     if (vaultPorts.includes(docker.postgresHostPort)) throw errors.portClash(file, docker.postgresHostPort);
     for (const s of ['host', 'port', 'adminPasswordFile', 'dropDataOnDestroy'] as const) {

@@ -40,6 +40,7 @@ export class InfraStack extends TerraformStack {
         network: this.network,
         firstHostPort: env.docker.vaultHostPort,
         configDirs: clusterNodeDirs(env),
+        dataDir: env.docker.vaultDataDir,
       });
       this.vault = cluster;
       new TerraformOutput(this, 'vault_containers', { value: cluster.containers.map((c) => c.name) });

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
 import { clusterFiles } from '../../stacks/cluster-files';
-import { AUDIT_LOG, nodeCall } from '../../scripts/vault-cluster';
+import { auditLog, nodeCall } from '../../scripts/vault-cluster';
 import { outputsFile } from '../../scripts/ops';
 import { appConfigFromOutputs, readOutputs, VaultSession, AppConfig } from '../../app/src';
 import * as h from '../harness';
@@ -128,7 +128,7 @@ describe('ha environment: a 3-node OpenBao Raft cluster, end to end', () => {
     assert.deepEqual(self.body.data.policies.sort(), ['default', 'pgvault-admin']);
     assert.ok(self.body.data.period > 0, 'a periodic token');
     // The audit log shows the root token revoking itself, and no request by a root token after it.
-    const entries = auditEntries();
+    const entries = auditEntries(env);
     const revoked = entries.findIndex((e) => e.type === 'response' && e.request?.path === 'auth/token/revoke-self' && e.auth?.policies?.includes('root') && !e.error);
     assert.ok(revoked >= 0, 'the root token revoked itself');
     const rootAfter = entries.slice(revoked + 1).filter((e) => e.type === 'response' && e.auth?.policies?.includes('root') && !e.error);
@@ -140,7 +140,7 @@ describe('ha environment: a 3-node OpenBao Raft cluster, end to end', () => {
     const creds = await s.issue(cfg.mountPath, 'readwrite');
     const token: string = (s as any).client.token;
     await sleep(500);
-    const text = NODES.map((n) => spawnQuiet('docker', ['exec', n, 'cat', AUDIT_LOG]).stdout).join('\n');
+    const text = NODES.map((n) => spawnQuiet('docker', ['exec', n, 'cat', auditLog(env)]).stdout).join('\n');
     assert.match(text, /"path":"database\/creds\/readwrite"/, 'the issuance is in the audit log');
     for (const [what, secret] of [
       ['the issued password', creds.password],
@@ -315,10 +315,10 @@ async function issueSecretIdAny(env: EnvironmentConfig): Promise<string> {
 }
 
 /** Every node's audit log, parsed, in file order. */
-function auditEntries(): any[] {
+function auditEntries(env: EnvironmentConfig): any[] {
   const all: any[] = [];
   for (const n of NODES) {
-    const text = spawnQuiet('docker', ['exec', n, 'cat', AUDIT_LOG]).stdout;
+    const text = spawnQuiet('docker', ['exec', n, 'cat', auditLog(env)]).stdout;
     for (const line of text.split('\n')) {
       if (!line.trim()) continue;
       try {
