@@ -167,7 +167,7 @@ export async function destroy(name: string): Promise<void> {
       throw new Error(
         `destroy of ${env.name} failed: ${e.message}. Fix the cause shown above and run 'npm run destroy -- ${env.name}' again. ` +
           (env.infrastructure === 'docker'
-            ? `To remove the containers by hand: docker rm -f pgvault-${env.name}-postgres pgvault-${env.name}-vault; docker volume rm pgvault-${env.name}-postgres-data; docker network rm pgvault-${env.name}; then delete ${localDir(env.name)}.`
+            ? `To remove the containers by hand: docker rm -f $(docker ps -aq --filter name=pgvault-${env.name}-); docker volume rm $(docker volume ls -q --filter name=pgvault-${env.name}-); docker network rm pgvault-${env.name}; then delete ${localDir(env.name)}.`
             : '')
       );
     }
