@@ -56,7 +56,7 @@ export interface VaultSessionEvents {
 export class VaultSession extends EventEmitter<VaultSessionEvents> {
   private client: any;
   /** One client per node (a cluster); the session's token travels with the current one. */
-  readonly #clients: any[];
+  private readonly clients: any[];
   readonly #failoverMillis: number;
   #login?: { mount: string; roleId: string; secretId: SecretIdSource };
   #timer?: NodeJS.Timeout;
@@ -92,7 +92,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     for (const a of addresses) {
       if (!/^https?:\/\//.test(a)) throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${a}" (of the address list) is not an http(s) URL; expected e.g. https://127.0.0.1:8200`);
     }
-    this.#clients = addresses.map((endpoint) =>
+    this.clients = addresses.map((endpoint) =>
       nodeVault({
         apiVersion: 'v1',
         endpoint,
@@ -101,7 +101,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
       } as any),
     );
-    this.client = this.#clients[0];
+    this.client = this.clients[0];
     this.#failoverMillis = opts.failoverMillis ?? 15_000;
     this.token = '';
   }
@@ -307,17 +307,17 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   }
 
   private async call<T>(path: string, fn: () => Promise<T>): Promise<any> {
-    if (this.#clients.length < 2) return this.callOnce(path, fn);
+    if (this.clients.length < 2) return this.callOnce(path, fn);
     const deadline = Date.now() + this.#failoverMillis;
     for (let round = 0; ; round++) {
-      for (let n = 0; n < this.#clients.length; n++) {
+      for (let n = 0; n < this.clients.length; n++) {
         try {
           return await this.callOnce(path, fn);
         } catch (e) {
           if (!(e instanceof VaultRequestError) || !nodeUnavailable(e) || Date.now() > deadline) throw e;
-          const i = this.#clients.indexOf(this.client);
+          const i = this.clients.indexOf(this.client);
           const token = this.client.token;
-          this.client = this.#clients[(i + 1) % this.#clients.length];
+          this.client = this.clients[(i + 1) % this.clients.length];
           this.client.token = token;
         }
       }
