@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Construct } from 'constructs';
 import { LocalBackend, TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { DockerProvider } from '@cdktf/provider-docker/lib/provider';
@@ -6,7 +7,7 @@ import { EnvironmentConfig } from './config';
 import { PostgresContainer } from './constructs/postgres-container';
 import { VaultDevServer } from './constructs/vault-dev-server';
 import { VaultCluster } from './constructs/vault-cluster';
-import { clusterNodeDirs } from './cluster-files';
+import { clusterNodeDirs, nodeConfig } from './cluster-files';
 import { pinProviders, stateFile } from './common';
 
 /** Containers for an environment with "infrastructure": "docker". */
@@ -41,6 +42,7 @@ export class InfraStack extends TerraformStack {
         firstHostPort: env.docker.vaultHostPort,
         configDirs: clusterNodeDirs(env),
         dataDir: env.docker.vaultDataDir,
+        configDigests: clusterNodeDirs(env).map((_, i) => createHash('sha256').update(nodeConfig(env, i)).digest('hex')),
       });
       this.vault = cluster;
       new TerraformOutput(this, 'vault_containers', { value: cluster.containers.map((c) => c.name) });

@@ -18,6 +18,12 @@ export interface VaultClusterProps {
    */
   readonly configDirs: readonly string[];
   /**
+   * A digest of each node's configuration, as a label: a changed configuration replaces the
+   * node (a running node reads its config.hcl only at start).
+   * @default no label: a changed configuration is read at the node's next restart
+   */
+  readonly configDigests?: readonly string[];
+  /**
    * Where the image's user may write: the node's volume is mounted there, and Docker gives an
    * empty volume the owner of that directory in the image.
    * @default "/vault" (the home of the offline image's `vault` user)
@@ -56,6 +62,7 @@ export class VaultCluster extends Construct {
         entrypoint: ['sh', '-c'],
         command: [`mkdir -p ${dataDir}/raft ${dataDir}/audit && exec bao server -config=/pgvault/config/config.hcl`],
         env: ['SKIP_SETCAP=true'],
+        labels: props.configDigests ? [{ label: 'pgvault.config-sha256', value: props.configDigests[i] }] : undefined,
         mounts: [
           { type: 'volume', source: volume.name, target: dataDir },
           { type: 'bind', source: configDir, target: '/pgvault/config', readOnly: true },

@@ -27,6 +27,7 @@ test('ha infra: three OpenBao nodes with their own volumes, config read-only, po
     assert.ok(c.mounts.some((m: Json) => m.type === 'bind' && m.target === '/pgvault/config' && m.read_only === true));
     assert.ok(c.mounts.some((m: Json) => m.type === 'volume' && m.target === loadEnvironment('ha').docker!.vaultDataDir));
     assert.ok(!c.command.join(' ').includes('-dev'), 'not dev mode');
+    assert.match(c.labels[0].value, /^[0-9a-f]{64}$/, 'a digest of the node configuration: a change replaces the node');
   }
   assert.equal(Object.keys(infra.resource.docker_volume).length, 4, 'one volume per node and one for Postgres');
   assert.equal(infra.variable?.vault_dev_root_token, undefined);
