@@ -20,7 +20,7 @@ async function demo(name: string): Promise<boolean> {
   await deploy(name);
   const secretId = await issueSecretId(name);
   const cfg = appConfigFromOutputs(readOutputs(outputsFile(name)), { secretId });
-  const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
+  const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
   await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
   const reports: RoleReport[] = [];
   try {

@@ -70,7 +70,8 @@ export function prepareLocalSecrets(env: EnvironmentConfig): void {
   fs.chmodSync(dir, 0o700);
   if (env.infrastructure === 'docker') {
     ensureSecretFile(env.postgres.adminPasswordFile, randomSecret);
-    ensureSecretFile(env.vault.tokenFile, () => crypto.randomBytes(20).toString('hex'));
+    // A cluster's admin token is written by its initialization (scripts/vault-cluster.ts).
+    if (!env.docker?.vaultNodes) ensureSecretFile(env.vault.tokenFile, () => crypto.randomBytes(20).toString('hex'));
   } else {
     for (const [setting, file] of [
       ['postgres.adminPasswordFile', env.postgres.adminPasswordFile],

@@ -13,6 +13,7 @@ import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-
 import { outputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
+import { initializeCluster, prepareClusterFiles } from './vault-cluster';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -51,7 +52,7 @@ function cdktfEnv(env: EnvironmentConfig): NodeJS.ProcessEnv {
     FORCE_COLOR: '0',
     TF_VAR_vault_db_setup_password: readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password'),
   });
-  if (env.infrastructure === 'docker') {
+  if (env.infrastructure === 'docker' && !env.docker?.vaultNodes) {
     childEnv.TF_VAR_vault_dev_root_token = readSecretFile(env.vault.tokenFile, 'the Vault dev root token');
   }
   return childEnv;
@@ -114,7 +115,19 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   const started = Date.now();
   try {
     await recoverInterruptedTeardown(env, true);
-    await cdktf(env, ['deploy', ...stackIds(env), '--auto-approve', '--skip-provider-lock', '--outputs-file', raw]);
+    if (env.docker?.vaultNodes) {
+      // A cluster is initialized between its containers and its configuration (scripts/vault-cluster.ts).
+      prepareClusterFiles(env);
+      const [infra, secrets] = stackIds(env);
+      await cdktf(env, ['deploy', infra, '--auto-approve', '--skip-provider-lock', '--outputs-file', `${raw}.infra`]);
+      await initializeCluster(env);
+      await cdktf(env, ['deploy', secrets, '--auto-approve', '--skip-provider-lock', '--ignore-missing-stack-dependencies', '--outputs-file', raw]);
+      const merged = { ...JSON.parse(fs.readFileSync(`${raw}.infra`, 'utf8')), ...JSON.parse(fs.readFileSync(raw, 'utf8')) };
+      fs.rmSync(`${raw}.infra`, { force: true });
+      fs.writeFileSync(raw, JSON.stringify(merged), { mode: 0o600 });
+    } else {
+      await cdktf(env, ['deploy', ...stackIds(env), '--auto-approve', '--skip-provider-lock', '--outputs-file', raw]);
+    }
   } catch (e: any) {
     throw new Error(
       `deploy of ${env.name} failed: ${e.message}. The environment may be partly deployed. ` +
@@ -154,7 +167,7 @@ export async function destroy(name: string): Promise<void> {
       throw new Error(
         `destroy of ${env.name} failed: ${e.message}. Fix the cause shown above and run 'npm run destroy -- ${env.name}' again. ` +
           (env.infrastructure === 'docker'
-            ? `To remove the containers by hand: docker rm -f pgvault-${env.name}-postgres pgvault-${env.name}-vault; docker volume rm pgvault-${env.name}-postgres-data; docker network rm pgvault-${env.name}; then delete ${localDir(env.name)}.`
+            ? `To remove the containers by hand: docker rm -f $(docker ps -aq --filter name=pgvault-${env.name}-); docker volume rm $(docker volume ls -q --filter name=pgvault-${env.name}-); docker network rm pgvault-${env.name}; then delete ${localDir(env.name)}.`
             : '')
       );
     }

@@ -48,9 +48,18 @@ export async function vaultFetch(env: EnvironmentConfig, url: string, token: str
 }
 
 /** An admin call with the environment's admin token, to its configured address. */
-export function vaultAdmin(env: EnvironmentConfig, method: string, apiPath: string, body?: unknown, timeoutMillis?: number): Promise<any> {
+export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath: string, body?: unknown, timeoutMillis?: number): Promise<any> {
   const token = readSecretFile(env.vault.tokenFile, 'the Vault admin token');
-  return vaultFetch(env, `${env.vault.address}/v1/${apiPath}`, token, method, body, timeoutMillis);
+  // A cluster: a node that does not answer or is sealed (503) is skipped for the next.
+  const addresses = env.vault.addresses ?? [env.vault.address];
+  for (let i = 0; ; i++) {
+    try {
+      return await vaultFetch(env, `${addresses[i]}/v1/${apiPath}`, token, method, body, timeoutMillis);
+    } catch (e) {
+      const skip = !(e instanceof VaultAdminError) || e.status === 503;
+      if (!skip || i === addresses.length - 1) throw e;
+    }
+  }
 }
 
 /** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */

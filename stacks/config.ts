@@ -38,6 +38,10 @@ export interface EnvironmentConfig {
     readonly vaultImage: string;
     readonly postgresHostPort: number;
     readonly vaultHostPort: number;
+    /** Nodes of an OpenBao Raft cluster; undefined: one dev server. */
+    readonly vaultNodes?: number;
+    /** A cluster node's writable directory (its volume: raft/ and audit/), owned by the image's user. */
+    readonly vaultDataDir: string;
   };
   readonly postgres: {
     /** Host and port as Vault sees them. For docker, the container's name on the private network. */
@@ -59,6 +63,8 @@ export interface EnvironmentConfig {
   };
   readonly vault: {
     readonly address: string;
+    /** Every address the app may use (a cluster's nodes); [address] otherwise. */
+    readonly addresses: readonly string[];
     readonly caCertFile?: string;
     readonly tlsServerName?: string;
     readonly tokenFile: string;
@@ -101,6 +107,8 @@ export interface EnvironmentConfig {
 
 export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
 export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
+/** A cluster needs OpenBao: seal "static" exists only there. */
+export const DEFAULT_OPENBAO_IMAGE = 'openbao/openbao:2.5.0';
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
@@ -156,11 +164,16 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     const d = doc.docker ?? {};
     docker = {
       postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
-      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || DEFAULT_VAULT_IMAGE,
+      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || (d.vaultNodes ? DEFAULT_OPENBAO_IMAGE : DEFAULT_VAULT_IMAGE),
       postgresHostPort: d.postgresHostPort ?? 15432,
       vaultHostPort: d.vaultHostPort ?? 18200,
+      vaultNodes: d.vaultNodes,
+      vaultDataDir: '',
     };
-    if (docker.postgresHostPort === docker.vaultHostPort) throw errors.portClash(file, docker.postgresHostPort);
+    // The official OpenBao image's user owns /openbao/file; the offline image's user owns /vault.
+    docker = { ...docker, vaultDataDir: d.vaultDataDir ?? (/(^|\/)openbao\/openbao(:|@|$)/.test(docker.vaultImage) ? '/openbao/file' : '/vault') };
+    const vaultPorts = Array.from({ length: docker.vaultNodes ?? 1 }, (_, i) => docker!.vaultHostPort + i);
+    if (vaultPorts.includes(docker.postgresHostPort)) throw errors.portClash(file, docker.postgresHostPort);
     for (const s of ['host', 'port', 'adminPasswordFile', 'dropDataOnDestroy'] as const) {
       if (pg[s] !== undefined) throw errors.schemaViolation(file, `postgres.${s}`, pg[s], 'no value: with "infrastructure": "docker" it is set by the container');
     }
@@ -178,9 +191,12 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       sslmode: pg.sslmode ?? 'disable',
       dropDataOnDestroy: true,
     };
+    // A cluster serves TLS with the environment's own CA (made by the deploy, scripts/vault-cluster.ts).
+    const addresses = docker.vaultNodes ? vaultPorts.map((p) => `https://127.0.0.1:${p}`) : [`http://127.0.0.1:${docker.vaultHostPort}`];
     vaultResolved = {
-      address: `http://127.0.0.1:${docker.vaultHostPort}`,
-      caCertFile: vault.caCertFile ? fromRepo(vault.caCertFile) : undefined,
+      address: addresses[0],
+      addresses,
+      caCertFile: docker.vaultNodes ? path.join(local, 'tls', 'ca.pem') : vault.caCertFile ? fromRepo(vault.caCertFile) : undefined,
       tlsServerName: vault.tlsServerName,
       tokenFile: path.join(local, 'vault-token'),
     };
@@ -203,6 +219,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     };
     vaultResolved = {
       address: vault.address.replace(/\/+$/, ''),
+      addresses: [vault.address.replace(/\/+$/, '')],
       caCertFile: vault.caCertFile ? fromRepo(vault.caCertFile) : undefined,
       tlsServerName: vault.tlsServerName,
       tokenFile: vault.tokenFile ? fromRepo(vault.tokenFile) : path.join(local, 'vault-token'),

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Construct } from 'constructs';
 import { LocalBackend, TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { DockerProvider } from '@cdktf/provider-docker/lib/provider';
@@ -5,12 +6,15 @@ import { Network } from '@cdktf/provider-docker/lib/network';
 import { EnvironmentConfig } from './config';
 import { PostgresContainer } from './constructs/postgres-container';
 import { VaultDevServer } from './constructs/vault-dev-server';
+import { VaultCluster } from './constructs/vault-cluster';
+import { clusterNodeDirs, nodeConfig } from './cluster-files';
 import { pinProviders, stateFile } from './common';
 
 /** Containers for an environment with "infrastructure": "docker". */
 export class InfraStack extends TerraformStack {
   public readonly postgres: PostgresContainer;
-  public readonly vault: VaultDevServer;
+  /** What the -secrets stack needs of Vault, whatever the topology. */
+  public readonly vault: { readonly address: string };
   public readonly network: Network;
 
   constructor(scope: Construct, id: string, env: EnvironmentConfig) {
@@ -19,13 +23,6 @@ export class InfraStack extends TerraformStack {
     new LocalBackend(this, { path: stateFile(env, id) });
     new DockerProvider(this, 'docker', {});
     pinProviders(this);
-
-    const rootToken = new TerraformVariable(this, 'vault_dev_root_token', {
-      type: 'string',
-      sensitive: true,
-      nullable: false,
-      description: 'Root token of the local Vault dev server (the deploy reads it from .local/<env>/vault-token).',
-    });
 
     this.network = new Network(this, 'network', { name: `pgvault-${env.name}`, driver: 'bridge' });
     this.postgres = new PostgresContainer(this, 'postgres', {
@@ -37,17 +34,39 @@ export class InfraStack extends TerraformStack {
       adminUser: env.postgres.adminUser,
       passwordFile: env.postgres.adminPasswordFile,
     });
-    this.vault = new VaultDevServer(this, 'vault', {
-      containerName: `pgvault-${env.name}-vault`,
-      image: env.docker.vaultImage,
-      network: this.network,
-      hostPort: env.docker.vaultHostPort,
-      rootToken: rootToken.stringValue,
-    });
+    if (env.docker.vaultNodes) {
+      const cluster = new VaultCluster(this, 'vault-cluster', {
+        namePrefix: `pgvault-${env.name}-vault`,
+        image: env.docker.vaultImage,
+        network: this.network,
+        firstHostPort: env.docker.vaultHostPort,
+        configDirs: clusterNodeDirs(env),
+        dataDir: env.docker.vaultDataDir,
+        configDigests: clusterNodeDirs(env).map((_, i) => createHash('sha256').update(nodeConfig(env, i)).digest('hex')),
+      });
+      this.vault = cluster;
+      new TerraformOutput(this, 'vault_containers', { value: cluster.containers.map((c) => c.name) });
+      new TerraformOutput(this, 'vault_addresses', { value: cluster.addresses });
+    } else {
+      const rootToken = new TerraformVariable(this, 'vault_dev_root_token', {
+        type: 'string',
+        sensitive: true,
+        nullable: false,
+        description: 'Root token of the local Vault dev server (the deploy reads it from .local/<env>/vault-token).',
+      });
+      const dev = new VaultDevServer(this, 'vault', {
+        containerName: `pgvault-${env.name}-vault`,
+        image: env.docker.vaultImage,
+        network: this.network,
+        hostPort: env.docker.vaultHostPort,
+        rootToken: rootToken.stringValue,
+      });
+      this.vault = dev;
+      new TerraformOutput(this, 'vault_container', { value: dev.container.name });
+    }
 
     new TerraformOutput(this, 'network_name', { value: this.network.name });
     new TerraformOutput(this, 'postgres_container', { value: this.postgres.container.name });
     new TerraformOutput(this, 'postgres_volume', { value: this.postgres.volume.name });
-    new TerraformOutput(this, 'vault_container', { value: this.vault.container.name });
   }
 }

@@ -128,6 +128,8 @@ export class SecretsStack extends TerraformStack {
       approle_role_id: this.access.roleId,
       policy_name: this.access.policy.name,
     };
+    // Several addresses (a cluster): the app fails over between them.
+    if (env.vault.addresses.length > 1) outputs.vault_addresses = env.vault.addresses;
     for (const [name, value] of Object.entries(outputs)) new TerraformOutput(this, name, { value, staticId: true });
     // The app reads .local/<env>/outputs.json: the deploy writes it, whether run by npm or by
     // a plain `cdktf deploy`, and the destroy removes it, so it is never stale. No secret is in it.

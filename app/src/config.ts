@@ -5,6 +5,8 @@ import type { SecretIdSource } from './vault';
 /** What the app needs, from a deployed environment's outputs.json plus its secret_id. */
 export interface AppConfig {
   readonly vaultAddress: string;
+  /** Every node of a Vault cluster, tried in turn; [vaultAddress] for a single server. */
+  readonly vaultAddresses?: readonly string[];
   /** PEM of a CA to trust for Vault's TLS, if any. TLS verification is never switched off. */
   readonly vaultCaCert?: string;
   readonly approleMount: string;
@@ -30,6 +32,7 @@ export interface AppConfig {
 /** The flat outputs a deploy writes to `.local/<env>/outputs.json`. */
 export interface DeployOutputs {
   readonly vault_address: string;
+  readonly vault_addresses?: string[];
   readonly postgres_host: string;
   readonly postgres_port: number;
   readonly postgres_database: string;
@@ -108,6 +111,7 @@ export function appConfigFromOutputs(
   }
   const cfg: AppConfig = {
     vaultAddress: outputs.vault_address,
+    vaultAddresses: outputs.vault_addresses?.length ? outputs.vault_addresses : [outputs.vault_address],
     vaultCaCert,
     approleMount: outputs.approle_mount,
     roleId: outputs.approle_role_id,

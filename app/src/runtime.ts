@@ -56,7 +56,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
    * Vault is unreachable. A login that Vault refuses (wrong or expired secret_id) fails at once.
    */
   static async start(cfg: AppConfig, opts: RuntimeOptions = {}): Promise<CredentialRuntime> {
-    const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
+    const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
     const deadline = Date.now() + (opts.startTimeoutMillis ?? 30_000);
     for (let attempt = 1; ; attempt++) {
       try {

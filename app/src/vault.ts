@@ -2,10 +2,18 @@ import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import nodeVault from 'node-vault';
 import { AppConfigError, AppError, loginRefused, VaultRequestError } from './errors';
-import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis } from './backoff';
+import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis, sleep } from './backoff';
 
 export interface VaultSessionOptions {
   readonly address: string;
+  /**
+   * Every node of a cluster. A request goes to the node that answered last; a node that does
+   * not answer, is sealed or has no leader is skipped for the next, in rounds with bounded backoff.
+   * @default [address]
+   */
+  readonly addresses?: readonly string[];
+  /** How long one request may keep looking for a node that serves it. @default 15000 */
+  readonly failoverMillis?: number;
   /** PEM CA to trust. TLS verification is always on. */
   readonly caCert?: string;
   /** Per-request timeout. @default 5000 */
@@ -46,7 +54,10 @@ export interface VaultSessionEvents {
 }
 
 export class VaultSession extends EventEmitter<VaultSessionEvents> {
-  private readonly client: any;
+  private client: any;
+  /** One client per node (a cluster); the session's token travels with the current one. */
+  private readonly clients: any[];
+  readonly #failoverMillis: number;
   #login?: { mount: string; roleId: string; secretId: SecretIdSource };
   #timer?: NodeJS.Timeout;
   #keepAlive = false;
@@ -77,13 +88,21 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${opts.address}" is not an http(s) URL; expected e.g. http://127.0.0.1:8200`);
     }
     this.address = opts.address;
-    this.client = nodeVault({
-      apiVersion: 'v1',
-      endpoint: opts.address,
-      token: 'unset',
-      rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 5000 },
-      requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
-    } as any);
+    const addresses = opts.addresses?.length ? opts.addresses : [opts.address];
+    for (const a of addresses) {
+      if (!/^https?:\/\//.test(a)) throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${a}" (of the address list) is not an http(s) URL; expected e.g. https://127.0.0.1:8200`);
+    }
+    this.clients = addresses.map((endpoint) =>
+      nodeVault({
+        apiVersion: 'v1',
+        endpoint,
+        token: 'unset',
+        rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 5000 },
+        requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
+      } as any),
+    );
+    this.client = this.clients[0];
+    this.#failoverMillis = opts.failoverMillis ?? 15_000;
     this.token = '';
   }
 
@@ -282,7 +301,32 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     return this.call(path, () => this.client.read(path));
   }
 
+  /** The node the session talks to now (a cluster moves it to a node that serves). */
+  get currentAddress(): string {
+    return this.client?.endpoint ?? this.address;
+  }
+
   private async call<T>(path: string, fn: () => Promise<T>): Promise<any> {
+    if (this.clients.length < 2) return this.callOnce(path, fn);
+    const deadline = Date.now() + this.#failoverMillis;
+    for (let round = 0; ; round++) {
+      for (let n = 0; n < this.clients.length; n++) {
+        try {
+          return await this.callOnce(path, fn);
+        } catch (e) {
+          if (!(e instanceof VaultRequestError) || !nodeUnavailable(e) || Date.now() > deadline) throw e;
+          const i = this.clients.indexOf(this.client);
+          const token = this.client.token;
+          this.client = this.clients[(i + 1) % this.clients.length];
+          this.client.token = token;
+        }
+      }
+      // Every node refused: an election is under way. Wait (bounded) before the next round.
+      await sleep(Math.min(backoffDelay(round, { initialMillis: 200, maxMillis: 2000 }), Math.max(0, deadline - Date.now())));
+    }
+  }
+
+  private async callOnce<T>(path: string, fn: () => Promise<T>): Promise<any> {
     try {
       return await fn();
     } catch (e: any) {
@@ -293,6 +337,16 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw new VaultRequestError(code, `Vault ${path} failed (${why})`, path, status);
     }
   }
+}
+
+/**
+ * A node that cannot serve the request, where another node may: no answer, sealed or
+ * standby without a leader (503), or a standby that cannot reach the leader (500, 502).
+ */
+function nodeUnavailable(e: VaultRequestError): boolean {
+  if (e.status === undefined) return true;
+  if (e.status === 503 || e.status === 502) return true;
+  return e.status === 500 && /leader|active (cluster )?node|sealed|standby/i.test(e.message);
 }
 
 /** node-vault request options for a per-call timeout (a shutdown must not wait 5 s per call). */

@@ -22,7 +22,7 @@ function rejects(doc: unknown, code: string, ...fragments: string[]): void {
 }
 
 test('the shipped environments validate', () => {
-  assert.deepEqual(listEnvironments(), ['existing-example', 'local']);
+  assert.deepEqual(listEnvironments(), ['existing-example', 'ha', 'local']);
   const local = loadEnvironment('local');
   assert.equal(local.infrastructure, 'docker');
   assert.deepEqual(local.roles.map((r) => r.name), ['readonly', 'readwrite']);
@@ -31,6 +31,28 @@ test('the shipped environments validate', () => {
   assert.equal(existing.infrastructure, 'existing');
   assert.equal(existing.docker, undefined);
   assert.match(existing.vault.caCertFile ?? '', /vault-ca\.pem$/);
+  const ha = loadEnvironment('ha');
+  assert.equal(ha.docker?.vaultNodes, 3);
+  assert.deepEqual(ha.vault.addresses, ['https://127.0.0.1:18230', 'https://127.0.0.1:18231', 'https://127.0.0.1:18232']);
+  assert.equal(ha.vault.address, ha.vault.addresses[0]);
+  assert.match(ha.vault.caCertFile ?? '', /\.local\/ha\/tls\/ca\.pem$/);
+  assert.deepEqual(local.vault.addresses, ['http://127.0.0.1:18200']);
+});
+
+test('a cluster: the official OpenBao image online, its data directory, and no port shared with Postgres', () => {
+  const doc = { infrastructure: 'docker', docker: { vaultNodes: 3, vaultHostPort: 18230, postgresHostPort: 18232 }, roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } } };
+  assert.throws(() => resolveEnvironment('x', 'x.json', doc), /18232/);
+  const saved = process.env.VAULT_IMAGE;
+  delete process.env.VAULT_IMAGE;
+  try {
+    const online = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470 } });
+    assert.match(online.docker!.vaultImage, /^openbao\/openbao:/);
+    assert.equal(online.docker!.vaultDataDir, '/openbao/file');
+    const offline = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470, vaultImage: 'pgvault/vault:openbao-2.7.2-trixie-local' } });
+    assert.equal(offline.docker!.vaultDataDir, '/vault');
+  } finally {
+    if (saved !== undefined) process.env.VAULT_IMAGE = saved;
+  }
 });
 
 test('defaults are resolved once, with units in their names', () => {

@@ -276,3 +276,42 @@ test('logins asked for by many callers during a backoff do not reach Vault', asy
   assert.equal(calls, 2, 'one failed re-login, the other nine waited for the backoff');
   s.stopKeepAlive();
 });
+
+test('a cluster session skips a node that is sealed or unreachable, stays on the node that answered, and keeps its token', async () => {
+  const sealed = new FakeVaultClient(() => httpError(503, 'Vault is sealed'));
+  const down = new FakeVaultClient(() => new Error('connect ECONNREFUSED'));
+  const up = new FakeVaultClient((path) => {
+    if (path.endsWith('/login')) return { auth: { client_token: 't', lease_duration: 60, policies: [] } };
+    return { lease_id: 'database/creds/ro/1', lease_duration: 10, renewable: true, data: { username: 'u', password: 'p' } };
+  });
+  const s = new VaultSession({ address: 'https://127.0.0.1:1', addresses: ['https://127.0.0.1:1', 'https://127.0.0.1:2', 'https://127.0.0.1:3'] });
+  (s as any).clients.splice(0, 3, sealed, down, up);
+  (s as any).client = sealed;
+  await s.login('approle', 'role', 'secret');
+  const creds = await s.issue('database', 'ro');
+  assert.equal(creds.username, 'u');
+  assert.equal((s as any).client, up, 'the session stays on the node that answered');
+  assert.equal(up.token, 't');
+  assert.equal(sealed.calls.length + down.calls.length, 2, 'each unavailable node was asked once');
+});
+
+test('a cluster session does not fail over a refusal, and gives up on unavailable nodes within its bound', async () => {
+  const refusing = new FakeVaultClient(() => httpError(400, 'invalid role or secret ID'));
+  const other = new FakeVaultClient(() => ({ auth: { client_token: 't', lease_duration: 60, policies: [] } }));
+  const s = new VaultSession({ address: 'https://127.0.0.1:1', addresses: ['https://127.0.0.1:1', 'https://127.0.0.1:2'], failoverMillis: 600 });
+  (s as any).clients.splice(0, 2, refusing, other);
+  (s as any).client = refusing;
+  await assert.rejects(s.login('approle', 'role', 'secret'), (e: any) => e.status === 400);
+  assert.equal(other.calls.length, 0, 'a 400 is an answer, not an unavailable node');
+
+  const a = new FakeVaultClient(() => httpError(503, 'Vault is sealed'));
+  const b = new FakeVaultClient(() => httpError(500, 'local node not active but active cluster node not found'));
+  const t = new VaultSession({ address: 'https://127.0.0.1:1', addresses: ['https://127.0.0.1:1', 'https://127.0.0.1:2'], failoverMillis: 600 });
+  (t as any).clients.splice(0, 2, a, b);
+  (t as any).client = a;
+  const started = Date.now();
+  await assert.rejects(t.login('approle', 'role', 'secret'), (e: any) => e.status === 503 || e.status === 500);
+  const took = Date.now() - started;
+  assert.ok(took >= 500 && took < 3000, `gave up after ${took} ms (bound 600 ms plus one backoff)`);
+  assert.ok(a.calls.length >= 2 && b.calls.length >= 2, 'several rounds with backoff');
+});

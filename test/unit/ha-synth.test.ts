@@ -1,0 +1,55 @@
+/** Synth of the `ha` environment: a 3-node cluster whose keys stay out of cdk.tf.json. */
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { App, Testing } from 'cdktf';
+import { InfraStack } from '../../stacks/infra-stack';
+import { SecretsStack } from '../../stacks/secrets-stack';
+import { loadEnvironment } from '../../stacks/config';
+import { adminPolicy } from '../../scripts/vault-cluster';
+
+type Json = Record<string, any>;
+
+function synthHa(): { infra: Json; secrets: Json } {
+  const env = loadEnvironment('ha');
+  const app: App = Testing.app();
+  const infra = new InfraStack(app, 'ha-infra', env);
+  const secrets = new SecretsStack(app, 'ha-secrets', { env, infra });
+  return { infra: JSON.parse(Testing.synth(infra)), secrets: JSON.parse(Testing.synth(secrets)) };
+}
+
+test('ha infra: three OpenBao nodes with their own volumes, config read-only, ports on 127.0.0.1, no root token', () => {
+  const { infra } = synthHa();
+  const nodes = (Object.values(infra.resource.docker_container) as Json[]).filter((c) => /-vault-\d$/.test(c.name));
+  assert.deepEqual(nodes.map((c) => c.name).sort(), ['pgvault-ha-vault-0', 'pgvault-ha-vault-1', 'pgvault-ha-vault-2']);
+  assert.deepEqual(nodes.map((c) => c.ports[0].external).sort(), [18230, 18231, 18232]);
+  for (const c of nodes) {
+    assert.equal(c.ports[0].ip, '127.0.0.1');
+    assert.ok(c.mounts.some((m: Json) => m.type === 'bind' && m.target === '/pgvault/config' && m.read_only === true));
+    assert.ok(c.mounts.some((m: Json) => m.type === 'volume' && m.target === loadEnvironment('ha').docker!.vaultDataDir));
+    assert.ok(!c.command.join(' ').includes('-dev'), 'not dev mode');
+    assert.match(c.labels[0].value, /^[0-9a-f]{64}$/, 'a digest of the node configuration: a change replaces the node');
+  }
+  assert.equal(Object.keys(infra.resource.docker_volume).length, 4, 'one volume per node and one for Postgres');
+  assert.equal(infra.variable?.vault_dev_root_token, undefined);
+  const text = JSON.stringify(infra);
+  assert.ok(!/PRIVATE KEY|seal\.key"|VAULT_DEV_ROOT_TOKEN_ID/.test(text.replace(/\/pgvault\/config\/seal\.key/g, '')));
+});
+
+test('ha secrets: the provider verifies node 0 with the environment CA; the outputs list every address', () => {
+  const { secrets } = synthHa();
+  const provider = secrets.provider.vault[0];
+  assert.equal(provider.address, 'https://127.0.0.1:18230');
+  assert.match(provider.ca_cert_file, /\.local\/ha\/tls\/ca\.pem$/);
+  assert.equal(provider.skip_tls_verify, false);
+  assert.deepEqual(secrets.output.vault_addresses.value, ['https://127.0.0.1:18230', 'https://127.0.0.1:18231', 'https://127.0.0.1:18232']);
+});
+
+test('the admin policy grants sudo on lease revocation and no way to rewrite itself', () => {
+  const policy = adminPolicy(loadEnvironment('ha'));
+  for (const p of ['sys/leases/revoke-prefix/*', 'sys/leases/revoke-force/*', 'sys/leases/lookup/*']) {
+    assert.match(policy, new RegExp(`path "${p.replace(/[*/]/g, (c) => `\\${c}`)}" \\{ capabilities = \\[[^\\]]*"sudo"`));
+  }
+  assert.ok(!policy.includes('sys/policies/acl/*'), 'a wildcard on policies would let the token widen its own');
+  assert.ok(policy.includes('path "sys/policies/acl/pgvault-app"'));
+  assert.ok(!/path "\*"|"sys\/\*"|"auth\/token\/create/.test(policy));
+});
