@@ -95,24 +95,24 @@ async function cdktf(env: EnvironmentConfig, args: string[]): Promise<void> {
  */
 async function recoverInterruptedTeardown(env: EnvironmentConfig, forDeploy: boolean): Promise<void> {
   if (!(await hasResources(env, `${env.name}-secrets`))) return;
-  const look = () => mountState(env).catch(() => 'absent' as const); // Vault does not answer: Terraform will say so.
-  if (['absent', 'healthy'].includes(await look())) return;
-  // With shared state, another machine's deploy may be creating the mount right now: repair only under the lock.
-  await holdingStateLock(env, `${env.name}-secrets`, forDeploy ? 'deploy' : 'destroy', async () => {
-    const state = await look();
-    if (state === 'absent' || state === 'healthy') return;
-    const mount = env.secretsEngine.mountPath;
-    const what = state === 'tainted' ? `the mount ${mount}/ is tainted (an unmount was interrupted)` : `the connection ${mount}/config/${env.secretsEngine.connectionName} is gone`;
-    log(`${env.name}: ${what}; Vault can no longer revoke the leases under ${mount}/creds/. Recovering:`);
-    await vaultAdmin(env, 'PUT', `sys/leases/revoke-force/${mount}`, {}, 120_000);
-    log(`  removed the leases under ${mount}/ from Vault (sys/leases/revoke-force/${mount})`);
-    if (forDeploy) {
-      await vaultAdmin(env, 'DELETE', `sys/mounts/${mount}`, undefined, 120_000);
-      log(`  removed the mount ${mount}/ (it holds only configuration); the deploy recreates it, and its bootstrap drops the users Vault could not revoke`);
-    } else {
-      log('  the destroy goes on; its teardown drops the users Vault could not revoke');
-    }
-  });
+  let state;
+  try {
+    state = await mountState(env);
+  } catch {
+    return; // Vault does not answer: Terraform will say so.
+  }
+  if (state === 'absent' || state === 'healthy') return;
+  const mount = env.secretsEngine.mountPath;
+  const what = state === 'tainted' ? `the mount ${mount}/ is tainted (an unmount was interrupted)` : `the connection ${mount}/config/${env.secretsEngine.connectionName} is gone`;
+  log(`${env.name}: ${what}; Vault can no longer revoke the leases under ${mount}/creds/. Recovering:`);
+  await vaultAdmin(env, 'PUT', `sys/leases/revoke-force/${mount}`, {}, 120_000);
+  log(`  removed the leases under ${mount}/ from Vault (sys/leases/revoke-force/${mount})`);
+  if (forDeploy) {
+    await vaultAdmin(env, 'DELETE', `sys/mounts/${mount}`, undefined, 120_000);
+    log(`  removed the mount ${mount}/ (it holds only configuration); the deploy recreates it, and its bootstrap drops the users Vault could not revoke`);
+  } else {
+    log('  the destroy goes on; its teardown drops the users Vault could not revoke');
+  }
 }
 
 /** Deploys the environment's stacks; the deploy itself writes `.local/<env>/outputs.json`. */
@@ -123,7 +123,9 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   const raw = path.join(localDir(env.name), 'cdktf-outputs.json');
   const started = Date.now();
   try {
-    await recoverInterruptedTeardown(env, true);
+    // Under the state lock: a repair of Vault never runs beside another machine's deploy, and a
+    // held lock fails here at once rather than after the synth.
+    await holdingStateLock(env, `${env.name}-secrets`, 'deploy', () => recoverInterruptedTeardown(env, true));
     await cdktf(env, ['deploy', ...stackIds(env), '--auto-approve', '--skip-provider-lock', '--outputs-file', raw]);
   } catch (e: any) {
     if (e instanceof StateLockedError) throw e;
@@ -162,7 +164,7 @@ export async function destroy(name: string): Promise<void> {
     log(`nothing deployed for ${env.name}; nothing to destroy`);
   } else {
     try {
-      await recoverInterruptedTeardown(env, false);
+      await holdingStateLock(env, `${env.name}-secrets`, 'destroy', () => recoverInterruptedTeardown(env, false));
       // A half-deployed environment may have only its -infra stack in state.
       const partial = deployed.length < stackIds(env).length ? ['--ignore-missing-stack-dependencies'] : [];
       await cdktf(env, ['destroy', ...deployed, '--auto-approve', '--skip-provider-lock', ...partial]);

@@ -59,8 +59,13 @@ export function stateBackendEnv(env: EnvironmentConfig, command: string): Record
   if (env.state.backend !== 'pg') return {};
   return {
     PG_CONN_STR: connectionString(env),
-    PGAPPNAME: `pgvault ${command} ${env.name} ${os.userInfo().username}@${os.hostname()}`.slice(0, 63),
+    PGAPPNAME: applicationName(env, command),
   };
+}
+
+/** How the deploy's sessions show in pg_stat_activity (at most 63 characters, the pid first). */
+function applicationName(env: EnvironmentConfig, command: string): string {
+  return `pgvault ${command} ${env.name} pid ${process.pid} ${os.userInfo().username}@${os.hostname()}`.slice(0, 63);
 }
 
 /** Runs Terraform in `dir`; returns its stdout. Its output never holds the connection string. */
@@ -144,7 +149,7 @@ export async function forgetState(env: EnvironmentConfig, stackId: string): Prom
  */
 export async function holdingStateLock<T>(env: EnvironmentConfig, stackId: string, command: string, fn: () => Promise<T>): Promise<T> {
   if (env.state.backend !== 'pg') return fn();
-  const client = new Client({ connectionString: connectionString(env), application_name: stateBackendEnv(env, command).PGAPPNAME, connectionTimeoutMillis: 10_000 });
+  const client = new Client({ connectionString: connectionString(env), application_name: applicationName(env, `${command}-check`), connectionTimeoutMillis: 10_000 });
   client.on('error', () => undefined);
   try {
     await client.connect();

@@ -66,7 +66,7 @@ test('the connection string reaches Terraform only from a private file holding a
     fs.chmodSync(file, 0o600);
     const vars = stateBackendEnv(env, 'deploy');
     assert.equal(vars.PG_CONN_STR, 'postgres://u:pw@db:5432/state');
-    assert.match(vars.PGAPPNAME, /^pgvault deploy t /);
+    assert.match(vars.PGAPPNAME, new RegExp(`^pgvault deploy t pid ${process.pid} `));
     fs.writeFileSync(file, 'host=db password=pw');
     assert.throws(() => stateBackendEnv(env, 'deploy'), (e: any) => /does not hold a postgres:\/\/ URL/.test(e.message) && !e.message.includes('pw'));
     assert.deepEqual(stateBackendEnv(resolveEnvironment('t', 't.json', shipped()), 'deploy'), {}, 'local state: nothing');
