@@ -207,8 +207,9 @@ describe('shared state in Postgres, two clones, one lock', () => {
     ], { encoding: 'utf8' });
     fs.rmSync(pwfile);
     if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.stderr}`);
+    const pgLog = path.join(work, 'postgres.log');
     postgres = h.startProcess(path.join(bin, 'postgres'), ['-D', data, '-p', String(PG_PORT), '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${data}`], {
-      logFile: path.join(work, 'postgres.log'),
+      logFile: pgLog,
       asUser: 'postgres',
     });
     await h.waitFor('Postgres to accept connections', async () => {
@@ -220,7 +221,9 @@ describe('shared state in Postgres, two clones, one lock', () => {
       });
       superuser = c;
       return true;
-    }, 90_000);
+    }, 90_000).catch((e) => {
+      throw new Error(`${e.message}; Postgres's log ends: ${fs.readFileSync(pgLog, 'utf8').slice(-800)}`);
+    });
     await superuser!.query('CREATE DATABASE app');
     await superuser!.query(`CREATE ROLE pgvault_state LOGIN PASSWORD '${statePassword}'`);
     await superuser!.query('CREATE DATABASE pgvault_state OWNER pgvault_state');
@@ -415,16 +418,26 @@ describe('shared state in Postgres, two clones, one lock', () => {
     assert.equal(role.data.default_ttl, 1200);
   });
 
-  test('a stuck lock holder: destroy fails fast, and the README recovery (pg_terminate_backend) frees it', async () => {
+  test("a stuck lock holder: Terraform's lock error and the early check both refuse a destroy, and the README recovery (pg_terminate_backend) frees it", async () => {
     // A session that holds the lock and does nothing, like a hung deploy on a machine that is still up.
     const stuck = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'pgvault_state', password: statePassword, database: 'pgvault_state', application_name: 'stuck deploy' });
     stuck.on('error', () => undefined);
     await stuck.connect();
-    await stuck.query(`SELECT pg_advisory_lock(id) FROM ${SCHEMA}.states WHERE name = 'default'`);
+    // Taken once the destroy is past its own check (cdktf has started): Terraform itself meets it.
+    const late = run(cloneB, 'destroy', 'destroy-locked-late');
+    const lateLog = path.join(logs, `${runs}-destroy-locked-late.log`);
+    await h.waitFor('the destroy to start cdktf', async () => fs.existsSync(lateLog), 60_000);
+    const took = await stuck.query(`SELECT pg_try_advisory_lock(id) AS locked FROM ${SCHEMA}.states WHERE name = 'default'`);
+    assert.equal(took.rows[0].locked, true);
+    const lateRefusal = await late.done;
+    assert.notEqual(lateRefusal.code, 0);
+    assert.match(lateRefusal.log, /Error acquiring the state lock/, "Terraform's own lock refused it");
+    assert.match(lateRefusal.stderr, LOCK_MESSAGE, lateRefusal.stderr);
+    assert.doesNotMatch(lateRefusal.log, /Destroying\.\.\./);
     const refused = await run(cloneB, 'destroy', 'destroy-locked').done;
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, LOCK_MESSAGE, refused.stderr);
-    console.log(`# figure: destroy refused by a held lock in ${refused.seconds.toFixed(1)}s`);
+    console.log(`# figure: destroy refused by a held lock: at Terraform's lock after ${lateRefusal.seconds.toFixed(1)}s (synth included); at the check before the synth after ${refused.seconds.toFixed(1)}s`);
     const forceUnlock = spawnSync(process.env.TERRAFORM_BINARY_NAME || 'terraform', ['force-unlock', '-force', 'any-id'], {
       cwd: path.join(cloneB, 'cdktf.out', 'stacks', `${ENV}-secrets`),
       env: { ...process.env, PG_CONN_STR: fs.readFileSync(path.join(cloneB, '.local', ENV, 'state-db'), 'utf8').trim() },
