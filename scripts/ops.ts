@@ -7,12 +7,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT, loadEnvironment, localDir } from '../stacks/config';
+import { stateFile } from '../stacks/common';
 import { log } from './toolchain-env';
 import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-secrets';
 import { outputsFile, writeOutputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
-import { LOCK_CONFLICT, StateLockedError, forgetState, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
+import { LOCK_CONFLICT, StateLockedError, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -157,7 +158,7 @@ export async function destroy(name: string): Promise<void> {
     // The containers are gone (an interrupted destroy): the Vault and the Postgres that the
     // -secrets state describes went with them, so there is nothing left to tear down there.
     log(`${env.name}: its containers are gone; forgetting the -secrets state that described them`);
-    await forgetState(env, `${env.name}-secrets`);
+    fs.rmSync(stateFile(env, `${env.name}-secrets`), { force: true }); // docker environments keep local state
     deployed = [];
   }
   if (deployed.length === 0) {

@@ -127,21 +127,6 @@ export async function stateResources(env: EnvironmentConfig, stackId: string): P
     .map((r: any) => `${r.module ? `${r.module}.` : ''}${r.type}.${r.name}`);
 }
 
-/** Empties a stack's state: what it described is gone (containers removed behind its back). */
-export async function forgetState(env: EnvironmentConfig, stackId: string): Promise<void> {
-  if (env.state.backend === 'local') {
-    fs.rmSync(stateFile(env, stackId), { force: true });
-    return;
-  }
-  const addresses = await stateResources(env, stackId);
-  if (!addresses.length) return;
-  await inBackendDir(env, stackId, async (dir) => {
-    const r = await terraform(env, dir, ['state', 'rm', '-lock-timeout=0s', ...addresses]);
-    if (LOCK_CONFLICT.test(r.stderr)) throw stateLocked(env, 'destroy');
-    if (r.code !== 0) throw new Error(`terraform state rm in ${stackId}'s state failed: ${lastError(r.stderr)}`);
-  });
-}
-
 /**
  * Runs `fn` while holding the stack's state lock: the pg backend's own session-level advisory
  * lock, on the key Terraform uses (the id of the stack's row in `<schema>.states`). A repair of
