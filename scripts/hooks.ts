@@ -12,8 +12,7 @@
 import * as fs from 'node:fs';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
 import { down, up } from './db-bootstrap';
-import { writePrivateFile } from './local-secrets';
-import { outputsFile } from './outputs';
+import { outputsFile, writeOutputsFile } from './outputs';
 import { revokeAllLeases } from './vault-admin';
 
 function value(name: string): any {
@@ -37,11 +36,7 @@ const actions: Record<string, (env: EnvironmentConfig) => Promise<void>> = {
       console.log(`leases: ${env.name}: revoked ${revoked} live lease(s) of ${mount}/creds before removing the connection`);
     }
   },
-  'write-outputs': async (env) => {
-    const outputs = { ...value('outputs'), environment: env.name } as Record<string, unknown>;
-    if (env.vault.caCertFile) outputs.vault_ca_cert_file = env.vault.caCertFile;
-    writePrivateFile(outputsFile(env.name), JSON.stringify(outputs, null, 2) + '\n');
-  },
+  'write-outputs': async (env) => writeOutputsFile(env, value('outputs')),
   'remove-outputs': async (env) => {
     fs.rmSync(outputsFile(env.name), { force: true });
   },

@@ -10,10 +10,11 @@ import { EnvironmentConfig, REPO_ROOT, loadEnvironment, localDir } from '../stac
 import { stateFile } from '../stacks/common';
 import { log } from './toolchain-env';
 import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-secrets';
-import { outputsFile } from './outputs';
+import { outputsFile, writeOutputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
 import { initializeCluster, prepareClusterFiles } from './vault-cluster';
+import { LOCK_CONFLICT, StateLockedError, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -24,13 +25,9 @@ export function stackIds(env: EnvironmentConfig): string[] {
   return env.infrastructure === 'docker' ? [`${env.name}-infra`, `${env.name}-secrets`] : [`${env.name}-secrets`];
 }
 
-function hasResources(env: EnvironmentConfig, stackId: string): boolean {
-  try {
-    const state = JSON.parse(fs.readFileSync(stateFile(env, stackId), 'utf8'));
-    return Array.isArray(state.resources) && state.resources.some((r: any) => r.mode === 'managed');
-  } catch {
-    return false;
-  }
+/** Whether the stack's state (local file or shared database) holds anything to destroy. */
+async function hasResources(env: EnvironmentConfig, stackId: string): Promise<boolean> {
+  return (await stateResources(env, stackId)).length > 0;
 }
 
 /** The project's own VAULT_* variables (from the toolchain), unlike the Vault client's settings. */
@@ -40,7 +37,7 @@ const PROJECT_VARIABLES = new Set(['VAULT_IMAGE', 'VAULT_SERVER_BIN']);
  * The cdktf CLI's environment: the secrets as TF_VAR_* and nothing of the operator's Vault
  * settings (VAULT_ADDR, VAULT_TOKEN, VAULT_SKIP_VERIFY, ...): the stacks configure the provider.
  */
-function cdktfEnv(env: EnvironmentConfig): NodeJS.ProcessEnv {
+function cdktfEnv(env: EnvironmentConfig, command: string): NodeJS.ProcessEnv {
   const childEnv: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (!/^(VAULT|BAO)_/.test(k) || PROJECT_VARIABLES.has(k)) childEnv[k] = v;
@@ -51,6 +48,7 @@ function cdktfEnv(env: EnvironmentConfig): NodeJS.ProcessEnv {
     CI: process.env.CI ?? 'true',
     FORCE_COLOR: '0',
     TF_VAR_vault_db_setup_password: readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password'),
+    ...stateBackendEnv(env, command),
   });
   if (env.infrastructure === 'docker' && !env.docker?.vaultNodes) {
     childEnv.TF_VAR_vault_dev_root_token = readSecretFile(env.vault.tokenFile, 'the Vault dev root token');
@@ -63,15 +61,28 @@ async function cdktf(env: EnvironmentConfig, args: string[]): Promise<void> {
   const bin = path.join(REPO_ROOT, 'node_modules', '.bin', 'cdktf');
   // PGVAULT_CDKTF_LOG=<file>: send cdktf's output there instead of the terminal (the tests do).
   const logFile = process.env.PGVAULT_CDKTF_LOG;
-  const out = logFile ? fs.openSync(logFile, 'a', 0o600) : 'inherit';
+  const out = logFile ? fs.openSync(logFile, 'a', 0o600) : undefined;
+  const childEnv = cdktfEnv(env, args[0]);
   const umask = process.umask(0o077);
+  // The output passes through here so that a lock conflict can be told apart from other failures.
+  let tail = '';
   const code = await new Promise<number>((resolve) => {
-    const child = spawn(bin, args, { cwd: REPO_ROOT, env: cdktfEnv(env), stdio: ['ignore', out, out] });
-    child.on('exit', (c) => resolve(c ?? 1));
+    const child = spawn(bin, args, { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const relay = (to: NodeJS.WriteStream) => (d: Buffer) => {
+      if (out !== undefined) fs.writeSync(out, d);
+      else to.write(d);
+      tail = (tail + d.toString()).slice(-16_384);
+    };
+    child.stdout.on('data', relay(process.stdout));
+    child.stderr.on('data', relay(process.stderr));
+    // Output still held open by a leftover grandchild must not hang the deploy.
+    child.on('exit', (c) => setTimeout(() => resolve(c ?? 1), 2000).unref());
+    child.on('close', (c) => resolve(c ?? 1));
     child.on('error', () => resolve(127));
   }).finally(() => process.umask(umask));
-  if (typeof out === 'number') fs.closeSync(out);
+  if (out !== undefined) fs.closeSync(out);
   securePermissions(env.name);
+  if (code !== 0 && LOCK_CONFLICT.test(tail)) throw stateLocked(env, args[0]);
   if (code !== 0) {
     const tail = logFile ? `\n--- last lines of ${logFile} ---\n${fs.readFileSync(logFile, 'utf8').split('\n').slice(-40).join('\n')}\n---` : '';
     throw new Error(`cdktf ${args[0]} exited with ${code}${tail}`);
@@ -85,7 +96,7 @@ async function cdktf(env: EnvironmentConfig, args: string[]): Promise<void> {
  * Postgres's side by the bootstrap (deploy) or the teardown (destroy).
  */
 async function recoverInterruptedTeardown(env: EnvironmentConfig, forDeploy: boolean): Promise<void> {
-  if (!hasResources(env, `${env.name}-secrets`)) return;
+  if (!(await hasResources(env, `${env.name}-secrets`))) return;
   let state;
   try {
     state = await mountState(env);
@@ -114,7 +125,9 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   const raw = path.join(localDir(env.name), 'cdktf-outputs.json');
   const started = Date.now();
   try {
-    await recoverInterruptedTeardown(env, true);
+    // Under the state lock: a repair of Vault never runs beside another machine's deploy, and a
+    // held lock fails here at once rather than after the synth.
+    await holdingStateLock(env, `${env.name}-secrets`, 'deploy', () => recoverInterruptedTeardown(env, true));
     if (env.docker?.vaultNodes) {
       // A cluster is initialized between its containers and its configuration (scripts/vault-cluster.ts).
       prepareClusterFiles(env);
@@ -129,6 +142,7 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
       await cdktf(env, ['deploy', ...stackIds(env), '--auto-approve', '--skip-provider-lock', '--outputs-file', raw]);
     }
   } catch (e: any) {
+    if (e instanceof StateLockedError) throw e;
     throw new Error(
       `deploy of ${env.name} failed: ${e.message}. The environment may be partly deployed. ` +
         `Fix the cause shown above and run 'npm run deploy -- ${env.name}' again (it picks up where it stopped), ` +
@@ -139,6 +153,9 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   fs.rmSync(raw, { force: true });
   const flat: Record<string, unknown> = {};
   for (const id of stackIds(env)) Object.assign(flat, byStack[id] ?? {});
+  // The hook writes it only where Terraform applied a change: with shared state, a deploy from
+  // another clone that changed nothing would leave this machine without it, or with a stale one.
+  writeOutputsFile(env, byStack[`${env.name}-secrets`] ?? {});
   log(`deployed ${env.name} in ${((Date.now() - started) / 1000).toFixed(1)}s; outputs: ${outputsFile(env.name)}`);
   return flat;
 }
@@ -146,24 +163,27 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
 /** Destroys the environment's stacks, whatever leases are live. Harmless when nothing is deployed. */
 export async function destroy(name: string): Promise<void> {
   const env = loadEnvironment(name);
-  let deployed = stackIds(env).filter((id) => hasResources(env, id));
+  const ids = stackIds(env);
+  const found = await Promise.all(ids.map((id) => hasResources(env, id)));
+  let deployed = ids.filter((_, i) => found[i]);
   const started = Date.now();
   if (env.infrastructure === 'docker' && !deployed.includes(`${env.name}-infra`) && deployed.length) {
     // The containers are gone (an interrupted destroy): the Vault and the Postgres that the
     // -secrets state describes went with them, so there is nothing left to tear down there.
     log(`${env.name}: its containers are gone; forgetting the -secrets state that described them`);
-    fs.rmSync(stateFile(env, `${env.name}-secrets`), { force: true });
+    fs.rmSync(stateFile(env, `${env.name}-secrets`), { force: true }); // docker environments keep local state
     deployed = [];
   }
   if (deployed.length === 0) {
     log(`nothing deployed for ${env.name}; nothing to destroy`);
   } else {
     try {
-      await recoverInterruptedTeardown(env, false);
+      await holdingStateLock(env, `${env.name}-secrets`, 'destroy', () => recoverInterruptedTeardown(env, false));
       // A half-deployed environment may have only its -infra stack in state.
       const partial = deployed.length < stackIds(env).length ? ['--ignore-missing-stack-dependencies'] : [];
       await cdktf(env, ['destroy', ...deployed, '--auto-approve', '--skip-provider-lock', ...partial]);
     } catch (e: any) {
+      if (e instanceof StateLockedError) throw e;
       throw new Error(
         `destroy of ${env.name} failed: ${e.message}. Fix the cause shown above and run 'npm run destroy -- ${env.name}' again. ` +
           (env.infrastructure === 'docker'

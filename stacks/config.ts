@@ -78,6 +78,8 @@ export interface EnvironmentConfig {
     readonly maxOpenConnections: number;
   };
   readonly roles: readonly RoleConfig[];
+  /** Where Terraform keeps each stack's state. */
+  readonly state: StateConfig;
   readonly appAccess: {
     readonly approleMount: string;
     readonly roleName: string;
@@ -104,6 +106,17 @@ export interface EnvironmentConfig {
     readonly mark: string;
   };
 }
+
+/**
+ * `local`: one file per stack under `.local/<env>/state/`. `pg`: Terraform's pg backend, one
+ * schema per stack, locked with the backend's advisory lock; the connection string is read from
+ * `connectionFile` at deploy time only (PG_CONN_STR), never synthesized.
+ */
+export type StateConfig =
+  | { readonly backend: 'local' }
+  | { readonly backend: 'pg'; readonly connectionFile: string; readonly schemaPrefix: string };
+
+export const DEFAULT_STATE_SCHEMA_PREFIX = 'pgvault_state';
 
 export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
 export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
@@ -243,6 +256,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   if ([database.ownerRole, database.retiredRole, database.groupRoles.read, database.groupRoles.write].includes(vaultUser)) {
     throw errors.schemaViolation(file, 'secretsEngine.vaultUser', vaultUser, `a role name other than the environment's own NOLOGIN roles (${prefix}_*)`);
   }
+  const state = resolveState(file, doc);
   const aa = doc.appAccess ?? {};
   const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
   const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
@@ -265,6 +279,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       maxOpenConnections: se.maxOpenConnections ?? 4,
     },
     roles,
+    state,
     appAccess: {
       approleMount: aa.approleMount ?? 'approle',
       roleName: aa.roleName ?? 'pgvault-app',
@@ -274,6 +289,22 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     },
     database,
   };
+}
+
+function resolveState(file: string, doc: any): StateConfig {
+  const st = doc.state ?? { backend: 'local' };
+  if (st.backend === 'local') {
+    for (const s of ['connectionFile', 'schemaPrefix'] as const) {
+      if (st[s] !== undefined) throw errors.schemaViolation(file, `state.${s}`, st[s], 'no value: it belongs to "state.backend": "pg" (set the backend to "pg", or remove the setting)');
+    }
+    return { backend: 'local' };
+  }
+  if (!st.connectionFile) throw errors.missingSetting(file, 'state.connectionFile', 'when "state.backend" is "pg": a file (mode 0600) holding the state database\'s connection string');
+  // The Docker provider keeps a container's env in state, and the dev server takes its root token only from there.
+  if (doc.infrastructure === 'docker') {
+    throw errors.schemaViolation(file, 'state.backend', 'pg', '"local" for an environment with "infrastructure": "docker": its -infra state holds the Vault dev server\'s root token, which must not go to a shared database; use shared state for "existing" environments');
+  }
+  return { backend: 'pg', connectionFile: path.resolve(REPO_ROOT, st.connectionFile), schemaPrefix: st.schemaPrefix ?? DEFAULT_STATE_SCHEMA_PREFIX };
 }
 
 function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.ConfigError {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Construct } from 'constructs';
-import { LocalBackend, TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
+import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { DockerProvider } from '@cdktf/provider-docker/lib/provider';
 import { Network } from '@cdktf/provider-docker/lib/network';
 import { EnvironmentConfig } from './config';
@@ -8,7 +8,7 @@ import { PostgresContainer } from './constructs/postgres-container';
 import { VaultDevServer } from './constructs/vault-dev-server';
 import { VaultCluster } from './constructs/vault-cluster';
 import { clusterNodeDirs, nodeConfig } from './cluster-files';
-import { pinProviders, stateFile } from './common';
+import { pinProviders, stateBackend } from './common';
 
 /** Containers for an environment with "infrastructure": "docker". */
 export class InfraStack extends TerraformStack {
@@ -20,7 +20,7 @@ export class InfraStack extends TerraformStack {
   constructor(scope: Construct, id: string, env: EnvironmentConfig) {
     super(scope, id);
     if (!env.docker) throw new Error(`InfraStack ${id}: environment ${env.name} has no docker settings`);
-    new LocalBackend(this, { path: stateFile(env, id) });
+    stateBackend(this, env, id);
     new DockerProvider(this, 'docker', {});
     pinProviders(this);
 

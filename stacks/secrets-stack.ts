@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { Construct } from 'constructs';
-import { LocalBackend, TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
+import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
 import { EnvironmentConfig, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
@@ -8,7 +8,7 @@ import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
 import { ScriptHook, ScriptHookProps } from './constructs/script-hook';
 import { InfraStack } from './infra-stack';
-import { pinProviders, stateFile } from './common';
+import { pinProviders, stateBackend } from './common';
 
 export interface SecretsStackProps {
   readonly env: EnvironmentConfig;
@@ -25,7 +25,7 @@ export class SecretsStack extends TerraformStack {
   constructor(scope: Construct, id: string, props: SecretsStackProps) {
     super(scope, id);
     const { env, infra } = props;
-    new LocalBackend(this, { path: stateFile(env, id) });
+    stateBackend(this, env, id);
 
     // The token is read by the provider from a file at apply time: it is never in cdk.tf.json.
     // TLS verification is set explicitly, so VAULT_SKIP_VERIFY in the operator's shell cannot turn it off.
