@@ -1,6 +1,8 @@
 /**
- * npm run bench [-- <env>]: figures and ratios measured in one run, against a deployed
- * environment (deployed first when needed). Not a test: it prints, it does not assert.
+ * npm run bench [-- <env> [--against <other env>]]: figures and ratios measured in one run,
+ * against a deployed environment (deployed first when needed). Not a test: it prints, it does
+ * not assert. With --against, issuance through the app's client is measured on both and their
+ * ratio printed (e.g. `npm run bench -- ha --against local`).
  *
  * 1. Credential issuance (the load of vault-benchmark's postgresql_secret test): N workers
  *    issue credentials through the app's client and through plain HTTP requests to
@@ -70,10 +72,39 @@ async function apiLoad(base: string, seconds: number, workers: number, during?: 
   return { ok, failed, perSecond: ok / seconds };
 }
 
+/** Issues credentials through plain HTTP and through the app's client; prints both and their ratio. */
+async function issuance(envName: string, both: boolean) {
+  const env = loadEnvironment(envName);
+  const outputs = readOutputs(outputsFile(envName));
+  const role = outputs.roles[0];
+  const admin = readSecretFile(env.vault.tokenFile, 'admin token');
+  console.log(`\nenvironment ${envName}, role ${role}, ${WORKERS} workers, ${ISSUES} issuances per path, node ${process.version}\n`);
+  const cfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
+  const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
+  await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
+  const token = (session as any).client.token as string;
+  const revokeAll = () => vaultFetch(env, `${cfg.vaultAddress}/v1/sys/leases/revoke-prefix/${cfg.mountPath}/creds/${role}`, admin, 'PUT');
+  await measure('warm-up (app client)', 10, 1, async () => void (await session.issue(cfg.mountPath, role)));
+  await revokeAll();
+  let raw;
+  if (both) {
+    // Plain HTTP(S) with the environment's CA: node's http client, no Vault library.
+    raw = await measure('issue: plain HTTP', ISSUES, WORKERS, async () => void (await vaultFetch(env, `${cfg.vaultAddress}/v1/${cfg.mountPath}/creds/${role}`, token)));
+    await revokeAll();
+  }
+  const app = await measure(`issue: app client (${envName})`, ISSUES, WORKERS, async () => void (await session.issue(cfg.mountPath, role)));
+  await revokeAll();
+  await session.revokeSelf();
+  if (raw) console.log(`ratio app/plain: p50 ${(app.p50 / raw.p50).toFixed(2)}x, p99 ${(app.p99 / raw.p99).toFixed(2)}x, throughput ${(app.perSecond / raw.perSecond).toFixed(2)}x\n`);
+  return { app, raw };
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const allowRevokePrefix = args.includes('--allow-revoke-prefix') || process.env.BENCH_ALLOW_REVOKE_PREFIX === '1';
-  const envName = args.find((a) => !a.startsWith('--')) ?? 'local';
+  const positional = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--against');
+  const envName = positional[0] ?? 'local';
+  const against = args.includes('--against') ? args[args.indexOf('--against') + 1] : undefined;
   loadToolchainEnv();
   const env = loadEnvironment(envName);
   if (env.infrastructure !== 'docker' && !allowRevokePrefix) {
@@ -86,28 +117,15 @@ async function main(): Promise<void> {
   process.env.PGVAULT_CDKTF_LOG ??= '/dev/null';
   await deploy(envName);
   const outputs = readOutputs(outputsFile(envName));
-  const role = outputs.roles[0];
-  const admin = readSecretFile(env.vault.tokenFile, 'admin token');
-  console.log(`\nenvironment ${envName}, role ${role}, ${WORKERS} workers, ${ISSUES} issuances per path, node ${process.version}\n`);
 
   // 1. Credential issuance.
-  const cfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
-  const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
-  await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
-  const token = (session as any).client.token as string;
-  const revokeAll = () => vaultFetch(env, `${cfg.vaultAddress}/v1/sys/leases/revoke-prefix/${cfg.mountPath}/creds/${role}`, admin, 'PUT');
-  await measure('warm-up (app client)', 10, 1, async () => void (await session.issue(cfg.mountPath, role)));
-  await revokeAll();
-  const raw = await measure('issue: plain HTTP', ISSUES, WORKERS, async () => {
-    const res = await fetch(`${cfg.vaultAddress}/v1/${cfg.mountPath}/creds/${role}`, { headers: { 'X-Vault-Token': token } });
-    if (res.status !== 200) throw new Error(`plain HTTP issue answered ${res.status}`);
-    await res.arrayBuffer();
-  });
-  await revokeAll();
-  const app = await measure("issue: app client (node-vault)", ISSUES, WORKERS, async () => void (await session.issue(cfg.mountPath, role)));
-  await revokeAll();
-  await session.revokeSelf();
-  console.log(`ratio app/plain: p50 ${(app.p50 / raw.p50).toFixed(2)}x, p99 ${(app.p99 / raw.p99).toFixed(2)}x, throughput ${(app.perSecond / raw.perSecond).toFixed(2)}x\n`);
+  const { app } = await issuance(envName, true);
+  if (against) {
+    // The same load against another environment, for a ratio from one run (e.g. ha against local).
+    await deploy(against);
+    const other = await issuance(against, false);
+    console.log(`ratio ${envName}/${against} (app client): throughput ${(app.perSecond / other.app.perSecond).toFixed(2)}x, p50 ${(app.p50 / other.app.p50).toFixed(2)}x, p99 ${(app.p99 / other.app.p99).toFixed(2)}x\n`);
+  }
 
   // 2. API throughput, steady and during rotations.
   const rtCfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
