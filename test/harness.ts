@@ -237,3 +237,41 @@ export function loosePermissions(dir: string): string[] {
   walk(dir);
   return bad;
 }
+
+/**
+ * A Postgres server as a plain host process (owned by the postgres user when run as root),
+ * initialized with SCRAM authentication, and a superuser connection to it.
+ */
+export async function startHostPostgres(opts: { bin: string; work: string; port: number; password: string }): Promise<{ server: HostProcess; superuser: Client; dataDir: string; logFile: string }> {
+  const dataDir = path.join(opts.work, 'pgdata');
+  fs.mkdirSync(dataDir, { mode: 0o700 });
+  const pwfile = path.join(opts.work, 'initdb-pw');
+  fs.writeFileSync(pwfile, opts.password, { mode: 0o600 });
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) spawnSync('chown', ['-R', 'postgres:postgres', dataDir, pwfile]);
+  const initdb = spawnSync(asRoot ? 'runuser' : path.join(opts.bin, 'initdb'), [
+    ...(asRoot ? ['-u', 'postgres', '--', path.join(opts.bin, 'initdb')] : []),
+    '-D', dataDir, '-U', 'postgres', `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8',
+  ], { encoding: 'utf8' });
+  fs.rmSync(pwfile);
+  if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.stderr}`);
+  const logFile = path.join(opts.work, 'postgres.log');
+  const server = startProcess(path.join(opts.bin, 'postgres'), ['-D', dataDir, '-p', String(opts.port), '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${dataDir}`], {
+    logFile,
+    asUser: 'postgres',
+  });
+  let superuser: Client | undefined;
+  await waitFor('Postgres to accept connections', async () => {
+    const c = new Client({ host: '127.0.0.1', port: opts.port, user: 'postgres', password: opts.password, database: 'postgres', connectionTimeoutMillis: 5000 });
+    c.on('error', () => undefined);
+    await c.connect().catch(async (e) => {
+      await c.end().catch(() => undefined);
+      throw e;
+    });
+    superuser = c;
+    return true;
+  }, 90_000).catch((e) => {
+    throw new Error(`${e.message}; Postgres's log ends: ${fs.readFileSync(logFile, 'utf8').slice(-800)}`);
+  });
+  return { server, superuser: superuser!, dataDir, logFile };
+}

@@ -59,32 +59,10 @@ describe('existing-infrastructure environment, end to end', () => {
     fs.writeFileSync(path.join(secrets, 'vault-token'), rootToken, { mode: 0o600 });
 
     // Postgres as a plain process, owned by the postgres user when running as root.
-    const data = path.join(work, 'pgdata');
-    fs.mkdirSync(data, { mode: 0o700 });
-    const pwfile = path.join(work, 'initdb-pw');
-    fs.writeFileSync(pwfile, pgPassword, { mode: 0o600 });
-    const asRoot = process.getuid?.() === 0;
-    if (asRoot) spawnSync('chown', ['-R', 'postgres:postgres', data, pwfile]);
-    const initdb = spawnSync(asRoot ? 'runuser' : path.join(bin, 'initdb'), [
-      ...(asRoot ? ['-u', 'postgres', '--', path.join(bin, 'initdb')] : []),
-      '-D', data, '-U', 'postgres', `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8',
-    ], { encoding: 'utf8' });
-    fs.rmSync(pwfile);
-    if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.stderr}`);
-    postgres = h.startProcess(path.join(bin, 'postgres'), ['-D', data, '-p', String(PG_PORT), '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${data}`], {
-      logFile: path.join(work, 'postgres.log'),
-      asUser: 'postgres',
-    });
-    await h.waitFor('Postgres to accept connections', async () => {
-      const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: pgPassword, database: 'postgres', connectionTimeoutMillis: 5000 });
-      c.on('error', () => undefined);
-      await c.connect().catch(async (e) => {
-        await c.end().catch(() => undefined);
-        throw e;
-      });
-      superuser = c;
-      return true;
-    }, 90_000);
+    const pg = await h.startHostPostgres({ bin, work, port: PG_PORT, password: pgPassword });
+    postgres = pg.server;
+    superuser = pg.superuser;
+    const data = pg.dataDir;
     for (const db of ['app', 'app_b', 'app_c']) await superuser.query(`CREATE DATABASE ${db}`);
     // A superuser that the server asks for a cleartext password (what an impostor would do).
     const hba = path.join(data, 'pg_hba.conf');

@@ -195,35 +195,9 @@ describe('shared state in Postgres, two clones, one lock', () => {
     console.log(`# figure: clone B (git clone, node_modules symlinked, tsc build): ${clone.seconds.toFixed(1)}s`);
 
     // Postgres: the app's database and, beside it, the state database with a role of its own.
-    const data = path.join(work, 'pgdata');
-    fs.mkdirSync(data, { mode: 0o700 });
-    const pwfile = path.join(work, 'initdb-pw');
-    fs.writeFileSync(pwfile, pgPassword, { mode: 0o600 });
-    const asRoot = process.getuid?.() === 0;
-    if (asRoot) spawnSync('chown', ['-R', 'postgres:postgres', data, pwfile]);
-    const initdb = spawnSync(asRoot ? 'runuser' : path.join(bin, 'initdb'), [
-      ...(asRoot ? ['-u', 'postgres', '--', path.join(bin, 'initdb')] : []),
-      '-D', data, '-U', 'postgres', `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8',
-    ], { encoding: 'utf8' });
-    fs.rmSync(pwfile);
-    if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.stderr}`);
-    const pgLog = path.join(work, 'postgres.log');
-    postgres = h.startProcess(path.join(bin, 'postgres'), ['-D', data, '-p', String(PG_PORT), '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${data}`], {
-      logFile: pgLog,
-      asUser: 'postgres',
-    });
-    await h.waitFor('Postgres to accept connections', async () => {
-      const c = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'postgres', password: pgPassword, database: 'postgres', connectionTimeoutMillis: 5000 });
-      c.on('error', () => undefined);
-      await c.connect().catch(async (e) => {
-        await c.end().catch(() => undefined);
-        throw e;
-      });
-      superuser = c;
-      return true;
-    }, 90_000).catch((e) => {
-      throw new Error(`${e.message}; Postgres's log ends: ${fs.readFileSync(pgLog, 'utf8').slice(-800)}`);
-    });
+    const pg = await h.startHostPostgres({ bin, work, port: PG_PORT, password: pgPassword });
+    postgres = pg.server;
+    superuser = pg.superuser;
     await superuser!.query('CREATE DATABASE app');
     await superuser!.query(`CREATE ROLE pgvault_state LOGIN PASSWORD '${statePassword}'`);
     await superuser!.query('CREATE DATABASE pgvault_state OWNER pgvault_state');
