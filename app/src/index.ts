@@ -6,6 +6,4 @@ export * from './lease';
 export * from './pool';
 export * from './runtime';
 export * from './metrics';
-export * from './server';
-export * from './verify';
 export * from './log';

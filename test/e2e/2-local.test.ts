@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { EnvironmentConfig, localDir } from '../../stacks/config';
 import { VaultRequestError } from '../../app/src';
-import { connectWith } from '../../app/src/verify';
+import { connectWith } from '../../scripts/verify';
 import * as h from '../harness';
 
 const ENV = 'local';

@@ -1,6 +1,5 @@
 import { Client } from 'pg';
-import { AppConfig, pgSsl } from './config';
-import { DatabaseCredentials, VaultSession } from './vault';
+import { AppConfig, DatabaseCredentials, pgSsl, VaultSession } from '../app/src';
 
 export interface CheckResult {
   readonly name: string;

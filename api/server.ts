@@ -1,7 +1,5 @@
 import * as http from 'node:http';
-import { AppError, DatabaseError, safeMessage } from './errors';
-import { RuntimeMetrics } from './metrics';
-import { CredentialRuntime } from './runtime';
+import { AppError, CredentialRuntime, DatabaseError, RuntimeMetrics, safeMessage } from '../app/src';
 
 export interface ApiServerOptions {
   readonly runtime: CredentialRuntime;
