@@ -1,5 +1,5 @@
 import * as http from 'node:http';
-import { AppError, CredentialRuntime, DatabaseError, RuntimeMetrics, safeMessage } from '../app/src';
+import { AppError, CredentialRuntime, DatabaseError, RuntimeMetrics, safeMessage } from '@pgvault/runtime';
 
 export interface ApiServerOptions {
   readonly runtime: CredentialRuntime;

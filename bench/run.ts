@@ -16,7 +16,7 @@
  * so outside docker environments it refuses unless `--allow-revoke-prefix` (or
  * BENCH_ALLOW_REVOKE_PREFIX=1) is given.
  */
-import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '../app/src';
+import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
 import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadEnvironment, localDir } from '../stacks/config';
-import { appConfigFromOutputs, readOutputs, safeMessage, VaultSession } from '../app/src';
+import { appConfigFromOutputs, readOutputs, safeMessage, VaultSession } from '@pgvault/runtime';
 import { verifyRole, RoleReport } from './verify';
 import { deploy, destroy, issueSecretId, loadToolchainEnv, log, outputsFile } from './ops';
 

@@ -16,7 +16,7 @@
 import * as crypto from 'node:crypto';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
-import { pgSsl } from '../app/src/config';
+import { pgSsl } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
 
 /** Logs a line to Terraform's output (the local-exec hook's stdout). */

@@ -13,10 +13,8 @@
  * server exits 1 (default 60).
  * SIGTERM / SIGINT: stop taking work, drain, revoke every lease and the token, exit 0.
  */
-import { appConfigFromOutputs, AppConfigError, CredentialRuntime, readOutputs, safeMessage } from '../app/src';
+import { appConfigFromOutputs, AppConfigError, CredentialRuntime, readOutputs, safeMessage, backoffDelay, sleep, createLogger } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
-import { backoffDelay, sleep } from '../app/src/backoff';
-import { createLogger } from '../app/src/log';
 import { loadEnvironment } from '../stacks/config';
 import { issueSecretId, outputsFile } from './ops';
 

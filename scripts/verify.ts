@@ -1,5 +1,5 @@
 import { Client } from 'pg';
-import { AppConfig, DatabaseCredentials, pgSsl, VaultSession } from '../app/src';
+import { AppConfig, DatabaseCredentials, pgSsl, VaultSession } from '@pgvault/runtime';
 
 export interface CheckResult {
   readonly name: string;

@@ -10,7 +10,7 @@ import { Client } from 'pg';
 import { EnvironmentConfig, REPO_ROOT, loadEnvironment } from '../stacks/config';
 import { deploy, destroy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
 import { localDir } from '../stacks/config';
-import { AppConfig, appConfigFromOutputs, readOutputs, VaultSession } from '../app/src';
+import { AppConfig, appConfigFromOutputs, readOutputs, VaultSession } from '@pgvault/runtime';
 
 /** Fails (never skips) with what is missing and how to get it. */
 export function requireToolchain(): void {

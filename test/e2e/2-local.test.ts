@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { EnvironmentConfig, localDir } from '../../stacks/config';
-import { VaultRequestError } from '../../app/src';
+import { VaultRequestError } from '@pgvault/runtime';
 import { connectWith } from '../../scripts/verify';
 import * as h from '../harness';
 

@@ -15,7 +15,7 @@ import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
 import { clusterFiles } from '../../stacks/cluster-files';
 import { auditLog, nodeCall } from '../../scripts/vault-cluster';
 import { outputsFile } from '../../scripts/ops';
-import { appConfigFromOutputs, readOutputs, VaultSession, AppConfig } from '../../app/src';
+import { appConfigFromOutputs, readOutputs, VaultSession, AppConfig } from '@pgvault/runtime';
 import * as h from '../harness';
 
 const ENV = 'ha';

@@ -13,7 +13,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
-import { appConfigFromOutputs, CredentialRuntime, readOutputs } from '../../app/src';
+import { appConfigFromOutputs, CredentialRuntime, readOutputs } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
 import { issueSecretId, outputsFile } from '../../scripts/ops';
 import * as h from '../harness';

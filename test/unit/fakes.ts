@@ -2,9 +2,7 @@
  * Small fakes for unit tests of pure timing logic. The real Vault and Postgres are
  * exercised by test/faults.
  */
-import { VaultRequestError } from '../../app/src/errors';
-import type { LeaseSession } from '../../app/src/lease';
-import type { DatabaseCredentials } from '../../app/src/vault';
+import { VaultRequestError, type LeaseSession, type DatabaseCredentials } from '@pgvault/runtime';
 
 /** A fake of the calls the lease manager makes (LeaseSession): it counts them and answers as told. */
 export class FakeVaultSession implements LeaseSession {

@@ -4,10 +4,7 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { backoffDelay, renewalDelayMillis } from '../../app/src/backoff';
-import { LeaseManager, leaseGone } from '../../app/src/lease';
-import { VaultRequestError } from '../../app/src/errors';
-import type { DatabaseCredentials } from '../../app/src/vault';
+import { backoffDelay, renewalDelayMillis, LeaseManager, leaseGone, VaultRequestError, type DatabaseCredentials } from '@pgvault/runtime';
 import { FakeVaultSession } from './fakes';
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,10 +1,9 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 
 test('the structured logger redacts secrets wherever the app puts them', () => {
-  const mod = path.join(__dirname, '..', '..', 'app', 'src', 'log.js');
+  const mod = require.resolve('@pgvault/runtime');
   const script = `const { createLogger } = require(${JSON.stringify(mod)});
     createLogger('t').info({ password: 'S1', creds: { password: 'S2', secret_id: 'S3' }, token: 'S4', headers: { 'x-vault-token': 'S5' } }, 'hello');`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });

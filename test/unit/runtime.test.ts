@@ -7,11 +7,7 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { cappedDelay, MAX_TIMER_MILLIS } from '../../app/src/backoff';
-import { loginRefused, VaultRequestError } from '../../app/src/errors';
-import { LeaseManager } from '../../app/src/lease';
-import { RotatingPool } from '../../app/src/pool';
-import { VaultSession } from '../../app/src/vault';
+import { cappedDelay, MAX_TIMER_MILLIS, loginRefused, VaultRequestError, LeaseManager, RotatingPool, VaultSession } from '@pgvault/runtime';
 import { FakeVaultClient, FakeVaultSession, httpError, vaultError } from './fakes';
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
