@@ -4,6 +4,7 @@ export * from './backoff';
 export * from './vault';
 export * from './lease';
 export * from './pool';
+export * from './pg-pool';
 export * from './runtime';
 export * from './metrics';
 export * from './log';

@@ -53,6 +53,8 @@ export interface RotatingPoolEvents {
   swapped: [previousUser: string, currentUser: string];
   drained: [user: string, millis: number];
   error: [error: AppError, operation: string];
+  /** An idle connection failed (its backend went away) and was dropped: pg.Pool's 'error'. */
+  idleError: [error: Error, client: PoolClient];
 }
 
 const AUTH_FAILED = new Set(['28P01', '28000']);
@@ -127,6 +129,26 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       client.release(failure);
       this.done(owner);
     }
+  }
+
+  /**
+   * A client of the current credentials for a caller that gives it back itself, with
+   * `client.release(error?)` (the pg.Pool face). It stays on its credentials until then: their
+   * pool drains, and their lease is revoked, only after it is released or the drain timeout passes.
+   */
+  async checkout(opts: CallOptions = {}): Promise<PoolClient> {
+    if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
+    const client = await this.connect(opts.deadline);
+    const owner = this.generationOf(client);
+    const giveBack = client.release;
+    let released = false;
+    client.release = (error?: Error | boolean) => {
+      if (released) throw new AppError('POOL_DOUBLE_RELEASE', 'release() was called twice for one checkout; call it once per connect()');
+      released = true;
+      giveBack(error);
+      this.done(owner);
+    };
+    return client;
   }
 
   /**
@@ -215,7 +237,10 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       application_name: this.opts.applicationName ?? 'pgvault-app',
     });
     // An idle client whose backend goes away (restart, revocation) must not crash the process.
-    pool.on('error', (e: any) => this.count(e?.code === '57P01' ? 'terminated' : 'idle_error'));
+    pool.on('error', (e: any, client: PoolClient) => {
+      this.count(e?.code === '57P01' ? 'terminated' : 'idle_error');
+      this.emit('idleError', e, client);
+    });
     const gen: Generation = { pool, creds, inFlight: 0, connected: false };
     this.byPool.set(pool, gen);
     return gen;

@@ -4,6 +4,7 @@ import { AppError, loginRefused } from './errors';
 import { BackoffOptions, backoffDelay, sleep } from './backoff';
 import { LeaseManager } from './lease';
 import { RotatingPool } from './pool';
+import { VaultPgPool } from './pg-pool';
 import { VaultSession } from './vault';
 
 export interface RuntimeOptions {
@@ -43,6 +44,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   public readonly session: VaultSession;
   public readonly leases = new Map<string, LeaseManager>();
   public readonly pools = new Map<string, RotatingPool>();
+  private readonly pgPools = new Map<string, VaultPgPool>();
   private closing?: Promise<CloseResult>;
   private fatalEmitted = false;
 
@@ -128,6 +130,19 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
     const p = this.pools.get(role);
     if (!p) throw new AppError('APP_ROLE', `no pool for role "${role}"; roles held: ${[...this.pools.keys()].join(', ')}`);
     return p;
+  }
+
+  /**
+   * The role's pool as a pg.Pool stand-in, for Kysely, Drizzle or code written for pg. One per
+   * role; its end() releases the face only (close() revokes), and a new one replaces an ended one.
+   */
+  pgPool(role: string): VaultPgPool {
+    let face = this.pgPools.get(role);
+    if (!face || face.ending) {
+      face = new VaultPgPool(this.pool(role));
+      this.pgPools.set(role, face);
+    }
+    return face;
   }
 
   lease(role: string): LeaseManager {

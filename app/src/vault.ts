@@ -92,15 +92,18 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     for (const a of addresses) {
       if (!/^https?:\/\//.test(a)) throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${a}" (of the address list) is not an http(s) URL; expected e.g. https://127.0.0.1:8200`);
     }
-    this.clients = addresses.map((endpoint) =>
-      nodeVault({
+    this.clients = addresses.map((endpoint) => {
+      const client = nodeVault({
         apiVersion: 'v1',
         endpoint,
         token: 'unset',
         rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 5000 },
         requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
-      } as any),
-    );
+      } as any);
+      // The token must not show when the session (or a runtime holding it) is logged or inspected.
+      Object.defineProperty(client, 'token', { value: undefined, writable: true, enumerable: false, configurable: true });
+      return client;
+    });
     this.client = this.clients[0];
     this.#failoverMillis = opts.failoverMillis ?? 15_000;
     this.token = '';
