@@ -1,26 +1,22 @@
-import { EventEmitter } from 'node:events';
-import type { PoolClient, QueryResult } from 'pg';
+import { Pool, PoolClient, QueryResult } from 'pg';
 import { AppError } from './errors';
 import type { RotatingPool } from './pool';
 
-/** The events of a pg.Pool that the face emits. */
-export interface VaultPgPoolEvents {
-  /**
-   * An idle connection failed (its backend went away) and was removed, as pg.Pool emits it.
-   * Unlike pg.Pool, nothing is thrown when no listener is attached: the runtime counts the
-   * failure (metric `pgvault_pool_failures_total`) and goes on.
-   */
-  error: [error: Error, client: PoolClient];
-}
-
 type Callback<T> = (error: Error | undefined, value?: T) => void;
-type ConnectCallback = (error: Error | undefined, client?: PoolClient, release?: (error?: Error | boolean) => void) => void;
+type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined, release: (error?: Error | boolean) => void) => void;
 
 /**
  * A `pg.Pool` stand-in over one role's rotating pool: `connect()` gives a real pg client
  * with `release()`, `query()` runs one statement on a client it returns at once, `end()`,
  * the `'error'` event, and `totalCount` / `idleCount` / `waitingCount`.
  * Kysely (`PostgresDialect({ pool })`) and Drizzle (`drizzle({ client: pool })`) take it as it is.
+ * It is a `pg.Pool` subclass (of the `pg` the package and its user share, a peer dependency), so
+ * `instanceof pg.Pool` holds and TypeScript takes it where a `pg.Pool` is expected; the base
+ * class's own machinery is never used: it opens no connection of its own.
+ *
+ * The `'error'` event (error, client): an idle connection failed (its backend went away) and was
+ * removed, as pg.Pool emits it. Unlike pg.Pool, nothing is thrown when no listener is attached:
+ * the runtime counts the failure (metric `pgvault_pool_failures_total`) and goes on.
  *
  * Rotation stays invisible to them: every `connect()` gets a client of the current credentials,
  * and a client keeps its credentials until it is released, so a transaction never spans two
@@ -31,53 +27,48 @@ type ConnectCallback = (error: Error | undefined, client?: PoolClient, release?:
  * connect rejects with the runtime's `DatabaseError` (code `DB_CONNECT`, `sqlState`) or an
  * `AppError` (`POOL_CLOSED`, `POOL_ENDED`).
  */
-export class VaultPgPool extends EventEmitter<VaultPgPoolEvents> {
+export class VaultPgPool extends Pool {
   readonly #source: RotatingPool;
   readonly #out = new Set<PoolClient>();
   #endWaiter?: () => void;
   readonly #onIdleError = (error: Error, client: PoolClient) => {
     if (this.listenerCount('error') > 0) this.emit('error', error, client);
   };
-  /** end() was called: no new connections. */
-  public ending = false;
-  /** end() finished: every client this face handed out was released. */
-  public ended = false;
 
-  constructor(source: RotatingPool) {
-    super();
+  /** `max` is informational (`pool.options.max`): the rotating pool's size per credential generation. */
+  constructor(source: RotatingPool, opts: { readonly max?: number } = {}) {
+    super({ max: opts.max ?? 10 });
     this.#source = source;
     source.on('idleError', this.#onIdleError);
-  }
-
-  /** Connections open, idle or checked out, across the current and the draining credentials. */
-  get totalCount(): number {
-    return this.#source.stats().total;
-  }
-
-  get idleCount(): number {
-    return this.#source.stats().idle;
-  }
-
-  /** connect() calls waiting for a free connection. */
-  get waitingCount(): number {
-    return this.#source.stats().waiting;
+    // pg.Pool's counts are getters over its own (here unused) lists: these answer for the rotating pool.
+    const count = (key: 'total' | 'idle' | 'waiting') => ({ get: () => this.#source.stats()[key], enumerable: false, configurable: true });
+    Object.defineProperties(this, {
+      /** Connections open, idle or checked out, across the current and the draining credentials. */
+      totalCount: count('total'),
+      idleCount: count('idle'),
+      /** connect() calls waiting for a free connection. */
+      waitingCount: count('waiting'),
+      /** Expired connections are closed by the rotating pool's own pools when released. */
+      expiredCount: { get: () => 0, enumerable: false, configurable: true },
+    });
   }
 
   /** A client of the current credentials; give it back with `client.release()` (or `release(error)` to close it). */
-  connect(): Promise<PoolClient>;
-  connect(callback: ConnectCallback): void;
-  connect(callback?: ConnectCallback): Promise<PoolClient> | void {
-    const work = this.checkout();
+  override connect(): Promise<PoolClient>;
+  override connect(callback: ConnectCallback): void;
+  override connect(callback?: ConnectCallback): Promise<PoolClient> | void {
+    const work = this.#checkout();
     if (!callback) return work;
     work.then(
       (client) => callback(undefined, client, client.release),
-      (e) => callback(e),
+      (e) => callback(e, undefined, () => undefined),
     );
   }
 
   /** Runs one query on a client of the current credentials, as pg.Pool#query does: (text, values?) or a query config. */
-  query<R extends QueryResult = QueryResult>(textOrConfig: unknown, values?: unknown, callback?: Callback<R>): Promise<R>;
-  query(...args: unknown[]): Promise<QueryResult> | void {
+  override query<R extends QueryResult = QueryResult>(textOrConfig: unknown, values?: unknown, callback?: Callback<R>): Promise<R>;
+  override query(...args: any[]): any;
+  override query(...args: any[]): any {
     const callback = typeof args[args.length - 1] === 'function' && args.length > 1 ? (args.pop() as Callback<QueryResult>) : undefined;
     const [first] = args;
     if (typeof first === 'function') {
@@ -91,7 +82,7 @@ export class VaultPgPool extends EventEmitter<VaultPgPoolEvents> {
       return Promise.reject(e);
     }
     const work = (async () => {
-      const client = await this.checkout();
+      const client = await this.#checkout();
       try {
         const result = await (client.query as (...a: unknown[]) => Promise<QueryResult>)(...args);
         client.release();
@@ -112,16 +103,17 @@ export class VaultPgPool extends EventEmitter<VaultPgPoolEvents> {
    * Stops handing out clients and resolves once every client this face handed out is released.
    * It does not end the runtime: `CredentialRuntime#close()` drains the pools and revokes the leases.
    */
-  end(): Promise<void>;
-  end(callback: (error?: Error) => void): void;
-  end(callback?: (error?: Error) => void): Promise<void> | void {
+  override end(): Promise<void>;
+  override end(callback: (error?: Error) => void): void;
+  override end(callback?: (error?: Error) => void): Promise<void> | void {
+    const state = this as { ending: boolean; ended: boolean };
     const work = this.ending
       ? Promise.reject(new AppError('POOL_ENDED', 'end() was called on this pool more than once; call it once, at shutdown'))
       : (async () => {
-          this.ending = true;
+          state.ending = true;
           if (this.#out.size > 0) await new Promise<void>((resolve) => (this.#endWaiter = resolve));
           this.#source.off('idleError', this.#onIdleError);
-          this.ended = true;
+          state.ended = true;
         })();
     if (!callback) return work;
     work.then(
@@ -130,7 +122,7 @@ export class VaultPgPool extends EventEmitter<VaultPgPoolEvents> {
     );
   }
 
-  private async checkout(): Promise<PoolClient> {
+  async #checkout(): Promise<PoolClient> {
     if (this.ending) throw new AppError('POOL_ENDED', 'this pool was ended (end() was called); get a new one from the runtime: runtime.pgPool(role)');
     const client = await this.#source.checkout();
     const giveBack = client.release;

@@ -45,6 +45,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   public readonly leases = new Map<string, LeaseManager>();
   public readonly pools = new Map<string, RotatingPool>();
   private readonly pgPools = new Map<string, VaultPgPool>();
+  private poolSize?: number;
   private closing?: Promise<CloseResult>;
   private fatalEmitted = false;
 
@@ -80,6 +81,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
       }
     }
     const rt = new CredentialRuntime(session);
+    rt.poolSize = opts.poolSize;
     session.on('error', () => undefined);
     session.keepAlive(opts.backoff);
     try {
@@ -139,7 +141,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   pgPool(role: string): VaultPgPool {
     let face = this.pgPools.get(role);
     if (!face || face.ending) {
-      face = new VaultPgPool(this.pool(role));
+      face = new VaultPgPool(this.pool(role), { max: this.poolSize });
       this.pgPools.set(role, face);
     }
     return face;

@@ -295,6 +295,9 @@ describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, D
     };
     try {
       const face = rt.pgPool('readonly');
+      const typed: Pool = face; // TypeScript takes it where a pg.Pool is expected
+      assert.ok(typed instanceof Pool, 'the face is a pg.Pool (for libraries that check instanceof)');
+      assert.equal(face.options.max, 2);
       const expected = await script(reference);
       const got = await script(face as unknown as Poolish);
       console.log(`# pg.Pool: ${JSON.stringify(expected)}`);
