@@ -4,10 +4,11 @@
  * hour-long leases; `readwrite` leases live 4 s, at most 10 s, so they rotate every few seconds.
  *
  * The package is packed with `npm pack` and installed into a scratch project outside the
- * repository, where a CommonJS and an ES module program use it, then Kysely and Drizzle run a
+ * repository, where a CommonJS and an ES module program use it, then Kysely, Drizzle and Knex run a
  * load on its pg.Pool face across rotations (the programs are test/e2e/library/*). In this
  * process: what the library hands out carries no secret in an enumerable field, and the face's
- * counts and 'error' event follow pg.Pool's. Knex is not supported: app/README.md says why.
+ * counts and 'error' event follow pg.Pool's. Knex runs on the face through its `connectionPool`
+ * option (Knex 3.3.0 and later), under the same load.
  */
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -30,6 +31,8 @@ const ROTATIONS = 3;
 /** Exact versions, so a run is repeatable; the README names them as the tested ones. */
 const KYSELY = 'kysely@0.29.9';
 const DRIZZLE = 'drizzle-orm@0.45.4';
+/** Knex takes an outside pg.Pool (`connectionPool`) from 3.3.0 on. */
+const KNEX = 'knex@3.3.0';
 const PROGRAMS = path.join(REPO_ROOT, 'test', 'e2e', 'library');
 
 function scratch(): void {
@@ -102,7 +105,7 @@ function safeJson(value: unknown): string {
   }) ?? '';
 }
 
-describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, Drizzle', () => {
+describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, Drizzle, Knex', () => {
   let env: EnvironmentConfig;
   let admin: Client;
   let consumer: string;
@@ -161,7 +164,7 @@ describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, D
     const seconds = timeIt(() => npm(consumer, 'install', '--omit=dev', tarball));
     console.log(`# figure: npm install of the tarball into ${consumer}: ${seconds.toFixed(1)}s`);
     const installed = fs.readdirSync(path.join(consumer, 'node_modules'));
-    for (const dev of ['typescript', 'cdktf', 'cdktf-cli', 'constructs', 'ajv', 'kysely', 'drizzle-orm', 'fastify']) {
+    for (const dev of ['typescript', 'cdktf', 'cdktf-cli', 'constructs', 'ajv', 'kysely', 'drizzle-orm', 'knex', 'fastify']) {
       assert.ok(!installed.includes(dev), `${dev} is not installed with the package`);
     }
     for (const dep of ['pg', 'node-vault', 'prom-client', 'pino']) assert.ok(installed.includes(dep), `${dep} is installed with the package`);
@@ -180,7 +183,7 @@ describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, D
     }
   });
 
-  for (const [name, program, orm] of [['Kysely', 'kysely.mjs', KYSELY], ['Drizzle', 'drizzle.mjs', DRIZZLE]] as const) {
+  for (const [name, program, orm] of [['Kysely', 'kysely.mjs', KYSELY], ['Drizzle', 'drizzle.mjs', DRIZZLE], ['Knex', 'knex.mjs', KNEX]] as const) {
     test(`${name} on the pool face: reads and transactions across ${ROTATIONS} rotations, 0 failed, each transaction on one user, old leases revoked`, async () => {
       assert.ok(tarball, 'the package is installed (first test)');
       npm(consumer, 'install', orm);
