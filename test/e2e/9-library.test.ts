@@ -204,6 +204,31 @@ describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, D
     });
   }
 
+  test('TypeScript takes the face, with no cast, where pg, Kysely, Drizzle and Knex expect a pool', () => {
+    assert.ok(fs.existsSync(path.join(consumer, 'node_modules', 'knex')), 'the query builders are installed (previous tests)');
+    fs.writeFileSync(path.join(consumer, 'typed.mts'), [
+      "import type { Pool } from 'pg';",
+      "import { Kysely, PostgresDialect } from 'kysely';",
+      "import { drizzle } from 'drizzle-orm/node-postgres';",
+      "import knex from 'knex';",
+      "import { CredentialRuntime, VaultPgPool } from '@pgvault/runtime';",
+      'declare const runtime: CredentialRuntime;',
+      "const pool: VaultPgPool = runtime.pgPool('readwrite');",
+      'export const asPg: Pool = pool;',
+      'export const k = new Kysely<{ items: { id: number } }>({ dialect: new PostgresDialect({ pool }) });',
+      'export const d = drizzle({ client: pool });',
+      "export const x = knex({ client: 'pg', connectionPool: pool });",
+      '',
+    ].join('\n'));
+    // Node's types come from the repository; everything else from the consumer's node_modules.
+    fs.writeFileSync(path.join(consumer, 'tsconfig.json'), JSON.stringify({
+      compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', strict: true, noEmit: true, skipLibCheck: true, typeRoots: [path.join(REPO_ROOT, 'node_modules', '@types')], types: ['node'] },
+      files: ['typed.mts'],
+    }));
+    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', consumer], { encoding: 'utf8' });
+    assert.equal(r.status, 0, `tsc on the consumer's typed.mts: ${r.stdout}${r.stderr}`);
+  });
+
   test('what the library hands out has no password, token or secret_id in an enumerable field', async () => {
     const secretId = await issueSecretId(ENV);
     const cfg = appConfigFromOutputs(readOutputs(outputsFile(ENV)), { secretId });
