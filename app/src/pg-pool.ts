@@ -9,8 +9,8 @@ type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined
  * A `pg.Pool` stand-in over one role's rotating pool: `connect()` gives a real pg client
  * with `release()`, `query()` runs one statement on a client it returns at once, `end()`,
  * the `'error'` event, and `totalCount` / `idleCount` / `waitingCount`.
- * Kysely (`PostgresDialect({ pool })`) and Drizzle (`drizzle({ client: pool })`) take it as it is.
- * It is a `pg.Pool` subclass (of the `pg` the package and its user share, a peer dependency), so
+ * Kysely (`PostgresDialect({ pool })`), Drizzle (`drizzle({ client: pool })`) and Knex 3.3.0 or
+ * later (`knex({ client: 'pg', connectionPool: pool })`) take it as it is. It is a `pg.Pool` subclass (of the `pg` the package and its user share, a peer dependency), so
  * `instanceof pg.Pool` holds and TypeScript takes it where a `pg.Pool` is expected; the base
  * class's own machinery is never used: it opens no connection of its own.
  *
@@ -18,7 +18,7 @@ type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined
  * removed, as pg.Pool emits it. Unlike pg.Pool, nothing is thrown when no listener is attached:
  * the runtime counts the failure (metric `pgvault_pool_failures_total`) and goes on.
  *
- * Rotation stays invisible to them: every `connect()` gets a client of the current credentials,
+ * Rotation stays invisible to its users: every `connect()` gets a client of the current credentials,
  * and a client keeps its credentials until it is released, so a transaction never spans two
  * credential generations. The old credentials' pool drains, and their lease is revoked, after
  * their last client is released (or after the rotating pool's drain timeout).
@@ -66,7 +66,8 @@ export class VaultPgPool extends Pool {
   }
 
   /** Runs one query on a client of the current credentials, as pg.Pool#query does: (text, values?) or a query config. */
-  override query<R extends QueryResult = QueryResult>(textOrConfig: unknown, values?: unknown, callback?: Callback<R>): Promise<R>;
+  override query<R extends QueryResult = QueryResult>(textOrConfig: unknown, values?: unknown): Promise<R>;
+  override query<R extends QueryResult = QueryResult>(textOrConfig: unknown, values: unknown, callback: Callback<R>): void;
   override query(...args: any[]): any;
   override query(...args: any[]): any {
     const callback = typeof args[args.length - 1] === 'function' && args.length > 1 ? (args.pop() as Callback<QueryResult>) : undefined;
