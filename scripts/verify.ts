@@ -1,5 +1,5 @@
 import { Client } from 'pg';
-import { AppConfig, DatabaseCredentials, pgSsl, VaultSession } from '../app/src';
+import { AppConfig, DatabaseCredentials, pgSsl, roleEndpoint, VaultSession } from '../app/src';
 
 export interface CheckResult {
   readonly name: string;
@@ -15,15 +15,16 @@ export interface RoleReport {
   readonly checks: CheckResult[];
 }
 
-/** Opens a pg client with dynamic credentials. */
+/** Opens a pg client with dynamic credentials, at the role's endpoint (the primary or a replica). */
 export async function connectWith(cfg: AppConfig, creds: DatabaseCredentials): Promise<Client> {
+  const at = roleEndpoint(cfg, creds.role);
   const client = new Client({
-    host: cfg.postgres.host,
-    port: cfg.postgres.port,
+    host: at.host,
+    port: at.port,
     database: cfg.postgres.database,
     user: creds.username,
     password: creds.password,
-    ssl: pgSsl(cfg.postgres.sslmode),
+    ssl: pgSsl(cfg.postgres.sslmode, { ca: cfg.postgres.caCert }),
     connectionTimeoutMillis: 10_000,
     application_name: 'pgvault-verify',
   });
