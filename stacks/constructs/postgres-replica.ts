@@ -64,7 +64,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   echo "pgvault: replica cloned from ${p.primaryHost} through slot ${p.slot}"
 fi
 as_postgres touch "$PGDATA/standby.signal"
-as_postgres postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql ${settings} -c primary_conninfo="$conninfo" &
+# exec: $! is postgres itself, which the stop signal must reach.
+(HOME=/var/lib/postgresql exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql ${settings} -c primary_conninfo="$conninfo") &
 pg=$!
 trap 'kill -INT "$pg" 2>/dev/null' INT TERM
 reap() {
