@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import * as http from 'node:http';
 import { Client } from 'pg';
-import { EnvironmentConfig, localDir } from '../../stacks/config';
+import { EnvironmentConfig, localDir, REPO_ROOT } from '../../stacks/config';
 import { issueSecretId, outputsFile } from '../../scripts/ops';
 import { appConfigFromOutputs, AppConfig, CredentialRuntime, pgSsl, readOutputs, RuntimeMetrics, VaultSession } from '../../app/src';
 import * as h from '../harness';
@@ -134,6 +134,26 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
       assert.deepEqual(slot.rows, [{ slot_name: 'pgvault_ha_replica', active: true }]);
     } finally {
       await replication.end();
+    }
+  });
+
+  test('the replication password is in no state, cdk.tf.json or container environment; the primary has only its verifier', () => {
+    const password = fs.readFileSync(path.join(localDir(ENV), 'postgres', 'replica', 'pgpass'), 'utf8').trim().split(':').pop()!;
+    const verifier = fs.readFileSync(path.join(localDir(ENV), 'postgres', 'primary', 'replication.scram'), 'utf8').trim();
+    assert.ok(password.length >= 24 && verifier.startsWith('SCRAM-SHA-256$'));
+    for (const dir of ['replica', 'primary']) {
+      const d = path.join(localDir(ENV), 'postgres', dir);
+      assert.equal(fs.statSync(d).mode & 0o777, 0o700);
+      for (const f of fs.readdirSync(d)) assert.equal(fs.statSync(path.join(d, f)).mode & 0o777, 0o600, `${dir}/${f} is 0600`);
+    }
+    const texts = [
+      ...fs.readdirSync(path.join(localDir(ENV), 'state')).filter((n) => n.endsWith('.tfstate')).map((n) => path.join(localDir(ENV), 'state', n)),
+      ...['ha-infra', 'ha-secrets'].map((id) => path.join(REPO_ROOT, 'cdktf.out', 'stacks', id, 'cdk.tf.json')),
+    ].map((p) => [p, fs.readFileSync(p, 'utf8')] as const);
+    const inspect = h.docker('inspect', PRIMARY, REPLICA);
+    for (const [p, text] of [...texts, ['docker inspect', inspect] as const]) {
+      assert.equal(text.includes(password), false, `the replication password is in ${p}`);
+      assert.equal(text.includes(verifier), false, `the replication verifier is in ${p}`);
     }
   });
 
