@@ -14,10 +14,24 @@
  * It never prints a password.
  */
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
-import { pgSsl } from '@pgvault/runtime/config';
+import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
+
+/** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
+export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
+  const file = env.postgres.caCertFile;
+  if (!file) return pgSsl(env.postgres.sslmode);
+  let ca: string;
+  try {
+    ca = fs.readFileSync(file, 'utf8');
+  } catch (e: any) {
+    throw new Error(`${env.file}: the Postgres CA file ${file} ("postgres.caCertFile") cannot be read (${e.code}); point the setting at a PEM file${env.infrastructure === 'docker' ? ', or deploy the environment (the deploy makes it)' : ''}`);
+  }
+  return pgSsl(env.postgres.sslmode, { ca });
+}
 
 /** Logs a line to Terraform's output (the local-exec hook's stdout). */
 function say(env: EnvironmentConfig, msg: string): void {
@@ -46,7 +60,7 @@ export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000)
         }
         return secret;
       },
-      ssl: pgSsl(env.postgres.sslmode),
+      ssl: postgresSsl(env),
       connectionTimeoutMillis: 10_000,
     });
     (client as any).connection.on('authenticationCleartextPassword', () => {

@@ -13,7 +13,7 @@ import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-
 import { outputsFile, writeOutputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
-import { initializeCluster, prepareClusterFiles } from './vault-cluster';
+import { initializeCluster, prepareClusterFiles, preparePostgresFiles } from './vault-cluster';
 import { LOCK_CONFLICT, StateLockedError, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
 
 export { log, loadToolchainEnv } from './toolchain-env';
@@ -131,6 +131,7 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
     if (env.docker?.vaultNodes) {
       // A cluster is initialized between its containers and its configuration (scripts/vault-cluster.ts).
       prepareClusterFiles(env);
+      preparePostgresFiles(env);
       const [infra, secrets] = stackIds(env);
       await cdktf(env, ['deploy', infra, '--auto-approve', '--skip-provider-lock', '--outputs-file', `${raw}.infra`]);
       await initializeCluster(env);

@@ -11,5 +11,7 @@ export function outputsFile(envName: string): string {
 export function writeOutputsFile(env: EnvironmentConfig, stackOutputs: Record<string, unknown>): void {
   const outputs: Record<string, unknown> = { ...stackOutputs, environment: env.name };
   if (env.vault.caCertFile) outputs.vault_ca_cert_file = env.vault.caCertFile;
+  // Paths of this machine: not Terraform outputs, so a shared state holds none.
+  if (env.postgres.caCertFile) outputs.postgres_ca_cert_file = env.postgres.caCertFile;
   writePrivateFile(outputsFile(env.name), JSON.stringify(outputs, null, 2) + '\n');
 }

@@ -10,7 +10,8 @@ import * as https from 'node:https';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { EnvironmentConfig } from '../stacks/config';
-import { clusterFiles, clusterNodeDirs, nodeConfig, nodeName } from '../stacks/cluster-files';
+import { clusterFiles, clusterNodeDirs, nodeConfig, nodeName, postgresFiles, replicationNames } from '../stacks/cluster-files';
+import { scramVerifier } from './db-bootstrap';
 import { writePrivateFile } from './local-secrets';
 import { log } from './toolchain-env';
 
@@ -27,12 +28,64 @@ function openssl(args: string[]): void {
   }
 }
 
-/** The uid:gid the image runs as: the node files are given to it, as mode 0600 files are unreadable to anyone else. */
-function imageUser(image: string): string {
+/** The uid:gid the image runs as (or its `user`): the node files are given to it, as mode 0600 files are unreadable to anyone else. */
+function imageUser(image: string, user = ''): string {
   try {
-    return execFileSync('docker', ['run', '--rm', '--entrypoint', 'sh', image, '-c', 'echo "$(id -u):$(id -g)"'], { encoding: 'utf8' }).trim();
+    return execFileSync('docker', ['run', '--rm', '--entrypoint', 'sh', image, '-c', `echo "$(id -u ${user}):$(id -g ${user})"`], { encoding: 'utf8' }).trim();
   } catch (e: any) {
-    throw new Error(`cannot find the user of the Vault image ${image} (${e.message}); build it with 'npm run toolchain' or set VAULT_IMAGE to an OpenBao image`);
+    throw new Error(`cannot find the user${user ? ` ${user}` : ''} of the image ${image} (${e.message}); build it with 'npm run toolchain' or set ${user ? 'POSTGRES_IMAGE' : 'VAULT_IMAGE'} to another image`);
+  }
+}
+
+/** A server certificate from the environment's CA, for these DNS names (and 127.0.0.1); kept when it exists. */
+function serverCertificate(env: EnvironmentConfig, dir: string, names: string[]): void {
+  const f = clusterFiles(env);
+  const cert = path.join(dir, 'tls.pem');
+  const key = path.join(dir, 'tls-key.pem');
+  if (fs.existsSync(cert) && fs.existsSync(key)) return;
+  openssl(['req', '-x509', '-CA', f.caCert, '-CAkey', f.caKey, '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '825', '-subj', `/CN=${names[0]}`,
+    '-addext', `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')},IP:127.0.0.1`,
+    '-addext', 'basicConstraints=critical,CA:FALSE', '-addext', 'extendedKeyUsage=serverAuth,clientAuth']);
+}
+
+/** Mode 0700 for the directory, 0600 for its files, all given to `owner` (uid:gid). */
+function privateTo(dir: string, owner: string): void {
+  for (const p of [dir, ...fs.readdirSync(dir).map((n) => path.join(dir, n))]) fs.chmodSync(p, p === dir ? 0o700 : 0o600);
+  execFileSync('chown', ['-R', owner, dir]);
+}
+
+/**
+ * Postgres's TLS and replication files (docker.postgresTls), from the environment's CA made by
+ * prepareClusterFiles: a certificate per server (its container name, localhost, 127.0.0.1),
+ * the CA for the replica, and the replication password: in the replica's pgpass (0600) and,
+ * as a SCRAM verifier only, for the primary. Kept when they exist; none reaches Terraform.
+ */
+export function preparePostgresFiles(env: EnvironmentConfig): void {
+  if (!env.docker?.postgresTls) return;
+  const { primaryDir, replicaDir } = postgresFiles(env);
+  const umask = process.umask(0o077);
+  try {
+    fs.mkdirSync(primaryDir, { recursive: true, mode: 0o700 });
+    serverCertificate(env, primaryDir, [env.postgres.host, 'localhost']);
+    const owner = imageUser(env.docker.postgresImage, 'postgres');
+    if (env.postgres.replica) {
+      const { role } = replicationNames(env);
+      fs.mkdirSync(replicaDir, { recursive: true, mode: 0o700 });
+      serverCertificate(env, replicaDir, [env.postgres.replica.host, 'localhost']);
+      fs.copyFileSync(clusterFiles(env).caCert, path.join(replicaDir, 'ca.pem'));
+      const pgpass = path.join(replicaDir, 'pgpass');
+      if (!fs.existsSync(pgpass)) fs.writeFileSync(pgpass, `*:*:*:${role}:${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+      const verifier = path.join(primaryDir, 'replication.scram');
+      if (!fs.existsSync(verifier)) {
+        const password = fs.readFileSync(pgpass, 'utf8').trim().split(':').pop()!;
+        fs.writeFileSync(verifier, scramVerifier(password), { mode: 0o600, flag: 'wx' });
+      }
+      privateTo(replicaDir, owner);
+    }
+    privateTo(primaryDir, owner);
+  } finally {
+    process.umask(umask);
   }
 }
 
@@ -59,12 +112,11 @@ export function prepareClusterFiles(env: EnvironmentConfig): void {
           '-addext', 'basicConstraints=critical,CA:FALSE', '-addext', 'extendedKeyUsage=serverAuth,clientAuth']);
       }
       fs.copyFileSync(f.caCert, path.join(dir, 'ca.pem'));
+      // Vault's connection verifies Postgres with it (sslrootcert; postgres.caCertFileOnVault).
+      if (env.docker!.postgresTls) fs.copyFileSync(f.caCert, path.join(dir, 'postgres-ca.pem'));
       fs.copyFileSync(f.sealKey, path.join(dir, 'seal.key'));
       fs.writeFileSync(path.join(dir, 'config.hcl'), nodeConfig(env, i), { mode: 0o600 });
-      for (const p of [dir, ...fs.readdirSync(dir).map((n) => path.join(dir, n))]) {
-        fs.chmodSync(p, p === dir ? 0o700 : 0o600);
-      }
-      execFileSync('chown', ['-R', owner, dir]);
+      privateTo(dir, owner);
     });
   } finally {
     process.umask(umask);

@@ -1,5 +1,5 @@
 import { Client } from 'pg';
-import { AppConfig, DatabaseCredentials, pgSsl, VaultSession } from '@pgvault/runtime';
+import { AppConfig, DatabaseCredentials, DEFAULT_REPLICA_LAG_WINDOW_MILLIS, pgSsl, roleEndpoint, VaultSession } from '@pgvault/runtime';
 
 export interface CheckResult {
   readonly name: string;
@@ -15,20 +15,30 @@ export interface RoleReport {
   readonly checks: CheckResult[];
 }
 
-/** Opens a pg client with dynamic credentials. */
+/** Opens a pg client with dynamic credentials, at the role's endpoint (the primary or a replica). */
 export async function connectWith(cfg: AppConfig, creds: DatabaseCredentials): Promise<Client> {
-  const client = new Client({
-    host: cfg.postgres.host,
-    port: cfg.postgres.port,
-    database: cfg.postgres.database,
-    user: creds.username,
-    password: creds.password,
-    ssl: pgSsl(cfg.postgres.sslmode),
-    connectionTimeoutMillis: 10_000,
-    application_name: 'pgvault-verify',
-  });
-  await client.connect();
-  return client;
+  const at = roleEndpoint(cfg, creds.role);
+  for (let attempt = 0; ; attempt++) {
+    const client = new Client({
+      host: at.host,
+      port: at.port,
+      database: cfg.postgres.database,
+      user: creds.username,
+      password: creds.password,
+      ssl: pgSsl(cfg.postgres.sslmode, { ca: cfg.postgres.caCert }),
+      connectionTimeoutMillis: 10_000,
+      application_name: 'pgvault-verify',
+    });
+    try {
+      await client.connect();
+      return client;
+    } catch (e: any) {
+      await client.end().catch(() => undefined);
+      // A replica may not have replayed the new user yet (the app's pool waits the same way).
+      if (at.target !== 'replica' || e?.code !== '28P01' || Date.now() - creds.issuedAt > DEFAULT_REPLICA_LAG_WINDOW_MILLIS) throw e;
+      await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
+    }
+  }
 }
 
 async function attempt(client: Client, sql: string): Promise<{ ok: boolean; detail: string }> {

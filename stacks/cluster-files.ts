@@ -75,3 +75,21 @@ seal "static" {
 `;
 }
 
+
+/**
+ * Postgres's TLS and replication files (docker.postgresTls), made by scripts/vault-cluster.ts
+ * from the environment's CA and bind-mounted read-only at /pgvault/postgres. Each directory is
+ * owned by the image's postgres user: Postgres refuses a key that is not its own (mode 0600).
+ *   primary/  tls.pem, tls-key.pem, replication.scram (the replication role's SCRAM verifier only)
+ *   replica/  tls.pem, tls-key.pem, ca.pem, pgpass (the replication password, for libpq)
+ */
+export function postgresFiles(env: EnvironmentConfig) {
+  const dir = path.join(localDir(env.name), 'postgres');
+  return { primaryDir: path.join(dir, 'primary'), replicaDir: path.join(dir, 'replica') };
+}
+
+/** The replication role and the primary's slot for the replica; the role carries the environment's mark. */
+export function replicationNames(env: EnvironmentConfig): { role: string; slot: string } {
+  const prefix = `pgvault_${env.name.replace(/-/g, '_')}`;
+  return { role: `${prefix}_replication`, slot: `${prefix}_replica` };
+}

@@ -21,11 +21,24 @@ export function localDir(env: string): string {
 
 export type Access = 'read' | 'write';
 
+/** Where a role's users connect: the primary, or its streaming replica. */
+export type RoleTarget = 'primary' | 'replica';
+
 export interface RoleConfig {
   readonly name: string;
   readonly access: Access;
   readonly defaultTtlSeconds: number;
   readonly maxTtlSeconds: number;
+  /** @default "primary" */
+  readonly target: RoleTarget;
+}
+
+/** A Postgres server as Vault (host, port) and as the app and the bootstrap (clientHost, clientPort) reach it. */
+export interface PostgresEndpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly clientHost: string;
+  readonly clientPort: number;
 }
 
 /** A validated environment with every default resolved. */
@@ -42,6 +55,10 @@ export interface EnvironmentConfig {
     readonly vaultNodes?: number;
     /** A cluster node's writable directory (its volume: raft/ and audit/), owned by the image's user. */
     readonly vaultDataDir: string;
+    /** Postgres accepts TLS connections only, with certificates from the environment's CA. */
+    readonly postgresTls: boolean;
+    /** One streaming replica, published on this host port; undefined: none. */
+    readonly postgresReplica?: { readonly hostPort: number };
   };
   readonly postgres: {
     /** Host and port as Vault sees them. For docker, the container's name on the private network. */
@@ -54,6 +71,12 @@ export interface EnvironmentConfig {
     readonly adminUser: string;
     readonly adminPasswordFile: string;
     readonly sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+    /** The CA bundle (PEM) the app, the bootstrap and the tests verify Postgres with; undefined: Node's CA store. */
+    readonly caCertFile?: string;
+    /** The same CA as a path where Vault runs (sslrootcert of Vault's connection); undefined: Vault's system store. */
+    readonly caCertFileOnVault?: string;
+    /** The streaming replica that roles with target "replica" connect to. */
+    readonly replica?: PostgresEndpoint;
     /**
      * What `destroy` does with the app's schema and its data. Docker environments are torn
      * down whole (true); on existing servers the schema, its data and its owner role are kept
@@ -160,7 +183,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
 
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
-    .map(([roleName, r]) => ({ name: roleName, access: r.access, defaultTtlSeconds: r.defaultTtlSeconds, maxTtlSeconds: r.maxTtlSeconds }))
+    .map(([roleName, r]) => ({ name: roleName, access: r.access, defaultTtlSeconds: r.defaultTtlSeconds, maxTtlSeconds: r.maxTtlSeconds, target: r.target ?? 'primary' }))
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const r of roles) {
     if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
@@ -182,12 +205,27 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       vaultHostPort: d.vaultHostPort ?? 18200,
       vaultNodes: d.vaultNodes,
       vaultDataDir: '',
+      postgresTls: d.postgresTls ?? false,
+      postgresReplica: d.postgresReplica ? { hostPort: d.postgresReplica.hostPort ?? (d.postgresHostPort ?? 15432) + 1 } : undefined,
     };
     // The official OpenBao image's user owns /openbao/file; the offline image's user owns /vault.
     docker = { ...docker, vaultDataDir: d.vaultDataDir ?? (/(^|\/)openbao\/openbao(:|@|$)/.test(docker.vaultImage) ? '/openbao/file' : '/vault') };
     const vaultPorts = Array.from({ length: docker.vaultNodes ?? 1 }, (_, i) => docker!.vaultHostPort + i);
     if (vaultPorts.includes(docker.postgresHostPort)) throw errors.portClash(file, docker.postgresHostPort);
-    for (const s of ['host', 'port', 'adminPasswordFile', 'dropDataOnDestroy'] as const) {
+    const replicaPort = docker.postgresReplica?.hostPort;
+    if (replicaPort !== undefined && [...vaultPorts, docker.postgresHostPort].includes(replicaPort)) {
+      throw errors.schemaViolation(file, 'docker.postgresReplica.hostPort', replicaPort, `a port other than docker.postgresHostPort (${docker.postgresHostPort}) and the Vault ports (${vaultPorts.join(', ')})`);
+    }
+    if (docker.postgresTls && !docker.vaultNodes) {
+      throw errors.schemaViolation(file, 'docker.postgresTls', true, 'false, or "docker.vaultNodes" set as well: the certificates come from the CA the deploy makes for a Vault cluster');
+    }
+    if (docker.postgresReplica && !docker.postgresTls) {
+      throw errors.schemaViolation(file, 'docker.postgresTls', d.postgresTls, 'true when "docker.postgresReplica" is set: replication and the replica\'s clients use TLS');
+    }
+    if (docker.postgresTls && pg.sslmode === 'disable') {
+      throw errors.schemaViolation(file, 'postgres.sslmode', 'disable', '"require", "verify-ca" or "verify-full": with "docker.postgresTls" Postgres accepts TLS connections only');
+    }
+    for (const s of ['host', 'port', 'adminPasswordFile', 'dropDataOnDestroy', 'caCertFile', 'caCertFileOnVault', 'replica'] as const) {
       if (pg[s] !== undefined) throw errors.schemaViolation(file, `postgres.${s}`, pg[s], 'no value: with "infrastructure": "docker" it is set by the container');
     }
     for (const s of ['address', 'tokenFile'] as const) {
@@ -201,7 +239,13 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       database: databaseName,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: path.join(local, 'postgres-password'),
-      sslmode: pg.sslmode ?? 'disable',
+      sslmode: pg.sslmode ?? (docker.postgresTls ? 'verify-full' : 'disable'),
+      // The environment's CA (scripts/vault-cluster.ts); each Vault node has a copy in its configuration directory.
+      caCertFile: docker.postgresTls ? path.join(local, 'tls', 'ca.pem') : undefined,
+      caCertFileOnVault: docker.postgresTls ? '/pgvault/config/postgres-ca.pem' : undefined,
+      replica: docker.postgresReplica
+        ? { host: `pgvault-${name}-postgres-replica`, port: 5432, clientHost: pg.clientHost ?? '127.0.0.1', clientPort: docker.postgresReplica.hostPort }
+        : undefined,
       dropDataOnDestroy: true,
     };
     // A cluster serves TLS with the environment's own CA (made by the deploy, scripts/vault-cluster.ts).
@@ -228,6 +272,10 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       adminPasswordFile: fromRepo(pg.adminPasswordFile),
       // verify-full: an unverified server could ask for the superuser's password in clear text.
       sslmode: pg.sslmode ?? 'verify-full',
+      caCertFile: pg.caCertFile ? fromRepo(pg.caCertFile) : undefined,
+      caCertFileOnVault: pg.caCertFileOnVault,
+      // Vault never connects to the replica: only the app does.
+      replica: pg.replica ? { host: pg.replica.clientHost, port: pg.replica.clientPort ?? 5432, clientHost: pg.replica.clientHost, clientPort: pg.replica.clientPort ?? 5432 } : undefined,
       dropDataOnDestroy: pg.dropDataOnDestroy ?? false,
     };
     vaultResolved = {
@@ -237,6 +285,16 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       tlsServerName: vault.tlsServerName,
       tokenFile: vault.tokenFile ? fromRepo(vault.tokenFile) : path.join(local, 'vault-token'),
     };
+  }
+
+  for (const r of roles) {
+    if (r.target !== 'replica') continue;
+    if (!postgres.replica) {
+      throw errors.schemaViolation(file, `roles.${r.name}.target`, 'replica', `"primary", or a replica to connect to: ${doc.infrastructure === 'docker' ? '"docker.postgresReplica": {}' : '"postgres.replica": { "clientHost": ... }'}`);
+    }
+    if (r.access !== 'read') {
+      throw errors.schemaViolation(file, `roles.${r.name}.target`, 'replica', `"primary" for a role with "access": "${r.access}": a replica is read-only`);
+    }
   }
 
   const se = doc.secretsEngine ?? {};

@@ -5,14 +5,17 @@ import { DockerProvider } from '@cdktf/provider-docker/lib/provider';
 import { Network } from '@cdktf/provider-docker/lib/network';
 import { EnvironmentConfig } from './config';
 import { PostgresContainer } from './constructs/postgres-container';
+import { PostgresReplica } from './constructs/postgres-replica';
 import { VaultDevServer } from './constructs/vault-dev-server';
 import { VaultCluster } from './constructs/vault-cluster';
-import { clusterNodeDirs, nodeConfig } from './cluster-files';
+import { clusterNodeDirs, nodeConfig, postgresFiles, replicationNames } from './cluster-files';
 import { pinProviders, stateBackend } from './common';
 
 /** Containers for an environment with "infrastructure": "docker". */
 export class InfraStack extends TerraformStack {
   public readonly postgres: PostgresContainer;
+  /** The streaming replica, when the environment has one. */
+  public readonly replica?: PostgresReplica;
   /** What the -secrets stack needs of Vault, whatever the topology. */
   public readonly vault: { readonly address: string };
   public readonly network: Network;
@@ -33,7 +36,23 @@ export class InfraStack extends TerraformStack {
       database: env.postgres.database,
       adminUser: env.postgres.adminUser,
       passwordFile: env.postgres.adminPasswordFile,
+      tlsDir: env.docker.postgresTls ? postgresFiles(env).primaryDir : undefined,
+      replication: env.docker.postgresReplica ? { ...replicationNames(env), mark: env.database.mark } : undefined,
     });
+    if (env.docker.postgresReplica && env.postgres.replica) {
+      this.replica = new PostgresReplica(this, 'postgres-replica', {
+        containerName: env.postgres.replica.host,
+        primary: this.postgres,
+        network: this.network,
+        hostPort: env.docker.postgresReplica.hostPort,
+        adminUser: env.postgres.adminUser,
+        replicationRole: replicationNames(env).role,
+        slot: replicationNames(env).slot,
+        filesDir: postgresFiles(env).replicaDir,
+      });
+      new TerraformOutput(this, 'postgres_replica_container', { value: this.replica.container.name });
+      new TerraformOutput(this, 'postgres_replica_volume', { value: this.replica.volume.name });
+    }
     if (env.docker.vaultNodes) {
       const cluster = new VaultCluster(this, 'vault-cluster', {
         namePrefix: `pgvault-${env.name}-vault`,

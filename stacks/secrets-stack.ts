@@ -64,6 +64,7 @@ export class SecretsStack extends TerraformStack {
       port: infra ? infra.postgres.port : env.postgres.port,
       database: env.postgres.database,
       sslmode: env.postgres.sslmode,
+      sslRootCertOnVault: env.postgres.caCertFileOnVault,
       username: env.secretsEngine.vaultUser,
       setupPassword: setupPassword.stringValue,
       setupPasswordVersion: env.secretsEngine.setupPasswordVersion,
@@ -119,6 +120,13 @@ export class SecretsStack extends TerraformStack {
       postgres_port: env.postgres.clientPort,
       postgres_database: env.postgres.database,
       postgres_sslmode: env.postgres.sslmode,
+      // Where each role's users connect: Vault creates them on the primary, a replica gets them by replication.
+      role_endpoints: Object.fromEntries(
+        env.roles.map((r) => {
+          const at = r.target === 'replica' && env.postgres.replica ? env.postgres.replica : env.postgres;
+          return [r.name, { host: at.clientHost, port: at.clientPort, target: r.target }];
+        }),
+      ),
       mount_path: this.engine.path,
       connection_name: this.engine.connectionName,
       roles: this.roles.map((r) => r.name),

@@ -77,6 +77,8 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
 }
 
 /** The connection URL template Vault fills with its own username and password. */
-export function connectionUrl(host: string, port: number | string, database: string, sslmode: string): string {
-  return `postgresql://{{username}}:{{password}}@${host}:${port}/${ident('database', database)}?sslmode=${sslmode}`;
+export function connectionUrl(host: string, port: number | string, database: string, sslmode: string, sslrootcert?: string): string {
+  // sslrootcert is a path where Vault runs: the CA that verify-ca/verify-full check Postgres with.
+  const ca = sslrootcert ? `&sslrootcert=${encodeURIComponent(sslrootcert).replace(/%2F/g, '/')}` : '';
+  return `postgresql://{{username}}:{{password}}@${host}:${port}/${ident('database', database)}?sslmode=${sslmode}${ca}`;
 }

@@ -11,6 +11,7 @@ import { EnvironmentConfig, REPO_ROOT, loadEnvironment } from '../stacks/config'
 import { deploy, destroy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
 import { localDir } from '../stacks/config';
 import { AppConfig, appConfigFromOutputs, readOutputs, VaultSession } from '@pgvault/runtime';
+import { postgresSsl } from '../scripts/db-bootstrap';
 
 /** Fails (never skips) with what is missing and how to get it. */
 export function requireToolchain(): void {
@@ -56,14 +57,15 @@ export async function adminClient(env: EnvironmentConfig): Promise<Client> {
     database: env.postgres.database,
     user: env.postgres.adminUser,
     password: readSecretFile(env.postgres.adminPasswordFile, 'admin password'),
+    ssl: postgresSsl(env),
   });
   await c.connect();
   return c;
 }
 
-/** Tries to log in as `user`; returns the SQLSTATE of the refusal, or 'ok'. */
-export async function tryLogin(env: EnvironmentConfig, user: string, password: string): Promise<string> {
-  const c = new Client({ host: env.postgres.clientHost, port: env.postgres.clientPort, database: env.postgres.database, user, password, connectionTimeoutMillis: 5000 });
+/** Tries to log in as `user` (on the primary, or at `at`); returns the SQLSTATE of the refusal, or 'ok'. */
+export async function tryLogin(env: EnvironmentConfig, user: string, password: string, at: { clientHost: string; clientPort: number } = env.postgres): Promise<string> {
+  const c = new Client({ host: at.clientHost, port: at.clientPort, database: env.postgres.database, user, password, connectionTimeoutMillis: 5000, ssl: postgresSsl(env) });
   try {
     await c.connect();
     await c.end();

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
 import { AppConfigError } from './errors';
 import type { SecretIdSource } from './vault';
 
@@ -26,7 +27,23 @@ export interface AppConfig {
     readonly port: number;
     readonly database: string;
     readonly sslmode: string;
+    /** PEM of the CA bundle that verify-ca and verify-full check Postgres's certificate with. @default Node's CA store */
+    readonly caCert?: string;
   };
+  /** Where each role's users connect. @default every role at postgres.host:postgres.port, on the primary */
+  readonly roleEndpoints?: Readonly<Record<string, RoleEndpoint>>;
+}
+
+/** Where one role's users connect: the primary, or a streaming replica (where new users appear with replication lag). */
+export interface RoleEndpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly target: 'primary' | 'replica';
+}
+
+/** The endpoint of `role`: its own when the deploy gave one, else the primary's. */
+export function roleEndpoint(cfg: AppConfig, role: string): RoleEndpoint {
+  return cfg.roleEndpoints?.[role] ?? { host: cfg.postgres.host, port: cfg.postgres.port, target: 'primary' };
 }
 
 /** The flat outputs a deploy writes to `.local/<env>/outputs.json`. */
@@ -44,6 +61,8 @@ export interface DeployOutputs {
   readonly approle_role_name: string;
   readonly approle_role_id: string;
   readonly vault_ca_cert_file?: string;
+  readonly postgres_ca_cert_file?: string;
+  readonly role_endpoints?: Record<string, RoleEndpoint>;
 }
 
 export function readOutputs(file: string): DeployOutputs {
@@ -109,6 +128,15 @@ export function appConfigFromOutputs(
       throw new AppConfigError('APP_CA', `cannot read Vault's CA certificate from ${caFile} (${e.code}); set PGVAULT_VAULT_CACERT to a PEM file`);
     }
   }
+  let postgresCaCert: string | undefined;
+  const pgCaFile = env.PGVAULT_POSTGRES_CACERT || outputs.postgres_ca_cert_file;
+  if (pgCaFile) {
+    try {
+      postgresCaCert = fs.readFileSync(pgCaFile, 'utf8');
+    } catch (e: any) {
+      throw new AppConfigError('APP_CA', `cannot read Postgres's CA certificate from ${pgCaFile} (${e.code}); set PGVAULT_POSTGRES_CACERT (or "postgres.caCertFile" in the environment) to a PEM file`);
+    }
+  }
   const cfg: AppConfig = {
     vaultAddress: outputs.vault_address,
     vaultAddresses: outputs.vault_addresses?.length ? outputs.vault_addresses : [outputs.vault_address],
@@ -126,14 +154,41 @@ export function appConfigFromOutputs(
       port: Number(outputs.postgres_port),
       database: outputs.postgres_database,
       sslmode: outputs.postgres_sslmode ?? 'disable',
+      caCert: postgresCaCert,
     },
+    roleEndpoints: outputs.role_endpoints
+      ? Object.fromEntries(Object.entries(outputs.role_endpoints).map(([r, e]) => [r, { host: e.host, port: Number(e.port), target: e.target === 'replica' ? 'replica' : 'primary' }]))
+      : undefined,
   };
   // The secret_id must not show when the config is logged or inspected.
   Object.defineProperty(cfg, 'secretId', { value: secretId, enumerable: false });
   return cfg;
 }
 
-/** The pg `ssl` option for a libpq-style sslmode: off for "disable", certificate checks for "verify-*". */
-export function pgSsl(sslmode: string | undefined): false | { rejectUnauthorized: boolean } {
-  return !sslmode || sslmode === 'disable' ? false : { rejectUnauthorized: sslmode.startsWith('verify') };
+/** The TLS options of a pg connection: false for none. */
+export type PgSslOptions = false | ConnectionOptions;
+
+/**
+ * The pg `ssl` option for a libpq sslmode, with libpq's meanings:
+ * - `disable`: no TLS.
+ * - `require`: TLS, the certificate not checked; with a CA given, as `verify-ca` (libpq does
+ *   the same when a root CA file exists).
+ * - `verify-ca`: TLS, the chain checked against the CA; the host name NOT checked.
+ * - `verify-full`: TLS, the chain and the host name (or IP) checked.
+ * Without `ca`, the chains are checked against Node's CA store.
+ */
+export function pgSsl(sslmode: string | undefined, opts: { ca?: string | Buffer } = {}): PgSslOptions {
+  const ca = opts.ca ? { ca: opts.ca } : {};
+  switch (sslmode ?? 'disable') {
+    case 'disable':
+      return false;
+    case 'require':
+      return opts.ca ? pgSsl('verify-ca', opts) : { rejectUnauthorized: false };
+    case 'verify-ca':
+      return { rejectUnauthorized: true, ...ca, checkServerIdentity: () => undefined };
+    case 'verify-full':
+      return { rejectUnauthorized: true, ...ca };
+    default:
+      throw new AppConfigError('APP_SSLMODE', `sslmode is "${sslmode}"; expected one of disable, require, verify-ca, verify-full (libpq's prefer and allow fall back to plain text, which this client never does)`);
+  }
 }

@@ -56,6 +56,16 @@ export class RuntimeMetrics {
       },
     });
     new Counter({
+      name: 'pgvault_replica_lag_retries_total',
+      help: 'Logins on a replica refused within the lag window after issuance, retried with the same credentials',
+      labelNames: ['role'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [role, p] of rt.pools) this.inc({ role }, p.lagRetries);
+      },
+    });
+    new Counter({
       name: 'pgvault_pool_failures_total',
       help: 'Pool failures by reason (SQLSTATE or error code)',
       labelNames: ['role', 'reason'],

@@ -13,6 +13,16 @@ export interface RotatingPoolOptions {
   readonly database: string;
   /** @default "disable" */
   readonly sslmode?: string;
+  /** PEM of the CA that verify-ca/verify-full check the server with. @default Node's CA store */
+  readonly ca?: string;
+  /**
+   * The pool connects to a streaming replica: users Vault has just created on the primary
+   * reach it with replication lag, and until then Postgres refuses them exactly as a wrong
+   * password (28P01). A refusal within this window after the credentials were issued is
+   * retried with backoff, with the same credentials; after it, it counts as a refusal as on a
+   * primary. 0: no window (a primary). @default 0
+   */
+  readonly replicaLagWindowMillis?: number;
   /** Connections per pool. @default 10 */
   readonly max?: number;
   /** @default 5000 */
@@ -92,6 +102,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   /** Queries that failed, by reason; for metrics. */
   public readonly failures = new Map<string, number>();
   public rotations = 0;
+  /** Logins refused within the replica lag window and retried with the same credentials. */
+  public lagRetries = 0;
   /** Refusals of credentials Postgres never accepted, in a row: they back off new rotations. */
   private freshRefusals = 0;
   private nextFreshRotationAt = 0;
@@ -163,6 +175,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   private async connect(callDeadline?: number): Promise<PoolClient> {
     const deadline = Math.min(Date.now() + (this.opts.connectRetryMillis ?? 5000), callDeadline ?? Infinity);
     let renewed = false;
+    let lagAttempt = 0;
     for (let attempt = 0; ; attempt++) {
       const gen = this.active;
       try {
@@ -171,6 +184,18 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
         if (gen === this.active) this.freshRefusals = 0;
         return client;
       } catch (e: any) {
+        const lagLeft = e?.code === '28P01' && !gen.connected ? gen.creds.issuedAt + (this.opts.replicaLagWindowMillis ?? 0) - Date.now() : 0;
+        if (lagLeft > 0 && !this.closed) {
+          // Not replayed on the replica yet: the same credentials will work once it is.
+          this.lagRetries++;
+          this.count('replica_lag_retry');
+          const delay = Math.min(backoffDelay(lagAttempt++, { initialMillis: 100, maxMillis: 1000 }), lagLeft);
+          if (callDeadline !== undefined && Date.now() + delay > callDeadline) {
+            throw this.fail(e, 'connect', `the replica has not replayed the creation of ${gen.creds.username} yet (issued ${Date.now() - gen.creds.issuedAt} ms ago)`);
+          }
+          await sleep(delay);
+          continue;
+        }
         if (e?.code === '28P01' && gen.connected && !renewed) {
           renewed = true;
           this.count('auth_refused');
@@ -190,9 +215,11 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           this.count(e.code === '28P01' ? 'auth_refused' : 'auth_refused_28000');
           throw this.fail(e, 'connect');
         }
-        if (!transientConnectError(e) || Date.now() > deadline || this.closed) throw this.fail(e, 'connect');
+        const delay = backoffDelay(attempt, { initialMillis: 100, maxMillis: 1000 });
+        // A pause that would end past the deadline cannot help: say the database is unavailable now.
+        if (!transientConnectError(e) || Date.now() + delay > deadline || this.closed) throw this.fail(e, 'connect');
         this.count('connect_retry');
-        await sleep(backoffDelay(attempt, { initialMillis: 100, maxMillis: 1000 }));
+        await sleep(delay);
       }
     }
   }
@@ -229,7 +256,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       database: this.opts.database,
       user: creds.username,
       password: creds.password,
-      ssl: pgSsl(this.opts.sslmode),
+      ssl: pgSsl(this.opts.sslmode, { ca: this.opts.ca }),
       max: this.opts.max ?? 10,
       connectionTimeoutMillis: this.opts.connectionTimeoutMillis ?? 5000,
       idleTimeoutMillis: this.opts.idleTimeoutMillis ?? 10_000,

@@ -1,11 +1,14 @@
 import { EventEmitter } from 'node:events';
-import { AppConfig } from './config';
+import { AppConfig, roleEndpoint } from './config';
 import { AppError, loginRefused } from './errors';
 import { BackoffOptions, backoffDelay, sleep } from './backoff';
 import { LeaseManager } from './lease';
 import { RotatingPool } from './pool';
 import { VaultPgPool } from './pg-pool';
 import { VaultSession } from './vault';
+
+/** How long after issuance a refused login on a replica is taken for replication lag. */
+export const DEFAULT_REPLICA_LAG_WINDOW_MILLIS = 3000;
 
 export interface RuntimeOptions {
   /** Roles to hold credentials for. @default every role in the config */
@@ -21,6 +24,11 @@ export interface RuntimeOptions {
    * @default 60000
    */
   readonly loginRefusedFatalMillis?: number;
+  /**
+   * For roles on a replica: how long after issuance a login refused as a wrong password is
+   * taken for replication lag, and retried with the same credentials. @default 3000
+   */
+  readonly replicaLagWindowMillis?: number;
   /** Called for each start-up attempt that failed (for a one-line log). */
   readonly onRetry?: (attempt: number, error: AppError, delayMillis: number) => void;
 }
@@ -97,12 +105,15 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
         lease.on('error', () => undefined);
         rt.leases.set(role, lease);
         await lease.start();
+        const endpoint = roleEndpoint(cfg, role);
         const pool = new RotatingPool({
           lease,
-          host: cfg.postgres.host,
-          port: cfg.postgres.port,
+          host: endpoint.host,
+          port: endpoint.port,
           database: cfg.postgres.database,
           sslmode: cfg.postgres.sslmode,
+          ca: cfg.postgres.caCert,
+          replicaLagWindowMillis: endpoint.target === 'replica' ? (opts.replicaLagWindowMillis ?? DEFAULT_REPLICA_LAG_WINDOW_MILLIS) : 0,
           max: opts.poolSize,
           applicationName: `pgvault-app-${role}`,
         });

@@ -16,6 +16,11 @@ export interface DatabaseSecretsEngineProps {
   readonly database: string;
   /** @default "disable" */
   readonly sslmode?: string;
+  /**
+   * The CA file that verify-ca/verify-full check Postgres's certificate with, as a path where
+   * Vault runs (not on this machine). @default Vault's system CA store
+   */
+  readonly sslRootCertOnVault?: string;
   /** The dedicated, non-superuser Postgres role Vault connects as. */
   readonly username: string;
   /**
@@ -83,7 +88,7 @@ export class DatabaseSecretsEngine extends Construct {
       verifyConnection: true,
       allowedRoles: [...props.allowedRoles],
       postgresql: {
-        connectionUrl: connectionUrl(props.host, props.port, props.database, props.sslmode ?? 'disable'),
+        connectionUrl: connectionUrl(props.host, props.port, props.database, props.sslmode ?? 'disable', props.sslRootCertOnVault),
         username: props.username,
         passwordWo: props.setupPassword,
         passwordWoVersion: props.setupPasswordVersion ?? 1,

@@ -144,3 +144,47 @@ test('fails when VAULT_SKIP_VERIFY would switch off the provider\'s TLS check', 
   assert.throws(() => refuseTlsSkip({ BAO_SKIP_VERIFY: 'true' }), /BAO_SKIP_VERIFY/);
   for (const ok of [{}, { VAULT_SKIP_VERIFY: '' }, { VAULT_SKIP_VERIFY: '0' }, { VAULT_SKIP_VERIFY: 'false' }]) refuseTlsSkip(ok);
 });
+
+test('ha: TLS-only Postgres with a replica; readonly targets the replica; the CA is the environment\'s', () => {
+  const ha = loadEnvironment('ha');
+  assert.equal(ha.postgres.sslmode, 'verify-full');
+  assert.match(ha.postgres.caCertFile ?? '', /\.local\/ha\/tls\/ca\.pem$/);
+  assert.equal(ha.postgres.caCertFileOnVault, '/pgvault/config/postgres-ca.pem');
+  assert.deepEqual(ha.postgres.replica, { host: 'pgvault-ha-postgres-replica', port: 5432, clientHost: '127.0.0.1', clientPort: 15471 });
+  assert.deepEqual(ha.roles.map((r) => [r.name, r.target]), [['readonly', 'replica'], ['readwrite', 'primary']]);
+  assert.equal(loadEnvironment('local').roles[0].target, 'primary', 'the default target');
+});
+
+test('fails when a role targets a replica that does not exist, or writes to one', () => {
+  const ro = { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects({ infrastructure: 'docker', roles: { ro: { ...ro, target: 'replica' } } }, 'ENV_SCHEMA', 'roles.ro.target', '"docker.postgresReplica"');
+  rejects(
+    { infrastructure: 'existing', postgres: { host: 'db', adminPasswordFile: 'p' }, vault: { address: 'https://v' }, roles: { ro: { ...ro, target: 'replica' } } },
+    'ENV_SCHEMA', 'roles.ro.target', '"postgres.replica"',
+  );
+  const cluster = { vaultNodes: 3, vaultHostPort: 18230, postgresHostPort: 15470, postgresTls: true, postgresReplica: {} };
+  rejects({ infrastructure: 'docker', docker: cluster, roles: { rw: { ...ro, access: 'write', target: 'replica' } } }, 'ENV_SCHEMA', 'roles.rw.target', 'read-only');
+  const ok = resolveEnvironment('t', 't.json', { infrastructure: 'docker', docker: cluster, roles: { ro: { ...ro, target: 'replica' } } });
+  assert.equal(ok.docker!.postgresReplica!.hostPort, 15471, 'the replica defaults to postgresHostPort + 1');
+});
+
+test('fails when a replica lacks TLS, TLS lacks the cluster CA, TLS meets sslmode disable, or the replica port clashes', () => {
+  const roles = { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } };
+  rejects({ infrastructure: 'docker', docker: { vaultNodes: 3, postgresReplica: {} }, roles }, 'ENV_SCHEMA', 'docker.postgresTls');
+  rejects({ infrastructure: 'docker', docker: { postgresTls: true }, roles }, 'ENV_SCHEMA', 'docker.postgresTls', 'docker.vaultNodes');
+  rejects({ infrastructure: 'docker', docker: { vaultNodes: 3, postgresTls: true }, postgres: { sslmode: 'disable' }, roles }, 'ENV_SCHEMA', 'postgres.sslmode');
+  rejects({ infrastructure: 'docker', docker: { vaultNodes: 3, vaultHostPort: 18230, postgresTls: true, postgresReplica: { hostPort: 18231 } }, roles }, 'ENV_SCHEMA', 'docker.postgresReplica.hostPort', '18231');
+  rejects({ infrastructure: 'docker', postgres: { caCertFile: 'ca.pem' }, roles }, 'ENV_SCHEMA', 'postgres.caCertFile');
+});
+
+test('existing: a Postgres CA file for the app and the bootstrap, and its path where Vault runs', () => {
+  const env = resolveEnvironment('t', 't.json', {
+    infrastructure: 'existing',
+    postgres: { host: 'db', adminPasswordFile: 'p', caCertFile: 'certs/pg-ca.pem', caCertFileOnVault: '/etc/vault/pg-ca.pem', replica: { clientHost: 'db-ro' } },
+    vault: { address: 'https://v' },
+    roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120, target: 'replica' } },
+  });
+  assert.equal(env.postgres.caCertFile, path.join(REPO_ROOT, 'certs/pg-ca.pem'));
+  assert.equal(env.postgres.caCertFileOnVault, '/etc/vault/pg-ca.pem');
+  assert.deepEqual(env.postgres.replica, { host: 'db-ro', port: 5432, clientHost: 'db-ro', clientPort: 5432 });
+});

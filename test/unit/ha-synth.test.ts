@@ -29,7 +29,7 @@ test('ha infra: three OpenBao nodes with their own volumes, config read-only, po
     assert.ok(!c.command.join(' ').includes('-dev'), 'not dev mode');
     assert.match(c.labels[0].value, /^[0-9a-f]{64}$/, 'a digest of the node configuration: a change replaces the node');
   }
-  assert.equal(Object.keys(infra.resource.docker_volume).length, 4, 'one volume per node and one for Postgres');
+  assert.equal(Object.keys(infra.resource.docker_volume).length, 5, 'one volume per node, one for the primary, one for the replica');
   assert.equal(infra.variable?.vault_dev_root_token, undefined);
   const text = JSON.stringify(infra);
   assert.ok(!/PRIVATE KEY|seal\.key"|VAULT_DEV_ROOT_TOKEN_ID/.test(text.replace(/\/pgvault\/config\/seal\.key/g, '')));
@@ -52,4 +52,38 @@ test('the admin policy grants sudo on lease revocation and no way to rewrite its
   assert.ok(!policy.includes('sys/policies/acl/*'), 'a wildcard on policies would let the token widen its own');
   assert.ok(policy.includes('path "sys/policies/acl/pgvault-app"'));
   assert.ok(!/path "\*"|"sys\/\*"|"auth\/token\/create/.test(policy));
+});
+
+test('ha infra: a TLS-only primary with a replication role and slot, and a streaming replica on 15471 with no password in the synth', () => {
+  const { infra } = synthHa();
+  const containers = Object.values(infra.resource.docker_container) as Json[];
+  const primary = containers.find((c) => c.name === 'pgvault-ha-postgres')!;
+  const replica = containers.find((c) => c.name === 'pgvault-ha-postgres-replica')!;
+  assert.ok(primary.command.includes('ssl=on') && primary.command.includes('log_connections=on'));
+  assert.ok(primary.volumes.some((v: Json) => v.container_path === '/pgvault/postgres' && v.read_only === true && /\.local\/ha\/postgres\/primary$/.test(v.host_path)));
+  const init = Buffer.from(primary.upload[0].content_base64, 'base64').toString();
+  assert.match(init, /hostssl/);
+  assert.match(init, /CREATE ROLE :"role" WITH LOGIN REPLICATION PASSWORD :'verifier'/);
+  assert.match(init, /pg_create_physical_replication_slot/);
+  assert.match(init, /replication\.scram/, 'only the SCRAM verifier reaches the primary');
+  assert.equal(replica.ports[0].external, 15471);
+  assert.equal(replica.ports[0].ip, '127.0.0.1');
+  assert.ok(replica.volumes.some((v: Json) => v.container_path === '/var/lib/postgresql/data'), 'its own data volume');
+  const script = Buffer.from(replica.upload[0].content_base64, 'base64').toString();
+  assert.match(script, /pg_basebackup .*--slot='pgvault_ha_replica'/);
+  assert.match(script, /sslmode=verify-full sslrootcert=\/pgvault\/postgres\/ca\.pem/);
+  assert.match(script, /passfile=\/pgvault\/postgres\/pgpass/);
+  assert.match(script, /pg_terminate_backend/, 'the reaper');
+  assert.ok(!/password=/i.test(script), 'no password in the script');
+  assert.ok(replica.depends_on.some((d: string) => d.includes('postgres_container')));
+});
+
+test('ha secrets: Vault connects to the primary with verify-full and the CA where Vault runs; role_endpoints put readonly on the replica', () => {
+  const { secrets } = synthHa();
+  const conn = Object.values(secrets.resource.vault_database_secret_backend_connection)[0] as Json;
+  assert.match(conn.postgresql.connection_url, /@pgvault-ha-postgres:5432\/app\?sslmode=verify-full&sslrootcert=\/pgvault\/config\/postgres-ca\.pem$/);
+  assert.deepEqual(secrets.output.role_endpoints.value, {
+    readonly: { host: '127.0.0.1', port: 15471, target: 'replica' },
+    readwrite: { host: '127.0.0.1', port: 15470, target: 'primary' },
+  });
 });
