@@ -198,11 +198,11 @@ export class ApiServer {
       reply.header('X-Request-Id', req.id);
       // What reads the database or the leases must never be cached; the document may be.
       if (req.url.split('?')[0] !== '/openapi.json') reply.header('Cache-Control', 'no-store');
-      if (!this.accepting) {
-        // While shutting down, keep-alive connections are closed after this answer.
-        reply.header('Connection', 'close');
-        throw new HttpError(503, 'shutting down; try again on another instance');
-      }
+      if (!this.accepting) throw new HttpError(503, 'shutting down; try again on another instance');
+    });
+    // While shutting down, a connection is closed after its answer (also one begun before), so the drain ends with the last answer.
+    this.app.addHook('onSend', async (_req, reply) => {
+      if (!this.accepting) reply.header('Connection', 'close');
     });
     this.app.addHook('onResponse', async (req, reply) => {
       const route = req.routeOptions.url && this.routes.has(req.routeOptions.url) ? `${req.method} ${req.routeOptions.url}` : 'other';
