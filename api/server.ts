@@ -194,23 +194,26 @@ export class ApiServer {
       }
     });
 
-    this.app.addHook('onRequest', async (req, reply) => {
+    // Hooks in callback form: no promise per request.
+    this.app.addHook('onRequest', (req, reply, done) => {
       reply.header('X-Request-Id', req.id);
       // What reads the database or the leases must never be cached; the document may be.
-      if (req.url.split('?')[0] !== '/openapi.json') reply.header('Cache-Control', 'no-store');
-      if (!this.accepting) throw new HttpError(503, 'shutting down; try again on another instance');
+      if (req.url !== '/openapi.json' && !req.url.startsWith('/openapi.json?')) reply.header('Cache-Control', 'no-store');
+      done(this.accepting ? undefined : new HttpError(503, 'shutting down; try again on another instance'));
     });
     // While shutting down, a connection is closed after its answer (also one begun before), so the drain ends with the last answer.
-    this.app.addHook('onSend', async (_req, reply) => {
+    this.app.addHook('onSend', (_req, reply, payload, done) => {
       if (!this.accepting) reply.header('Connection', 'close');
+      done(null, payload);
     });
-    this.app.addHook('onResponse', async (req, reply) => {
+    this.app.addHook('onResponse', (req, reply, done) => {
       const route = req.routeOptions.url && this.routes.has(req.routeOptions.url) ? `${req.method} ${req.routeOptions.url}` : 'other';
       this.metrics.httpRequests.inc({ route, status: String(reply.statusCode) });
       this.opts.logger?.info(
         { reqId: req.id, method: req.method, url: req.url.length > 200 ? `${req.url.slice(0, 200)}...` : req.url, status: reply.statusCode, millis: Math.round(reply.elapsedTime) },
         'request',
       );
+      done();
     });
     this.app.setNotFoundHandler((req, reply) => this.notFound(req, reply));
     this.app.setErrorHandler((err, req, reply) => this.fail(err as FastifyError, req, reply));
