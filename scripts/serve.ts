@@ -84,7 +84,7 @@ async function main(): Promise<void> {
     loginRefusedFatalMillis: loginRefusedMillis,
     onRetry: (attempt, e, delay) => logger.warn({ attempt, delayMillis: delay, code: e.code }, `Vault login failed (attempt ${attempt}: ${safeMessage(e)}); retrying in ${delay} ms`),
   });
-  const api = new ApiServer({ runtime, requestTimeoutMillis, log: (l) => logger.warn(l) });
+  const api = new ApiServer({ runtime, requestTimeoutMillis, logger });
   for (const [role, lease] of runtime.leases) {
     lease.on('issued', (c) => logger.info({ role, user: c.username, leaseSeconds: c.leaseDurationSeconds }, 'credentials issued'));
     lease.on('renewed', (c, d) => logger.debug({ role, user: c.username, leaseSeconds: d }, 'lease renewed'));
