@@ -42,6 +42,8 @@ export class StackRunError extends Error {
   }
 }
 
+const seconds = (since: number) => ((Date.now() - since) / 1000).toFixed(2);
+
 const sha256 = (data: string | Buffer) => crypto.createHash('sha256').update(data).digest('hex');
 
 /** Size and modification time of every file under `dir` (tsc rewrites only what changed). */
@@ -172,7 +174,11 @@ function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.Proce
 export async function synthesize(env: EnvironmentConfig, childEnv: NodeJS.ProcessEnv, sink: Sink): Promise<SynthesizedStack[]> {
   const key = synthKey(env, childEnv);
   const fresh = freshSynth(env, key);
-  if (fresh) return fresh;
+  if (fresh) {
+    sink(`[pgvault] synth of ${env.name}: up to date\n`, 'stdout');
+    return fresh;
+  }
+  const started = Date.now();
   fs.rmSync(synthStampFile(env), { force: true });
   const synthEnv: NodeJS.ProcessEnv = { CDKTF_OUTDIR: OUTDIR };
   for (const [k, v] of Object.entries(childEnv)) if (!k.startsWith('TF_VAR_')) synthEnv[k] = v;
@@ -190,6 +196,7 @@ export async function synthesize(env: EnvironmentConfig, childEnv: NodeJS.Proces
   const stamp: SynthStamp = { key, stacks };
   fs.writeFileSync(`${synthStampFile(env)}.${process.pid}`, JSON.stringify(stamp, null, 2));
   fs.renameSync(`${synthStampFile(env)}.${process.pid}`, synthStampFile(env));
+  sink(`[pgvault] synth of ${env.name}: ${seconds(started)}s\n`, 'stdout');
   return stacks.map(({ name, dir, dependencies }) => ({ name, dir, dependencies }));
 }
 
@@ -233,13 +240,16 @@ async function terraformStack(stack: SynthesizedStack, command: StackCommand, ch
     sink(d, s);
   };
   const init = async (upgrade = false) => {
+    const started = Date.now();
     const code = await run(bin, ['init', '-input=false', '-no-color', ...(upgrade ? ['-upgrade'] : [])], { cwd: stack.dir, env: childEnv, sink: capture, prefix });
     if (code !== 0) throw new StackRunError(`terraform init of ${stack.name}`, code);
     fs.writeFileSync(initStampFile(stack.dir), initKey(stack.dir, childEnv));
+    sink(`${prefix}[pgvault] terraform init: ${seconds(started)}s\n`, 'stdout');
   };
   if (!initialized(stack.dir, childEnv)) await init();
   const verb = command === 'deploy' ? 'apply' : 'destroy';
   const args = [verb, '-auto-approve', '-input=false', '-no-color'];
+  const started = Date.now();
   let code = await run(bin, args, { cwd: stack.dir, env: childEnv, sink: capture, prefix });
   if (code !== 0 && NEEDS_INIT.test(output)) {
     // The directory changed under us (a provider rebuilt, a lock file edited): init, then once more.
@@ -247,6 +257,7 @@ async function terraformStack(stack: SynthesizedStack, command: StackCommand, ch
     code = await run(bin, args, { cwd: stack.dir, env: childEnv, sink: capture, prefix });
   }
   if (code !== 0) throw new StackRunError(`terraform ${verb} of ${stack.name}`, code);
+  sink(`${prefix}[pgvault] terraform ${verb}: ${seconds(started)}s\n`, 'stdout');
 }
 
 /**
