@@ -10,7 +10,8 @@
  *    directories; alternating runs (the order rotates each round), medians, their ratio, and
  *    where the difference goes (npm's start-up, Node's start-up and the CLI's modules, the
  *    synth and the deploy's own checks, from the lines the runner writes to the log).
- * 2. Cold deploy and destroy times.
+ * 2. A deploy after a change to the environment's file (a new synth, one resource changed).
+ * 3. Cold deploy and destroy times.
  *
  * With --before <revision> (e.g. the commit before the fast deploy), that revision is
  * extracted into a scratch directory (git archive, then npm ci: once, kept for later runs)
@@ -18,7 +19,7 @@
  * (its .local directory is shared through PGVAULT_LOCAL_DIR). Without it, the figures of
  * issue 16 stand in for "before".
  *
- * BENCH_RUNS (default 5) and BENCH_COLD_RUNS (default 2) set the same as the options.
+ * BENCH_RUNS (default 5) and BENCH_COLD_RUNS (default 2: the runs of 2 and 3) set the same as the options.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -184,14 +185,38 @@ async function main(): Promise<void> {
   const tf = median(times.runnerTerraform);
   console.log(`  where the deploy's time goes (medians):`);
   console.log(`    npm's start-up (npm run --silent env)`.padEnd(56) + fmt(npm));
-  console.log(`    Node's start-up and the CLI's modules`.padEnd(56) + fmt(cli));
+  console.log(`    Node's start-up, the CLI's modules, the toolchain env`.padEnd(56) + fmt(cli));
   console.log(`    synth (0 when up to date)`.padEnd(56) + fmt(synth));
   console.log(`    terraform, as the runner timed it`.padEnd(56) + fmt(tf));
-  console.log(`    the rest: build check, toolchain env, preflight, Vault check, outputs`.padEnd(56) + fmt(Math.max(0, a - npm - cli - synth - tf)));
+  console.log(`    the rest (build check, preflight, Vault check, outputs)`.padEnd(56) + fmt(Math.max(0, a - npm - cli - synth - tf)));
   console.log('');
 
-  // 2. Cold deploy and destroy, alternating between the checkouts.
   const checkouts = before ? [after, before] : [after];
+
+  // 2. A deploy after a change: the environment's file edited (a role's TTL), so the deploy
+  //    synthesizes again and Terraform changes one resource. Both checkouts read the copy.
+  const envDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-bench-envs-'));
+  const doc = JSON.parse(fs.readFileSync(env.file, 'utf8'));
+  delete doc.$schema;
+  const role = Object.keys(doc.roles)[0];
+  const ttl = doc.roles[role].defaultTtlSeconds as number;
+  const changed: Record<string, number[]> = Object.fromEntries(checkouts.map((c) => [c.label, []]));
+  for (let round = 0; round < COLD_RUNS; round++) {
+    for (const c of round % 2 ? [...checkouts].reverse() : checkouts) {
+      doc.roles[role].defaultTtlSeconds = doc.roles[role].defaultTtlSeconds === ttl ? ttl - 1 : ttl;
+      fs.writeFileSync(path.join(envDir, `${envName}.json`), JSON.stringify(doc, null, 2));
+      console.error(`[bench] changed-deploy round ${round + 1}/${COLD_RUNS}: ${c.label} (roles.${role}.defaultTtlSeconds ${doc.roles[role].defaultTtlSeconds})`);
+      changed[c.label].push(await timedRun('npm', ['run', '--silent', 'deploy', '--', envName], { cwd: c.dir, env: { ...childEnv, PGVAULT_ENVIRONMENTS_DIR: envDir } }));
+    }
+  }
+  fs.rmSync(envDir, { recursive: true, force: true });
+  if (COLD_RUNS > 0) {
+    console.log(`Deploy after a change to ${envName}'s file (a new synth, one role updated; ${COLD_RUNS} runs each, medians):`);
+    for (const c of checkouts) console.log(`  ${c.label}`.padEnd(24) + `${fmt(median(changed[c.label]))} (${changed[c.label].map((x) => x.toFixed(1)).join(' ')})`);
+    console.log('');
+  }
+
+  // 3. Cold deploy and destroy, alternating between the checkouts.
   const cold: Record<string, { deploy: number[]; destroy: number[] }> = Object.fromEntries(checkouts.map((c) => [c.label, { deploy: [], destroy: [] }]));
   for (let round = 0; round < COLD_RUNS; round++) {
     const rotated = round % 2 ? [...checkouts].reverse() : checkouts;
@@ -202,6 +227,7 @@ async function main(): Promise<void> {
     }
   }
   await npmRun(after, 'destroy');
+  if (COLD_RUNS === 0) return;
   console.log(`Cold deploy and destroy of ${envName} (npm run deploy / destroy, ${COLD_RUNS} runs each, medians):`);
   for (const c of checkouts) {
     const t = cold[c.label];
