@@ -46,7 +46,10 @@ const seconds = (since: number) => ((Date.now() - since) / 1000).toFixed(2);
 
 const sha256 = (data: string | Buffer) => crypto.createHash('sha256').update(data).digest('hex');
 
-/** Size and modification time of every file under `dir` (tsc rewrites only what changed). */
+/**
+ * Size and modification time of every file under `dir` (tsc rewrites only what changed), but
+ * the kept schema validators (stacks/schema-validator.ts), which a first run writes.
+ */
 function treeFingerprint(dir: string, skip: ReadonlySet<string>): string[] {
   const lines: string[] = [];
   const walk = (p: string) => {
@@ -58,7 +61,7 @@ function treeFingerprint(dir: string, skip: ReadonlySet<string>): string[] {
       return;
     }
     for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
-      if (skip.has(e.name)) continue;
+      if (skip.has(e.name) || e.name.startsWith('.schema-validator-')) continue;
       const f = path.join(p, e.name);
       if (e.isDirectory()) walk(f);
       else {
