@@ -190,7 +190,8 @@ async function main(): Promise<void> {
   console.log(`    synth (0 when up to date)`.padEnd(56) + fmt(synth));
   console.log(`    terraform, as the runner timed it`.padEnd(56) + fmt(tf));
   // Per deploy: its time outside the synth and Terraform; then npm's and Node's shares taken out.
-  console.log(`    the rest (build check, preflight, Vault check, outputs)`.padEnd(56) + fmt(median(times.outside) - npm - cli) + '   (negative: within the noise)');
+  const rest = median(times.outside) - npm - cli;
+  console.log(`    the rest (build check, preflight, Vault, outputs)`.padEnd(56) + fmt(rest) + (rest < 0 ? '   (within the noise)' : ''));
   console.log('');
 
   const checkouts = before ? [after, before] : [after];
