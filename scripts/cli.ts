@@ -8,11 +8,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadEnvironment, localDir } from '../stacks/config';
-import { appConfigFromOutputs, readOutputs, safeMessage, VaultSession } from '@pgvault/runtime';
-import { verifyRole, RoleReport } from './verify';
+import type { RoleReport } from './verify';
 import { deploy, destroy, issueSecretId, loadToolchainEnv, log, outputsFile } from './ops';
 
 async function demo(name: string): Promise<boolean> {
+  // Loaded here, not at the top: deploy and destroy start faster without the app's client.
+  const { appConfigFromOutputs, readOutputs, VaultSession } = await import('@pgvault/runtime');
+  const { verifyRole } = await import('./verify');
   const env = loadEnvironment(name);
   // The report is the point here: cdktf's own output goes to a log (its tail is shown on failure).
   fs.mkdirSync(localDir(name), { recursive: true, mode: 0o700 });
@@ -65,7 +67,8 @@ async function main(): Promise<number> {
 
 main().then(
   (code) => process.exit(code),
-  (e) => {
+  async (e) => {
+    const { safeMessage } = await import('@pgvault/runtime');
     log(`error: ${safeMessage(e)}`);
     process.exit(1);
   },

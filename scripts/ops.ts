@@ -1,13 +1,12 @@
 /**
- * Deploy and destroy one environment: the cdktf runner, with the recovery of an interrupted
+ * Deploy and destroy one environment: the stack runner, with the recovery of an interrupted
  * teardown. Secrets cross into Terraform only as files (mode 0600) and TF_VAR_* at apply
  * time; nothing here prints one.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
-import { EnvironmentConfig, REPO_ROOT, loadEnvironment, localDir } from '../stacks/config';
-import { stateFile } from '../stacks/common';
+import { EnvironmentConfig, loadEnvironment, localDir } from '../stacks/config';
+import { stateFile } from '../stacks/state-location';
 import { log } from './toolchain-env';
 import { prepareLocalSecrets, readSecretFile, securePermissions } from './local-secrets';
 import { outputsFile, writeOutputsFile } from './outputs';
@@ -15,6 +14,7 @@ import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
 import { initializeCluster, prepareClusterFiles, preparePostgresFiles } from './vault-cluster';
 import { LOCK_CONFLICT, StateLockedError, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
+import { Sink, StackCommand, StackRunError, runStacks, stackOutputs, synthesize } from './terraform-runner';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -56,37 +56,44 @@ function cdktfEnv(env: EnvironmentConfig, command: string): NodeJS.ProcessEnv {
   return childEnv;
 }
 
-/** Runs the cdktf CLI. Files it and Terraform write are private whatever the caller's umask. */
-async function cdktf(env: EnvironmentConfig, args: string[]): Promise<void> {
-  const bin = path.join(REPO_ROOT, 'node_modules', '.bin', 'cdktf');
-  // PGVAULT_CDKTF_LOG=<file>: send cdktf's output there instead of the terminal (the tests do).
+/**
+ * Synthesizes the environment and runs Terraform on the chosen stacks (scripts/terraform-runner.ts);
+ * returns each deployed stack's outputs. Files the synth and Terraform write are private
+ * whatever the caller's umask.
+ */
+async function terraformStacks(env: EnvironmentConfig, command: StackCommand, ids: string[]): Promise<Record<string, Record<string, unknown>>> {
+  // PGVAULT_CDKTF_LOG=<file>: send the synth's and Terraform's output there instead of the terminal (the tests do).
   const logFile = process.env.PGVAULT_CDKTF_LOG;
   const out = logFile ? fs.openSync(logFile, 'a', 0o600) : undefined;
-  const childEnv = cdktfEnv(env, args[0]);
+  const childEnv = cdktfEnv(env, command);
   const umask = process.umask(0o077);
   // The output passes through here so that a lock conflict can be told apart from other failures.
   let tail = '';
-  const code = await new Promise<number>((resolve) => {
-    const child = spawn(bin, args, { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    const relay = (to: NodeJS.WriteStream) => (d: Buffer) => {
-      if (out !== undefined) fs.writeSync(out, d);
-      else to.write(d);
-      tail = (tail + d.toString()).slice(-16_384);
-    };
-    child.stdout.on('data', relay(process.stdout));
-    child.stderr.on('data', relay(process.stderr));
-    // Output still held open by a leftover grandchild must not hang the deploy.
-    child.on('exit', (c) => setTimeout(() => resolve(c ?? 1), 2000).unref());
-    child.on('close', (c) => resolve(c ?? 1));
-    child.on('error', () => resolve(127));
-  }).finally(() => process.umask(umask));
-  if (out !== undefined) fs.closeSync(out);
-  securePermissions(env.name);
-  if (code !== 0 && LOCK_CONFLICT.test(tail)) throw stateLocked(env, args[0]);
-  if (code !== 0) {
-    const tail = logFile ? `\n--- last lines of ${logFile} ---\n${fs.readFileSync(logFile, 'utf8').split('\n').slice(-40).join('\n')}\n---` : '';
-    throw new Error(`cdktf ${args[0]} exited with ${code}${tail}`);
+  const sink: Sink = (d, stream) => {
+    if (out !== undefined) fs.writeSync(out, d);
+    else (stream === 'stdout' ? process.stdout : process.stderr).write(d);
+    tail = (tail + d).slice(-16_384);
+  };
+  const outputs: Record<string, Record<string, unknown>> = {};
+  let failure: unknown;
+  try {
+    const stacks = await synthesize(env, childEnv, sink);
+    await runStacks(stacks, ids, command, childEnv, sink);
+    if (command === 'deploy') {
+      for (const s of stacks.filter((x) => ids.includes(x.name))) outputs[s.name] = await stackOutputs(s, childEnv);
+    }
+  } catch (e) {
+    failure = e;
+  } finally {
+    process.umask(umask);
+    if (out !== undefined) fs.closeSync(out);
   }
+  securePermissions(env.name);
+  if (failure === undefined) return outputs;
+  if (LOCK_CONFLICT.test(tail)) throw stateLocked(env, command);
+  if (!(failure instanceof StackRunError)) throw failure;
+  const logTail = logFile ? `\n--- last lines of ${logFile} ---\n${fs.readFileSync(logFile, 'utf8').split('\n').slice(-40).join('\n')}\n---` : '';
+  throw new Error(`${failure.message}${logTail}`);
 }
 
 /**
@@ -122,8 +129,8 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   const env = loadEnvironment(name);
   prepareLocalSecrets(env);
   checkPostgresDataVolume(env);
-  const raw = path.join(localDir(env.name), 'cdktf-outputs.json');
   const started = Date.now();
+  let byStack: Record<string, Record<string, unknown>>;
   try {
     // Under the state lock: a repair of Vault never runs beside another machine's deploy, and a
     // held lock fails here at once rather than after the synth.
@@ -133,14 +140,11 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
       prepareClusterFiles(env);
       preparePostgresFiles(env);
       const [infra, secrets] = stackIds(env);
-      await cdktf(env, ['deploy', infra, '--auto-approve', '--skip-provider-lock', '--outputs-file', `${raw}.infra`]);
+      const first = await terraformStacks(env, 'deploy', [infra]);
       await initializeCluster(env);
-      await cdktf(env, ['deploy', secrets, '--auto-approve', '--skip-provider-lock', '--ignore-missing-stack-dependencies', '--outputs-file', raw]);
-      const merged = { ...JSON.parse(fs.readFileSync(`${raw}.infra`, 'utf8')), ...JSON.parse(fs.readFileSync(raw, 'utf8')) };
-      fs.rmSync(`${raw}.infra`, { force: true });
-      fs.writeFileSync(raw, JSON.stringify(merged), { mode: 0o600 });
+      byStack = { ...first, ...(await terraformStacks(env, 'deploy', [secrets])) };
     } else {
-      await cdktf(env, ['deploy', ...stackIds(env), '--auto-approve', '--skip-provider-lock', '--outputs-file', raw]);
+      byStack = await terraformStacks(env, 'deploy', stackIds(env));
     }
   } catch (e: any) {
     if (e instanceof StateLockedError) throw e;
@@ -150,8 +154,6 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
         `or remove what was created with 'npm run destroy -- ${env.name}'.`,
     );
   }
-  const byStack = JSON.parse(fs.readFileSync(raw, 'utf8'));
-  fs.rmSync(raw, { force: true });
   const flat: Record<string, unknown> = {};
   for (const id of stackIds(env)) Object.assign(flat, byStack[id] ?? {});
   // The hook writes it only where Terraform applied a change: with shared state, a deploy from
@@ -180,9 +182,8 @@ export async function destroy(name: string): Promise<void> {
   } else {
     try {
       await holdingStateLock(env, `${env.name}-secrets`, 'destroy', () => recoverInterruptedTeardown(env, false));
-      // A half-deployed environment may have only its -infra stack in state.
-      const partial = deployed.length < stackIds(env).length ? ['--ignore-missing-stack-dependencies'] : [];
-      await cdktf(env, ['destroy', ...deployed, '--auto-approve', '--skip-provider-lock', ...partial]);
+      // A half-deployed environment may have only its -infra stack in state: only what is deployed is destroyed.
+      await terraformStacks(env, 'destroy', deployed);
     } catch (e: any) {
       if (e instanceof StateLockedError) throw e;
       throw new Error(

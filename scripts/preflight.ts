@@ -51,8 +51,7 @@ function docker(...args: string[]): { ok: boolean; out: string } {
 }
 
 /** PG_VERSION of the cluster on a volume: read on the host when possible, else through a throwaway container. */
-function volumePgVersion(volume: string, image: string): string | undefined {
-  const mountpoint = docker('volume', 'inspect', '-f', '{{.Mountpoint}}', volume).out;
+function volumePgVersion(volume: string, mountpoint: string, image: string): string | undefined {
   try {
     return fs.readFileSync(path.join(mountpoint, 'PG_VERSION'), 'utf8').trim() || undefined;
   } catch (e: any) {
@@ -70,12 +69,14 @@ function volumePgVersion(volume: string, image: string): string | undefined {
 export function checkPostgresDataVolume(env: EnvironmentConfig): void {
   if (env.infrastructure !== 'docker' || !env.docker) return;
   const volume = postgresDataVolume(env);
-  if (!docker('volume', 'inspect', volume).ok) return;
+  // One call says whether the volume exists and where it is: each docker call costs a deploy ~50 ms.
+  const inspectedVolume = docker('volume', 'inspect', '-f', '{{.Mountpoint}}', volume);
+  if (!inspectedVolume.ok) return;
   const image = env.docker.postgresImage;
   const inspected = docker('image', 'inspect', '-f', '{{json .Config.Env}}', image);
   const imageMajor = imagePostgresMajor(image, inspected.ok ? JSON.parse(inspected.out) : undefined);
   if (!imageMajor) return;
-  const dataMajor = volumePgVersion(volume, image);
+  const dataMajor = volumePgVersion(volume, inspectedVolume.out, image);
   if (dataMajor && dataMajor !== imageMajor) {
     throw postgresDataVersionMismatch(env, volume, dataMajor, image, imageMajor);
   }

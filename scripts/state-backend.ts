@@ -8,9 +8,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
-import { pgBackendAttributes, stateFile, stateSchema } from '../stacks/common';
+import { pgBackendAttributes, stateFile, stateSchema } from '../stacks/state-location';
 import { readSecretFile } from './local-secrets';
 
 /** Another deploy or destroy of the environment holds the state lock; nothing was changed. */
@@ -134,6 +133,8 @@ export async function stateResources(env: EnvironmentConfig, stackId: string): P
  */
 export async function holdingStateLock<T>(env: EnvironmentConfig, stackId: string, command: string, fn: () => Promise<T>): Promise<T> {
   if (env.state.backend !== 'pg') return fn();
+  // Loaded here: local-state deploys do not pay for the pg client.
+  const { Client } = await import('pg');
   const client = new Client({ connectionString: connectionString(env), application_name: applicationName(env, `${command}-check`), connectionTimeoutMillis: 10_000 });
   client.on('error', () => undefined);
   try {

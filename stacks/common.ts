@@ -1,6 +1,6 @@
-import * as path from 'node:path';
 import { LocalBackend, PgBackend, PgBackendConfig, TerraformStack } from 'cdktf';
-import { EnvironmentConfig, localDir } from './config';
+import { EnvironmentConfig } from './config';
+import { pgBackendAttributes, stateFile } from './state-location';
 
 /**
  * The provider versions this project is built and tested with. The prebuilt
@@ -21,23 +21,7 @@ export function pinProviders(stack: TerraformStack): void {
   }
 }
 
-/** Local state lives with the environment's other local files, never in the repository. */
-export function stateFile(env: EnvironmentConfig, stackId: string): string {
-  return path.join(localDir(env.name), 'state', `${stackId}.tfstate`);
-}
-
-/** The pg backend's schema for one stack: `<schemaPrefix>_<stack id>`, dashes as underscores. */
-export function stateSchema(schemaPrefix: string, stackId: string): string {
-  return `${schemaPrefix}_${stackId.replace(/-/g, '_')}`;
-}
-
-/**
- * The pg backend block of a stack, the same for the stack and for the deploy's look at its state.
- * No conn_str: Terraform reads PG_CONN_STR, which the deploy sets from the connection file.
- */
-export function pgBackendAttributes(schemaPrefix: string, stackId: string): { schema_name: string } {
-  return { schema_name: stateSchema(schemaPrefix, stackId) };
-}
+export { stateFile, stateSchema, pgBackendAttributes } from './state-location';
 
 /** The stack's backend, from the environment's "state" setting. */
 export function stateBackend(stack: TerraformStack, env: EnvironmentConfig, stackId: string): void {

@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import Ajv, { ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import * as schema from './environment.schema.json';
 import * as errors from './errors';
+import { schemaValidator } from './schema-validator';
 
 /** The repository root: environments, .local and cdktf.out hang off it. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -148,8 +149,7 @@ export const DEFAULT_OPENBAO_IMAGE = 'openbao/openbao:2.5.0';
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
-const ajv = new Ajv({ allErrors: true, strict: false });
-const validateSchema = ajv.compile(schema);
+const validateSchema = schemaValidator(schema, { allErrors: true, strict: false });
 
 /** Lists the environments: one per `*.json` file (except the schema). */
 export function listEnvironments(dir = environmentsDir()): string[] {

@@ -214,7 +214,8 @@ export function directCdktf(envName: string, command: string): number {
 export function cdktfLogSince(offset: number): string {
   const f = process.env.PGVAULT_CDKTF_LOG;
   if (!f || !fs.existsSync(f)) return '';
-  return fs.readFileSync(f, 'utf8').slice(offset);
+  // The offset is in bytes (cdktfLogSize), and cdktf's output holds multi-byte characters.
+  return fs.readFileSync(f).subarray(offset).toString('utf8');
 }
 
 export function cdktfLogSize(): number {

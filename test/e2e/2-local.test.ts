@@ -7,10 +7,11 @@ import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
-import { EnvironmentConfig, localDir } from '../../stacks/config';
+import { spawn, spawnSync } from 'node:child_process';
+import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
 import { VaultRequestError } from '@pgvault/runtime';
 import { connectWith } from '../../scripts/verify';
+import { outputsFile } from '../../scripts/ops';
 import * as h from '../harness';
 
 const ENV = 'local';
@@ -253,6 +254,84 @@ describe('local environment, end to end', () => {
     }
   });
 
+  test("npm run deploy and a direct cdktf deploy each see the other's state as no change", async () => {
+    const stacks = [`${ENV}-infra`, `${ENV}-secrets`];
+    // Terraform's summary of each stack's apply (cdktf's output is coloured, and prefixes only some lines).
+    const noChange = (log: string, how: string) => {
+      const summaries = [...log.replace(/\x1b\[[0-9;]*m/g, '').matchAll(/Apply complete! Resources: (\d+ added, \d+ changed, \d+ destroyed)/g)].map((m) => m[1]);
+      assert.deepEqual(summaries, stacks.map(() => '0 added, 0 changed, 0 destroyed'), `${how}: each stack applied, and changed nothing`);
+    };
+    let mark = h.cdktfLogSize();
+    const viaNpm = npmDeploy();
+    assert.equal(viaNpm.status, 0, `npm run deploy failed:\n${viaNpm.stderr}`);
+    for (const s of stacks) assert.equal(terraformPlan(s), 0, `after npm run deploy, terraform plan of ${s} sees no change`);
+    const outputs = fs.readFileSync(outputsFile(ENV), 'utf8');
+
+    mark = h.cdktfLogSize();
+    assert.equal(h.directCdktf(ENV, `deploy ${stacks.join(' ')}`), 0, 'direct cdktf deploy');
+    noChange(h.cdktfLogSince(mark), 'cdktf deploy after npm run deploy');
+    for (const s of stacks) assert.equal(terraformPlan(s), 0, `after cdktf deploy, terraform plan of ${s} sees no change`);
+
+    mark = h.cdktfLogSize();
+    const again = npmDeploy();
+    assert.equal(again.status, 0, `npm run deploy failed:\n${again.stderr}`);
+    const log = h.cdktfLogSince(mark);
+    noChange(log, 'npm run deploy after cdktf deploy');
+    assert.match(log, new RegExp(`synth of ${ENV}: up to date`), "cdktf's synth wrote the same stacks: no new synth");
+    assert.equal(fs.readFileSync(outputsFile(ENV), 'utf8'), outputs, 'the same outputs, in the same place');
+  });
+
+  test('a deploy that fails in the -secrets stack, after -infra applied, reports the failure, the log tail and the recovery hint', async () => {
+    const passwordFile = env.postgres.adminPasswordFile;
+    const password = fs.readFileSync(passwordFile, 'utf8');
+    // A new setupPasswordVersion runs the bootstrap again, and it cannot log in to Postgres.
+    const file = path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${ENV}.json`);
+    const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+    doc.secretsEngine = { ...doc.secretsEngine, setupPasswordVersion: (doc.secretsEngine?.setupPasswordVersion ?? 1) + 1 };
+    fs.writeFileSync(file, JSON.stringify(doc, null, 2));
+    fs.writeFileSync(passwordFile, 'not-the-admin-password\n', { mode: 0o600 });
+    let failed;
+    const mark = h.cdktfLogSize();
+    try {
+      failed = npmDeploy();
+    } finally {
+      fs.writeFileSync(passwordFile, password, { mode: 0o600 });
+    }
+    assert.equal(failed.status, 1, 'npm run deploy exits 1');
+    const log = h.cdktfLogSince(mark);
+    assert.match(log, new RegExp(`${ENV}-infra\\s+Apply complete!`), '-infra was applied first');
+    assert.doesNotMatch(log, new RegExp(`${ENV}-secrets\\s+Apply complete!`));
+    const logFile = process.env.PGVAULT_CDKTF_LOG!;
+    const report = failed.stderr.match(
+      new RegExp(
+        `\\[pgvault\\] error: deploy of ${ENV} failed: terraform apply of ${ENV}-secrets exited with 1\n` +
+          `--- last lines of (.+) ---\n([\\s\\S]*)\n---\\. ` +
+          `The environment may be partly deployed\\. Fix the cause shown above and run 'npm run deploy -- ${ENV}' again \\(it picks up where it stopped\\), ` +
+          `or remove what was created with 'npm run destroy -- ${ENV}'\\.\n$`,
+      ),
+    );
+    assert.ok(report, `the failure report, as before the runner changed:\n${failed.stderr}`);
+    assert.equal(report[1], logFile, 'it names the log');
+    assert.equal(report[2], fs.readFileSync(logFile, 'utf8').split('\n').slice(-40).join('\n'), "its tail is the log's last 40 lines");
+    assert.match(report[2], /Error: local-exec provisioner error/, "Terraform's error is in the tail");
+    assert.match(report[2], /bootstrap failed: .*password authentication failed/, 'and the cause');
+    assert.doesNotMatch(failed.stderr, /not-the-admin-password/, 'no password in the report');
+
+    // It picks up where it stopped.
+    const resumed = h.cdktfLogSize();
+    await h.deploy(ENV);
+    assert.match(h.cdktfLogSince(resumed), /bootstrap: local: roles .* are in place/, 'the bootstrap ran again and succeeded');
+    env = h.loadEnvironment(ENV);
+    const { cfg, session } = await h.appSession(ENV);
+    try {
+      const creds = await session.issue(cfg.mountPath, 'readonly');
+      assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok');
+      await session.revoke(creds.leaseId);
+    } finally {
+      await session.revokeSelf();
+    }
+  });
+
   test('destroy succeeds under live leases (the API serving, an admin lease, a user owning a table with an open session) and leaves nothing', async () => {
     const server = startServer();
     const admin = await h.adminClient(env);
@@ -342,6 +421,29 @@ describe('local environment, end to end', () => {
     assert.equal(h.docker('volume', 'ls', '--filter', `name=pgvault-${ENV}-`, '--format', '{{.Name}}'), '');
   }
 });
+
+/** `npm run deploy -- local`, as a user runs it (the npm script, the build check, the CLI). */
+function npmDeploy(): { status: number | null; stderr: string } {
+  const r = spawnSync('npm', ['run', '--silent', 'deploy', '--', ENV], { cwd: REPO_ROOT, env: process.env, encoding: 'utf8' });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/** `terraform plan -detailed-exitcode` of a stack as last synthesized: 0 when it would change nothing. */
+function terraformPlan(stack: string): number {
+  const dir = localDir(ENV);
+  const log = fs.openSync(process.env.PGVAULT_CDKTF_LOG!, 'a');
+  const r = spawnSync('terraform', ['plan', '-detailed-exitcode', '-input=false', '-no-color'], {
+    cwd: path.join(REPO_ROOT, 'cdktf.out', 'stacks', stack),
+    env: {
+      ...process.env,
+      TF_VAR_vault_db_setup_password: fs.readFileSync(path.join(dir, 'vault-setup-password'), 'utf8').trim(),
+      TF_VAR_vault_dev_root_token: fs.readFileSync(path.join(dir, 'vault-token'), 'utf8').trim(),
+    },
+    stdio: ['ignore', log, log],
+  });
+  fs.closeSync(log);
+  return r.status ?? 1;
+}
 
 const API_PORT = 18183;
 const API = `http://127.0.0.1:${API_PORT}`;
