@@ -107,6 +107,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   /** Refusals of credentials Postgres never accepted, in a row: they back off new rotations. */
   private freshRefusals = 0;
   private nextFreshRotationAt = 0;
+  /** The rotation asked for after fresh credentials were refused, while it is under way. */
+  private freshRotation?: Promise<void>;
 
   constructor(opts: RotatingPoolOptions) {
     super();
@@ -207,7 +209,21 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           this.count(e.code === '28P01' ? 'auth_refused_fresh' : 'auth_refused_28000');
           if (e.code === '28P01' && gen === this.active && Date.now() >= this.nextFreshRotationAt) {
             this.nextFreshRotationAt = Date.now() + backoffDelay(this.freshRefusals++, { initialMillis: 1000, maxMillis: 60_000 });
-            void this.opts.lease.rotateNow('new credentials refused by Postgres').then((c) => this.swapTo(c)).catch(() => undefined);
+            const rotation: Promise<void> = this.opts.lease
+              .rotateNow('new credentials refused by Postgres')
+              .then((c) => this.swapTo(c))
+              .catch(() => undefined)
+              .finally(() => {
+                if (this.freshRotation === rotation) this.freshRotation = undefined;
+              });
+            this.freshRotation = rotation;
+          }
+          // Credentials revoked before their first login (a revocation racing a rotation): every
+          // request refused meanwhile waits for the one rotation under way, then tries once more.
+          if (e.code === '28P01' && this.freshRotation && !renewed) {
+            renewed = true;
+            await beforeDeadline(this.freshRotation, callDeadline, 'new credentials');
+            continue;
           }
           throw this.fail(e, 'connect', 'Postgres refused credentials it never accepted before: check its clock against Vault\'s, pg_hba.conf and the role\'s LOGIN attribute');
         }

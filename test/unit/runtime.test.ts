@@ -130,6 +130,27 @@ test('Postgres refusing fresh credentials (28P01, e.g. clock skew) or for 28000 
   await m.stop();
 });
 
+test('fresh credentials revoked before their first login: requests refused meanwhile wait for the one new issue and succeed', async () => {
+  const fake = new FakeVaultSession(60);
+  const m = manager(fake);
+  await m.start();
+  await wait(1100); // rotations asked for by the pool are limited to one a second
+  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: 1, database: 'x', connectRetryMillis: 0 });
+  pool.on('error', () => undefined);
+  const revoked = (pool as any).active.creds.username;
+  (pool as any).acquire = async (gen: any) => {
+    if (gen.creds.username === revoked) throw Object.assign(new Error('password authentication failed'), { code: '28P01' });
+    gen.inFlight++;
+    return { query: async () => ({ rows: [{ user: gen.creds.username }] }), release: () => undefined };
+  };
+  (pool as any).generationOf = () => (pool as any).active;
+  const results = await Promise.allSettled(Array.from({ length: 8 }, () => pool.query('SELECT 1', [], { deadline: Date.now() + 5000 })));
+  assert.deepEqual(results.map((r) => r.status), Array(8).fill('fulfilled'), 'no request failed');
+  assert.equal(fake.issued, 2, 'one new issue for all refused requests');
+  await pool.close();
+  await m.stop();
+});
+
 test('a refusal of credentials that worked before (revoked behind our back) gets new ones at once, and one retry', async () => {
   const fake = new FakeVaultSession(60);
   const m = manager(fake);
