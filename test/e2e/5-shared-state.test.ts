@@ -102,10 +102,10 @@ describe('shared state in Postgres, two clones, one lock', () => {
   const started: Run[] = [];
 
   /** `npm run <command> -- <env>` in a clone, in a process group of its own; cdktf's output in its own log. */
-  function run(clone: string, command: 'deploy' | 'destroy', label: string): Run {
+  function run(clone: string, command: 'deploy' | 'destroy', label: string, extraEnv: NodeJS.ProcessEnv = {}): Run {
     const log = path.join(logs, `${++runs}-${label}.log`);
     const t = Date.now();
-    const childEnv: NodeJS.ProcessEnv = { ...process.env, PGVAULT_CDKTF_LOG: log };
+    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...extraEnv, PGVAULT_CDKTF_LOG: log };
     delete childEnv.PGVAULT_LOCAL_DIR; // each clone keeps its own .local/
     const child = spawn(process.execPath, [path.join(clone, 'dist', 'scripts', 'cli.js'), command, ENV], { cwd: clone, env: childEnv, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
@@ -263,7 +263,7 @@ describe('shared state in Postgres, two clones, one lock', () => {
     await vault?.stop();
     await postgres?.stop();
     fs.rmSync(localDir(ENV), { recursive: true, force: true });
-    if (work) fs.rmSync(work, { recursive: true, force: true });
+    if (work && !process.env.PGVAULT_KEEP_TEST_LOGS) fs.rmSync(work, { recursive: true, force: true });
   });
 
   test('a deploy from clone A keeps one state per stack in Postgres, holding no secret and no path of this machine', async () => {
@@ -397,11 +397,21 @@ describe('shared state in Postgres, two clones, one lock', () => {
     const stuck = new Client({ host: '127.0.0.1', port: PG_PORT, user: 'pgvault_state', password: statePassword, database: 'pgvault_state', application_name: 'stuck deploy' });
     stuck.on('error', () => undefined);
     await stuck.connect();
-    // Taken once the destroy is past its own check (cdktf has started): Terraform itself meets it.
-    const late = run(cloneB, 'destroy', 'destroy-locked-late');
-    const lateLog = path.join(logs, `${runs}-destroy-locked-late.log`);
-    await h.waitFor('the destroy to start cdktf', async () => fs.existsSync(lateLog), 60_000);
+    // Taken once the destroy is past its own check, while its first `terraform apply`/`destroy`
+    // waits at a gate (a wrapper around the real binary), so that Terraform itself meets it.
+    const gate = path.join(work, 'terraform-gate');
+    const wrapper = path.join(work, 'terraform-gated');
+    fs.writeFileSync(
+      wrapper,
+      '#!/bin/sh\n' +
+        'case "$1" in apply|destroy) : > "$GATE.reached"; i=0; while [ ! -e "$GATE.open" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;; esac\n' +
+        `exec '${process.env.TERRAFORM_BINARY_NAME || 'terraform'}' "$@"\n`,
+      { mode: 0o755 },
+    );
+    const late = run(cloneB, 'destroy', 'destroy-locked-late', { TERRAFORM_BINARY_NAME: wrapper, GATE: gate });
+    await h.waitFor('the destroy to reach terraform (past its own lock check)', async () => fs.existsSync(`${gate}.reached`), 60_000);
     const took = await stuck.query(`SELECT pg_try_advisory_lock(id) AS locked FROM ${SCHEMA}.states WHERE name = 'default'`);
+    fs.writeFileSync(`${gate}.open`, '');
     assert.equal(took.rows[0].locked, true);
     const lateRefusal = await late.done;
     assert.notEqual(lateRefusal.code, 0);
