@@ -223,7 +223,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           if (e.code === '28P01' && this.freshRotation && !renewed) {
             renewed = true;
             await beforeDeadline(this.freshRotation, callDeadline, 'new credentials');
-            continue;
+            if (this.active !== gen) continue;
           }
           throw this.fail(e, 'connect', 'Postgres refused credentials it never accepted before: check its clock against Vault\'s, pg_hba.conf and the role\'s LOGIN attribute');
         }

@@ -73,12 +73,14 @@ test('fails at the request deadline when it comes before the window ends, saying
   await lease.stop();
 });
 
-test('a primary (no window) does not retry a refused login', async () => {
-  const { pool, lease, attempts } = await setup(0);
+test('a primary (no window) does not retry a refused login with the same credentials', async () => {
+  const { fake, pool, lease, attempts } = await setup(0);
   const e = await pool.query('SELECT 1').catch((x) => x);
   assert.ok(e instanceof DatabaseError);
   assert.equal(pool.lagRetries, 0);
-  assert.equal(attempts.length, 1);
+  // At most one new issue (the credentials may have been revoked before their first login), tried once.
+  assert.equal(new Set(attempts).size, attempts.length, `the same credentials never twice: ${attempts.join(', ')}`);
+  assert.ok(fake.issued <= 2 && attempts.length <= 2);
   await pool.close();
   await lease.stop();
 });
