@@ -16,6 +16,18 @@ import * as h from '../harness';
 
 const ENV = 'local';
 
+/** The app's AppRole gets readonly credentials that log in to Postgres; the lease and token are revoked after. */
+async function readonlyCredentialsWork(env: EnvironmentConfig): Promise<void> {
+  const { cfg, session } = await h.appSession(ENV);
+  try {
+    const creds = await session.issue(cfg.mountPath, 'readonly');
+    assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok');
+    await session.revoke(creds.leaseId);
+  } finally {
+    await session.revokeSelf();
+  }
+}
+
 describe('local environment, end to end', () => {
   let env: EnvironmentConfig;
   let destroyed = false;
@@ -187,14 +199,7 @@ describe('local environment, end to end', () => {
     console.log(`# figure: warm deploy (no changes) of ${ENV}: ${seconds.toFixed(1)}s`);
     assert.deepEqual(h.loosePermissions(localDir(ENV)), [], 'files 0600 and directories 0700 under .local/local (cold deploy ran with umask 0022, this one with 0002)');
     assert.ok(fs.existsSync(path.join(localDir(ENV), 'state', `${ENV}-infra.tfstate`)), 'the state holding the dev root token is among them');
-    const { cfg, session } = await h.appSession(ENV);
-    try {
-      const creds = await session.issue(cfg.mountPath, 'readonly');
-      assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok');
-      await session.revoke(creds.leaseId);
-    } finally {
-      await session.revokeSelf();
-    }
+    await readonlyCredentialsWork(env);
   });
 
   test('re-running the bootstrap (a new setupPasswordVersion) keeps the data and rotates root again', async () => {
@@ -322,14 +327,7 @@ describe('local environment, end to end', () => {
     await h.deploy(ENV);
     assert.match(h.cdktfLogSince(resumed), /bootstrap: local: roles .* are in place/, 'the bootstrap ran again and succeeded');
     env = h.loadEnvironment(ENV);
-    const { cfg, session } = await h.appSession(ENV);
-    try {
-      const creds = await session.issue(cfg.mountPath, 'readonly');
-      assert.equal(await h.tryLogin(env, creds.username, creds.password), 'ok');
-      await session.revoke(creds.leaseId);
-    } finally {
-      await session.revokeSelf();
-    }
+    await readonlyCredentialsWork(env);
   });
 
   test('destroy succeeds under live leases (the API serving, an admin lease, a user owning a table with an open session) and leaves nothing', async () => {
