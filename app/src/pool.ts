@@ -222,8 +222,12 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           // request refused meanwhile waits for the one rotation under way, then tries once more.
           if (e.code === '28P01' && this.freshRotation && !renewed) {
             renewed = true;
-            await beforeDeadline(this.freshRotation, callDeadline, 'new credentials');
-            if (this.active !== gen) continue;
+            // Past the deadline or without new credentials, the refusal itself is the answer.
+            const replaced = await beforeDeadline(this.freshRotation, callDeadline, 'new credentials').then(
+              () => this.active !== gen,
+              () => false,
+            );
+            if (replaced) continue;
           }
           throw this.fail(e, 'connect', 'Postgres refused credentials it never accepted before: check its clock against Vault\'s, pg_hba.conf and the role\'s LOGIN attribute');
         }
