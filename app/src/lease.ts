@@ -12,6 +12,11 @@ export interface LeaseSession {
   revoke(leaseId: string, opts?: { timeoutMillis?: number }): Promise<void>;
   /** Logs in again unless a login newer than `failedGeneration` exists; concurrent calls share one login. */
   reloginNow(failedGeneration: number): Promise<void>;
+  /**
+   * After a 403: logs in again only when Vault refuses the token itself (then resolves true);
+   * false when the 403 is the path's own (an edited policy), to be retried with backoff.
+   */
+  reloginIfTokenRefused(failedGeneration: number): Promise<boolean>;
 }
 
 export interface LeaseManagerOptions {
@@ -27,6 +32,11 @@ export interface LeaseManagerOptions {
   readonly backoff?: BackoffOptions;
   /** How long `start()` keeps retrying before it gives up. @default 30000 */
   readonly startTimeoutMillis?: number;
+  /**
+   * How many times a failed revocation of a retired lease is tried again, with backoff, and
+   * never past the lease's expiry (Vault drops the user then itself). @default 10
+   */
+  readonly revokeRetries?: number;
 }
 
 /** Events: issued, renewed, rotated, revoked, lost, error. None carries a password in its enumerable fields. */
@@ -47,9 +57,11 @@ export interface LeaseManagerEvents {
  * TTL (with jitter), and when renewal is capped by the max TTL, the lease is gone or
  * expired, or its token was replaced, issues new credentials before the old ones expire.
  * Failed calls are retried with bounded exponential backoff; an expired lease is never
- * renewed. A 403 from Vault means "log in again" (shared with every other caller).
+ * renewed. A 403 from Vault leads to a new login only when the token itself is refused;
+ * otherwise it is the path's error, retried with backoff.
  * The previous credentials of a rotation are renewed while they drain (within their max
- * TTL) and revoked at `retire()`, which the pool calls once they are drained.
+ * TTL) and revoked at `retire()`, which the pool calls once they are drained; a failed
+ * revocation is retried with backoff (revokeRetries), and the lease is not renewed meanwhile.
  */
 export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   public readonly role: string;
@@ -66,6 +78,10 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   private readonly held = new Set<DatabaseCredentials>();
   /** Renewal timers of credentials that a rotation replaced and that are still draining. */
   private readonly retiring = new Map<DatabaseCredentials, NodeJS.Timeout>();
+  /** Credentials waiting for their revocation to be tried again: never renewed. */
+  private readonly revoking = new Map<DatabaseCredentials, NodeJS.Timeout | undefined>();
+  /** When each held lease expires (ms since epoch), as far as this manager knows. */
+  private readonly expiry = new Map<DatabaseCredentials, number>();
 
   constructor(opts: LeaseManagerOptions) {
     super();
@@ -124,8 +140,13 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
 
   /** Revokes credentials that a rotation replaced, once nothing uses them. */
   async retire(creds: DatabaseCredentials): Promise<void> {
-    if (!this.held.has(creds) || creds === this.creds) return;
-    await this.revokeLease(creds);
+    if (!this.held.has(creds) || creds === this.creds || this.revoking.has(creds)) return;
+    await this.revokeLease(creds, undefined, 0);
+  }
+
+  /** The oldest login generation among the leases held (Infinity when none): older tokens may be revoked. */
+  get oldestTokenGeneration(): number {
+    return Math.min(Infinity, ...[...this.held].map((c) => c.tokenGeneration));
   }
 
   /**
@@ -137,6 +158,8 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     if (this.timer) clearTimeout(this.timer);
     for (const t of this.retiring.values()) clearTimeout(t);
     this.retiring.clear();
+    for (const t of this.revoking.values()) clearTimeout(t);
+    this.revoking.clear();
     this.wake?.();
     await Promise.all([...this.held].map((c) => this.revokeLease(c, opts.timeoutMillis)));
     this.creds = undefined;
@@ -171,13 +194,14 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
       try {
         const creds = await this.issue();
         if (creds.tokenGeneration >= this.opts.session.tokenGeneration) return creds;
-        void this.revokeLease(creds);
+        void this.revokeLease(creds, undefined, 0);
         attempt = -1;
         continue;
       } catch (e) {
         if (this.stopped) throw e;
         this.report(e, 'issue');
-        if (forbidden(e)) await this.opts.session.reloginNow(generation).catch(() => undefined);
+        // A 403 of the creds path alone (an edited policy) is retried as it is: a new login cannot help.
+        if (forbidden(e)) await this.opts.session.reloginIfTokenRefused(generation).catch(() => false);
         const delay = backoffDelay(attempt, this.opts.backoff);
         if (Date.now() + delay > deadline) throw e;
         await this.pause(delay);
@@ -188,6 +212,7 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
   private install(creds: DatabaseCredentials): void {
     this.creds = creds;
     this.expiresAt = creds.issuedAt + creds.leaseDurationSeconds * 1000;
+    this.expiry.set(creds, this.expiresAt);
     this.capped = false;
     this.lastRotationAt = Date.now();
     this.schedule(creds.leaseDurationSeconds);
@@ -226,6 +251,7 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
       const duration = await this.opts.session.renew(creds.leaseId, creds.leaseDurationSeconds);
       if (this.creds !== creds || this.stopped) return;
       this.expiresAt = sentAt + duration * 1000;
+      this.expiry.set(creds, this.expiresAt);
       this.capped = duration < creds.leaseDurationSeconds;
       this.emit('renewed', creds, duration);
       this.schedule(duration);
@@ -237,12 +263,12 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
         await this.startRotation('lease revoked').catch(() => undefined);
         return;
       }
-      if (forbidden(e)) {
+      if (forbidden(e) && (await this.opts.session.reloginIfTokenRefused(generation).catch(() => false))) {
         // The token was revoked or expired, and its leases with it.
-        await this.opts.session.reloginNow(generation).catch(() => undefined);
         await this.startRotation('Vault token refused').catch(() => undefined);
         return;
       }
+      if (this.creds !== creds || this.stopped) return;
       // Vault unreachable or failing: retry with backoff, but not past the expiry (then rotate).
       const remaining = this.expiresAt - Date.now();
       const delay = Math.min(backoffDelay(attempt, this.opts.backoff), Math.max(0, remaining));
@@ -271,15 +297,16 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
    */
   private renewWhileDraining(creds: DatabaseCredentials, expiresAt: number): void {
     const plan = (until: number) => {
-      if (this.stopped || !this.held.has(creds)) return;
+      if (this.stopped || !this.held.has(creds) || this.revoking.has(creds)) return;
       const remaining = until - Date.now();
       if (remaining <= 0) return;
       const t = setTimeout(async () => {
-        if (this.stopped || !this.held.has(creds)) return;
+        if (this.stopped || !this.held.has(creds) || this.revoking.has(creds)) return;
         try {
           const sentAt = Date.now();
           this.emit('renewAttempt', creds);
           const duration = await this.opts.session.renew(creds.leaseId, creds.leaseDurationSeconds);
+          if (duration > 0) this.expiry.set(creds, Math.max(this.expiry.get(creds) ?? 0, sentAt + duration * 1000));
           if (duration > 0 && sentAt + duration * 1000 > until) plan(sentAt + duration * 1000);
         } catch (e) {
           // Expiry, the max TTL or a down Vault ends the extension; the drain timeout bounds the rest.
@@ -292,21 +319,45 @@ export class LeaseManager extends EventEmitter<LeaseManagerEvents> {
     plan(expiresAt);
   }
 
-  private async revokeLease(creds: DatabaseCredentials, timeoutMillis?: number): Promise<void> {
+  /**
+   * Revokes a lease. With `attempt` (a retired lease), a failure is tried again with backoff,
+   * at most revokeRetries times and not past the lease's expiry; meanwhile it is not renewed.
+   */
+  private async revokeLease(creds: DatabaseCredentials, timeoutMillis?: number, attempt?: number): Promise<void> {
     const t = this.retiring.get(creds);
     if (t) clearTimeout(t);
     this.retiring.delete(creds);
+    if (attempt !== undefined) this.revoking.set(creds, undefined);
     try {
       await this.opts.session.revoke(creds.leaseId, timeoutMillis === undefined ? undefined : { timeoutMillis });
-      this.held.delete(creds);
+      this.forget(creds);
       this.emit('revoked', creds);
     } catch (e) {
       if (leaseGone(e)) {
-        this.held.delete(creds);
+        this.forget(creds);
         return;
       }
       this.report(e, 'revoke');
+      if (attempt === undefined || this.stopped || !this.revoking.has(creds)) return;
+      const expiresAt = this.expiry.get(creds) ?? creds.issuedAt + creds.leaseDurationSeconds * 1000;
+      const delay = backoffDelay(attempt, this.opts.backoff);
+      if (attempt >= (this.opts.revokeRetries ?? 10) || Date.now() + delay >= expiresAt) {
+        // Past the last try, or the lease expires first: Vault drops the user at its expiry.
+        this.revoking.delete(creds);
+        return;
+      }
+      const retry = setTimeout(() => {
+        if (this.revoking.get(creds) === retry) void this.revokeLease(creds, undefined, attempt + 1);
+      }, cappedDelay(delay));
+      retry.unref();
+      this.revoking.set(creds, retry);
     }
+  }
+
+  private forget(creds: DatabaseCredentials): void {
+    this.held.delete(creds);
+    this.revoking.delete(creds);
+    this.expiry.delete(creds);
   }
 
   /** Sleeps, but stop() wakes it. */

@@ -20,7 +20,9 @@ export interface RotatingPoolOptions {
    * reach it with replication lag, and until then Postgres refuses them exactly as a wrong
    * password (28P01). A refusal within this window after the credentials were issued is
    * retried with backoff, with the same credentials; after it, it counts as a refusal as on a
-   * primary. 0: no window (a primary). @default 0
+   * primary. 0: no window (a primary). On a replica, a rotation also keeps the previous
+   * credentials serving until the new ones have logged in once (a background probe), so a
+   * replay lag longer than the window fails no request and issues nothing more. @default 0
    */
   readonly replicaLagWindowMillis?: number;
   /** Connections per pool. @default 10 */
@@ -47,7 +49,8 @@ interface Generation {
   inFlight: number;
   /** Postgres accepted these credentials at least once. */
   connected: boolean;
-  drained?: () => void;
+  /** Everyone waiting for in-flight work to end (a rotation's drain, close()). */
+  readonly drainWaiters: (() => void)[];
 }
 
 /** Per-call limits. */
@@ -109,6 +112,10 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   private nextFreshRotationAt = 0;
   /** The rotation asked for after fresh credentials were refused, while it is under way. */
   private freshRotation?: Promise<void>;
+  /** On a replica: new credentials being probed until the replica knows them; the active ones serve meanwhile. */
+  private pending?: Generation;
+  /** Probes of pending credentials that Postgres refused (replay lag). */
+  public pendingProbes = 0;
 
   constructor(opts: RotatingPoolOptions) {
     super();
@@ -202,7 +209,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           renewed = true;
           this.count('auth_refused');
           await beforeDeadline(this.opts.lease.rotateNow('credentials refused by Postgres'), callDeadline, 'new credentials');
-          if (this.active === gen) this.swapTo(this.opts.lease.current());
+          if (this.active === gen) this.swapTo(this.opts.lease.current(), { now: true });
           continue;
         }
         if (AUTH_FAILED.has(e?.code) && !gen.connected) {
@@ -246,7 +253,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
 
   /** Pool sizes across the current and retiring pools. */
   stats(): { total: number; idle: number; waiting: number; retiring: number } {
-    const gens = [this.active, ...this.retiring];
+    const gens = [this.active, ...(this.pending ? [this.pending] : []), ...this.retiring];
     return {
       total: gens.reduce((n, g) => n + g.pool.totalCount, 0),
       idle: gens.reduce((n, g) => n + g.pool.idleCount, 0),
@@ -263,7 +270,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   /** Stops taking queries, lets in-flight ones finish (for up to `timeoutMillis`), and closes every pool. */
   async close(opts: { timeoutMillis?: number } = {}): Promise<void> {
     this.closed = true;
-    const all = [this.active, ...this.retiring];
+    const all = [this.active, ...(this.pending ? [this.pending] : []), ...this.retiring];
     await Promise.all(all.map((g) => this.drain(g, opts.timeoutMillis)));
   }
 
@@ -288,7 +295,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       this.count(e?.code === '57P01' ? 'terminated' : 'idle_error');
       this.emit('idleError', e, client);
     });
-    const gen: Generation = { pool, creds, inFlight: 0, connected: false };
+    const gen: Generation = { pool, creds, inFlight: 0, connected: false, drainWaiters: [] };
     this.byPool.set(pool, gen);
     return gen;
   }
@@ -335,7 +342,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
 
   private done(gen: Generation): void {
     gen.inFlight--;
-    if (gen.inFlight === 0 && gen.drained) gen.drained();
+    if (gen.inFlight === 0) for (const wake of gen.drainWaiters.splice(0)) wake();
   }
 
   private swap(previous: DatabaseCredentials, current: DatabaseCredentials): void {
@@ -347,31 +354,90 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     this.swapTo(current);
   }
 
-  private swapTo(current: DatabaseCredentials): void {
+  /**
+   * Moves new work to `current`. On a replica, while the active credentials work and `now` is
+   * not asked (they were refused), the new ones are probed first and take over only once the
+   * replica accepted them: a replay lag then fails nothing and issues nothing more.
+   */
+  private swapTo(current: DatabaseCredentials, opts: { now?: boolean } = {}): void {
     if (this.closed || this.active.creds === current) return;
+    if (this.pending?.creds === current) {
+      if (opts.now) this.promote(this.pending);
+      return;
+    }
+    if (this.pending) {
+      // Newer credentials replace the ones still probed.
+      this.retireGeneration(this.pending);
+      this.pending = undefined;
+    }
+    const next = this.generation(current);
+    if (!opts.now && (this.opts.replicaLagWindowMillis ?? 0) > 0 && this.active.connected) {
+      this.pending = next;
+      void this.probe(next);
+      return;
+    }
+    this.promote(next);
+  }
+
+  private promote(next: Generation): void {
+    if (this.pending === next) this.pending = undefined;
     const old = this.active;
-    this.active = this.generation(current);
+    this.active = next;
     this.rotations++;
-    this.emit('swapped', old.creds.username, current.username);
+    this.emit('swapped', old.creds.username, next.creds.username);
+    this.retireGeneration(old);
+  }
+
+  /** Drains a generation nobody takes new work to, then revokes its lease. */
+  private retireGeneration(old: Generation): void {
     this.retiring.add(old);
     const started = Date.now();
-    void this.drain(old).then(async () => {
+    void this.drain(old, undefined, { background: true }).then(async () => {
       this.retiring.delete(old);
       this.emit('drained', old.creds.username, Date.now() - started);
       await this.opts.lease.retire(old.creds);
     });
   }
 
-  /** Waits for in-flight work (at most the drain timeout), then ends the pool (a stuck client does not hold it up). */
-  private async drain(gen: Generation, timeoutMillis = this.opts.drainTimeoutMillis ?? 30_000): Promise<void> {
+  /**
+   * Logs in with pending credentials until the replica accepts them (with backoff), then makes
+   * them active. Ends when they are replaced, taken over at once, or the pool closes.
+   */
+  private async probe(gen: Generation): Promise<void> {
+    for (let attempt = 0; this.pending === gen && !this.closed; attempt++) {
+      try {
+        const client = await this.acquire(gen);
+        client.release();
+        this.done(gen);
+        gen.connected = true;
+        if (this.pending === gen && !this.closed) this.promote(gen);
+        return;
+      } catch {
+        // Not replayed yet (28P01), or Postgres unreachable (for the active credentials too).
+        this.pendingProbes++;
+        this.count('replica_lag_probe');
+        await new Promise((r) => setTimeout(r, backoffDelay(attempt, { initialMillis: 100, maxMillis: 1000 })).unref());
+      }
+    }
+  }
+
+  /**
+   * Waits for in-flight work (at most the drain timeout), then ends the pool (a stuck client
+   * does not hold it up). A `background` drain (a rotation's) never holds the process open.
+   */
+  private async drain(gen: Generation, timeoutMillis = this.opts.drainTimeoutMillis ?? 30_000, opts: { background?: boolean } = {}): Promise<void> {
     const end = Date.now() + timeoutMillis;
     if (gen.inFlight > 0) {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, timeoutMillis);
-        gen.drained = () => {
+        const t = setTimeout(wake, timeoutMillis);
+        if (opts.background) t.unref();
+        function wake() {
           clearTimeout(t);
+          const i = gen.drainWaiters.indexOf(wake);
+          if (i >= 0) gen.drainWaiters.splice(i, 1);
           resolve();
-        };
+        }
+        gen.drainWaiters.push(wake);
       });
     }
     await beforeDeadline(gen.pool.end(), Math.max(end, Date.now() + 1000), 'the pool to end').catch(() => undefined);

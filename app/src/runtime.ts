@@ -120,10 +120,17 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
         pool.on('error', () => undefined);
         rt.pools.set(role, pool);
       }
-      // Leases hang off the token that issued them: after a re-login, move them all to the new token.
+      // Leases hang off the token that issued them: after a re-login, move them all to the new
+      // token, then revoke the old token (not before: Vault would revoke its leases with it).
       session.on('relogin', () => {
-        for (const lease of rt.leases.values()) void lease.rotateNow('new Vault token', { force: true }).catch(() => undefined);
+        for (const lease of rt.leases.values()) {
+          void lease
+            .rotateNow('new Vault token', { force: true })
+            .then(() => rt.revokeSupersededTokens())
+            .catch(() => undefined);
+        }
       });
+      for (const lease of rt.leases.values()) lease.on('revoked', () => rt.revokeSupersededTokens());
       const fatalAfter = opts.loginRefusedFatalMillis ?? 60_000;
       session.on('loginFailed', (e, refused) => {
         if (!refused || rt.fatalEmitted || session.loginFailingSince === undefined) return;
@@ -137,6 +144,13 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
       throw e;
     }
     return rt;
+  }
+
+  /** Revokes tokens that re-logins replaced once no lease of theirs is held any more. */
+  private revokeSupersededTokens(): void {
+    if (this.closing) return;
+    const oldest = Math.min(...[...this.leases.values()].map((l) => l.oldestTokenGeneration));
+    if (oldest > 1) void this.session.revokeSupersededTokens(Math.min(oldest, this.session.tokenGeneration)).catch(() => undefined);
   }
 
   pool(role: string): RotatingPool {
@@ -172,8 +186,9 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
 
   /**
    * Drains every pool, revokes every lease, then revokes the token. Idempotent. Completes
-   * within about `timeoutMillis` (default 15 s) whatever Vault or Postgres do: half of it
-   * for the drain, the rest for the revocations; what cannot be revoked expires by itself.
+   * within `timeoutMillis` (default 15 s) whatever Vault or Postgres do, on a cluster too
+   * (every Vault call, failover included, keeps to what is left): half of it for the drain,
+   * the rest for the revocations; what cannot be revoked expires by itself.
    */
   close(opts: { timeoutMillis?: number } = {}): Promise<CloseResult> {
     this.closing ??= (async () => {
@@ -181,10 +196,10 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
       const end = Date.now() + budget;
       this.session.stopKeepAlive();
       await Promise.all([...this.pools.values()].map((p) => p.close({ timeoutMillis: budget / 2 })));
-      const revokeBudget = () => Math.max(500, (end - Date.now()) / 2);
-      await Promise.all([...this.leases.values()].map((l) => l.stop({ timeoutMillis: revokeBudget() })));
+      const revokeBudget = Math.max(100, (end - Date.now()) / 2);
+      await Promise.all([...this.leases.values()].map((l) => l.stop({ timeoutMillis: revokeBudget })));
       const unrevokedLeases = [...this.leases.values()].reduce((n, l) => n + l.heldCount, 0);
-      const tokenRevoked = await this.session.revokeSelf({ timeoutMillis: Math.max(500, end - Date.now()) }).then(
+      const tokenRevoked = await this.session.revokeSelf({ timeoutMillis: Math.max(100, end - Date.now()) }).then(
         () => true,
         () => false,
       );

@@ -1,5 +1,8 @@
 import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { performance } from 'node:perf_hooks';
 import nodeVault from 'node-vault';
 import { AppConfigError, AppError, loginRefused, VaultRequestError } from './errors';
 import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis, sleep } from './backoff';
@@ -12,13 +15,29 @@ export interface VaultSessionOptions {
    * @default [address]
    */
   readonly addresses?: readonly string[];
-  /** How long one request may keep looking for a node that serves it. @default 15000 */
+  /**
+   * How long one request may keep looking for a node that serves it, unless its caller gives
+   * less time (a shutdown's budget, say): every call keeps to what its caller has left. @default 15000
+   */
   readonly failoverMillis?: number;
   /** PEM CA to trust. TLS verification is always on. */
   readonly caCert?: string;
-  /** Per-request timeout. @default 5000 */
+  /**
+   * Per-request timeout. For a read of credentials this is how long the caller waits: the
+   * request itself stays open (up to CREDS_REQUEST_TIMEOUT_MILLIS) so that a lease Vault
+   * creates late is still known, and revoked. @default 5000
+   */
   readonly timeoutMillis?: number;
 }
+
+/**
+ * A read of credentials is never aborted before this: longer than Vault's own
+ * max_request_duration (90 s), so its answer, and the lease id in it, is never lost.
+ */
+export const CREDS_REQUEST_TIMEOUT_MILLIS = 95_000;
+
+/** A monotonic clock (ms): intervals measured with it survive the wall clock being stepped. */
+const monotonic = () => performance.now();
 
 /** Dynamic database credentials under a Vault lease. The password is not enumerable. */
 export interface DatabaseCredentials {
@@ -50,6 +69,8 @@ export interface VaultSessionEvents {
   renewed: [ttlSeconds: number];
   /** A re-login failed; `refused` when Vault refused it (4xx) rather than being unreachable. */
   loginFailed: [error: AppError, refused: boolean];
+  /** Credentials arrived after their caller stopped waiting: their lease was revoked at once (or not, when that failed). */
+  lateLease: [role: string, revoked: boolean];
   error: [error: AppError, operation: string];
 }
 
@@ -58,6 +79,16 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   /** One client per node (a cluster); the session's token travels with the current one. */
   private readonly clients: any[];
   readonly #failoverMillis: number;
+  readonly #timeoutMillis: number;
+  /** Our own agents: close() can end requests still open (late credentials) once the token is revoked. */
+  readonly #agents: { http: http.Agent; https: https.Agent };
+  /** Tokens replaced by a re-login, by generation: revoked once their leases moved (revokeSupersededTokens). */
+  readonly #superseded = new Map<number, string>();
+  #tokenCheck?: { generation: number; result: Promise<boolean> };
+  /** Bumped whenever the keep-alive timer is armed: a tick that armed none arms one. */
+  #armed = 0;
+  /** tokenExpiresAt on the monotonic clock. */
+  #tokenExpiresAtMono = 0;
   #login?: { mount: string; roleId: string; secretId: SecretIdSource };
   #timer?: NodeJS.Timeout;
   #keepAlive = false;
@@ -92,13 +123,23 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     for (const a of addresses) {
       if (!/^https?:\/\//.test(a)) throw new AppConfigError('APP_VAULT_ADDR', `Vault address "${a}" (of the address list) is not an http(s) URL; expected e.g. https://127.0.0.1:8200`);
     }
+    this.#timeoutMillis = opts.timeoutMillis ?? 5000;
+    this.#agents = {
+      http: new http.Agent({ keepAlive: true }),
+      https: new https.Agent({ keepAlive: true, rejectUnauthorized: true, ...(opts.caCert ? { ca: opts.caCert } : {}) }),
+    };
     this.clients = addresses.map((endpoint) => {
       const client = nodeVault({
         apiVersion: 'v1',
         endpoint,
         token: 'unset',
-        rpDefaults: { strictSSL: true, timeout: opts.timeoutMillis ?? 5000 },
-        requestOptions: opts.caCert ? { ca: opts.caCert, strictSSL: true } : { strictSSL: true },
+        rpDefaults: { strictSSL: true, timeout: this.#timeoutMillis },
+        requestOptions: {
+          ...(opts.caCert ? { ca: opts.caCert } : {}),
+          strictSSL: true,
+          httpAgent: this.#agents.http,
+          httpsAgent: this.#agents.https,
+        },
       } as any);
       // The token must not show when the session (or a runtime holding it) is logged or inspected.
       Object.defineProperty(client, 'token', { value: undefined, writable: true, enumerable: false, configurable: true });
@@ -137,18 +178,21 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw new AppConfigError('APP_SECRET_ID_REFUSED', 'Vault refused this secret_id before; waiting for a new one from its source');
     }
     const sentAt = Date.now();
+    const sentMono = monotonic();
     let res: any;
     try {
-      res = await this.call(path, () => this.client.write(path, { role_id: roleId, secret_id: id }));
+      res = await this.call(path, (o) => this.client.write(path, { role_id: roleId, secret_id: id }, o));
     } catch (e) {
       if (loginRefused(e)) this.#refusedSecretId = digest;
       throw e;
     }
     this.#refusedSecretId = undefined;
+    if (this.client.token) this.#superseded.set(this.tokenGeneration, this.client.token);
     this.token = res.auth.client_token;
     this.tokenGeneration++;
     this.tokenTtlSeconds = res.auth.lease_duration;
     this.tokenExpiresAt = sentAt + res.auth.lease_duration * 1000;
+    this.#tokenExpiresAtMono = sentMono + res.auth.lease_duration * 1000;
     this.#tokenIssuedTtl = res.auth.lease_duration;
     this.policies = res.auth.policies ?? [];
     this.#login = { mount, roleId, secretId: later ?? source };
@@ -163,7 +207,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     if (this.#relogin) return this.#relogin;
     if (this.tokenGeneration > failedGeneration) return Promise.resolve();
     // After a failed login, the next waits for its backoff, whoever asks: no burst of logins.
-    if (this.#lastLoginError && Date.now() + 50 < this.#nextLoginAt) return Promise.reject(this.#lastLoginError);
+    if (this.#lastLoginError && monotonic() + 50 < this.#nextLoginAt) return Promise.reject(this.#lastLoginError);
     const l = this.#login;
     if (!l) return Promise.reject(new AppError('VAULT_NOT_LOGGED_IN', 'no AppRole login to repeat; call login() first'));
     this.#relogin = (async () => {
@@ -182,7 +226,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         // Keep trying with backoff until a login succeeds, whoever asked for this one.
         const delay = backoffDelay(this.#reloginAttempt++, this.#backoff);
         this.#lastLoginError = err;
-        this.#nextLoginAt = Date.now() + delay;
+        this.#nextLoginAt = monotonic() + delay;
         this.scheduleKeepAlive(delay);
         this.emit('loginFailed', err, this.loginRefused);
         throw err;
@@ -204,21 +248,34 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     this.scheduleKeepAlive(renewalDelayMillis(this.tokenTtlSeconds));
   }
 
-  private scheduleKeepAlive(delay: number): void {
+  private scheduleKeepAlive(delay: number, renewAttempt = 0): void {
     if (this.#timer) clearTimeout(this.#timer);
     if (!this.#keepAlive) return;
-    this.#timer = setTimeout(() => void this.keepAliveTick(0), cappedDelay(delay));
+    this.#armed++;
+    this.#timer = setTimeout(() => void this.keepAliveTick(renewAttempt), cappedDelay(delay));
     this.#timer.unref();
   }
 
   private async keepAliveTick(renewAttempt: number): Promise<void> {
     if (!this.#login || !this.#keepAlive) return;
+    const armed = this.#armed;
+    try {
+      await this.keepAliveStep(renewAttempt);
+    } finally {
+      // Whatever happened (a login refused by the backoff gate, say), the keep-alive goes on.
+      if (this.#armed === armed && this.#keepAlive) this.scheduleKeepAlive(Math.max(50, this.#nextLoginAt - monotonic()));
+    }
+  }
+
+  private async keepAliveStep(renewAttempt: number): Promise<void> {
     // A re-login is pending (an earlier one failed), or the token is past its expiry: log in.
-    if (this.loginFailingSince === undefined && Date.now() < this.tokenExpiresAt) {
+    if (this.loginFailingSince === undefined && monotonic() < this.#tokenExpiresAtMono) {
       try {
         const sentAt = Date.now();
+        const sentMono = monotonic();
         const ttl = await this.renewSelf();
         this.tokenExpiresAt = sentAt + ttl * 1000;
+        this.#tokenExpiresAtMono = sentMono + ttl * 1000;
         if (ttl >= this.#tokenIssuedTtl) {
           this.emit('renewed', ttl);
           this.scheduleKeepAlive(renewalDelayMillis(ttl));
@@ -229,11 +286,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         if (!(e instanceof VaultRequestError && e.status === 403)) {
           // Vault unreachable or failing: retry the renewal with backoff, but not past the expiry.
           if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'token');
-          const remaining = this.tokenExpiresAt - Date.now();
-          if (this.#timer) clearTimeout(this.#timer);
-          if (!this.#keepAlive) return;
-          this.#timer = setTimeout(() => void this.keepAliveTick(renewAttempt + 1), cappedDelay(Math.min(backoffDelay(renewAttempt, this.#backoff), Math.max(0, remaining))));
-          this.#timer.unref();
+          const remaining = this.#tokenExpiresAtMono - monotonic();
+          this.scheduleKeepAlive(Math.min(backoffDelay(renewAttempt, this.#backoff), Math.max(0, remaining)), renewAttempt + 1);
           return;
         }
         // 403: the token was revoked or expired.
@@ -250,12 +304,35 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     if (this.#timer) clearTimeout(this.#timer);
   }
 
-  /** Reads new credentials from `<mount>/creds/<role>`. */
-  async issue(mount: string, role: string): Promise<DatabaseCredentials> {
+  /**
+   * Reads new credentials from `<mount>/creds/<role>`. The caller waits at most `timeoutMillis`
+   * (default: the session's timeoutMillis); the request itself stays open (Vault creates the
+   * user even when it answers late), and credentials that arrive after the caller gave up have
+   * their lease revoked at once ('lateLease'). Not idempotent: after a timeout or a lost
+   * connection it is never sent to another node, only when a node surely did not serve it.
+   */
+  async issue(mount: string, role: string, opts: { timeoutMillis?: number } = {}): Promise<DatabaseCredentials> {
     const path = `${mount}/creds/${role}`;
     const tokenGeneration = this.tokenGeneration;
     const issuedAt = Date.now();
-    const res = await this.call(path, () => this.client.read(path));
+    const waitMillis = Math.max(1, opts.timeoutMillis ?? this.#timeoutMillis);
+    const request = this.call(path, () => this.client.read(path, { timeout: CREDS_REQUEST_TIMEOUT_MILLIS }), { timeoutMillis: waitMillis, idempotent: false });
+    let gaveUp = false;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        gaveUp = true;
+        reject(new VaultRequestError('VAULT_TIMEOUT', `Vault ${path} did not answer within ${waitMillis} ms; the request stays open, and credentials it brings later are revoked`, path));
+      }, waitMillis);
+      timer.unref();
+    });
+    request.then(
+      (r) => {
+        if (gaveUp && r?.lease_id) void this.revokeLate(role, r.lease_id);
+      },
+      () => undefined,
+    );
+    const res = await Promise.race([request, late]).finally(() => clearTimeout(timer));
     const creds = {
       role,
       leaseId: res.lease_id,
@@ -269,39 +346,111 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     return creds;
   }
 
+  /** Revokes a lease whose credentials came after their caller gave up; nobody else knows it. */
+  private async revokeLate(role: string, leaseId: string): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        await this.revoke(leaseId);
+        this.emit('lateLease', role, true);
+        return;
+      } catch (e) {
+        if (e instanceof VaultRequestError && e.status !== undefined && e.status < 500) break;
+        await sleep(backoffDelay(attempt, this.#backoff));
+      }
+    }
+    this.emit('lateLease', role, false);
+  }
+
   /** Renews a lease; returns the new lease duration (Vault may cap it at the max TTL). */
-  async renew(leaseId: string, incrementSeconds?: number): Promise<number> {
+  async renew(leaseId: string, incrementSeconds?: number, opts: { timeoutMillis?: number } = {}): Promise<number> {
     const path = `sys/leases/renew/${leaseId}`;
-    const res = await this.call(path, () => this.client.write(path, incrementSeconds ? { increment: incrementSeconds } : {}));
+    const res = await this.call(path, (o) => this.client.write(path, incrementSeconds ? { increment: incrementSeconds } : {}, o), opts);
     return res.lease_duration;
   }
 
-  /** Revokes a lease: Vault drops the database user. */
+  /** Revokes a lease: Vault drops the database user. `timeoutMillis` bounds the whole call, failover included. */
   async revoke(leaseId: string, opts: { timeoutMillis?: number } = {}): Promise<void> {
     const path = `sys/leases/revoke/${leaseId}`;
-    await this.call(path, () => this.client.write(path, {}, requestTimeout(opts.timeoutMillis)));
+    await this.call(path, (o) => this.client.write(path, {}, o), opts);
   }
 
   /** Renews this session's own token. */
-  async renewSelf(): Promise<number> {
+  async renewSelf(opts: { timeoutMillis?: number } = {}): Promise<number> {
     const path = 'auth/token/renew-self';
-    const res = await this.call(path, () => this.client.write(path, {}));
+    const res = await this.call(path, (o) => this.client.write(path, {}, o), opts);
     this.tokenTtlSeconds = res.auth.lease_duration;
     return this.tokenTtlSeconds;
   }
 
-  /** Revokes this session's own token; the session is logged out afterwards. */
+  /**
+   * Whether Vault refuses this session's token itself: a 403 of another path may be that
+   * path's own error (an edited policy), which a new login cannot fix. When the token is
+   * refused (lookup-self answers 403), logs in again (shared with every caller) and resolves
+   * true; resolves false when the token is fine, or Vault cannot tell now (then the caller
+   * retries its own call with backoff). Concurrent callers share one check.
+   */
+  reloginIfTokenRefused(failedGeneration = this.tokenGeneration): Promise<boolean> {
+    if (this.tokenGeneration > failedGeneration) return Promise.resolve(true);
+    if (this.#tokenCheck?.generation === failedGeneration) return this.#tokenCheck.result;
+    const result = (async () => {
+      const path = 'auth/token/lookup-self';
+      try {
+        await this.call(path, (o) => this.client.read(path, o));
+        return false;
+      } catch (e) {
+        if (!(e instanceof VaultRequestError && e.status === 403)) return false;
+      }
+      await this.reloginNow(failedGeneration);
+      return true;
+    })().finally(() => {
+      if (this.#tokenCheck?.result === result) this.#tokenCheck = undefined;
+    });
+    this.#tokenCheck = { generation: failedGeneration, result };
+    return result;
+  }
+
+  /**
+   * Revokes the tokens that re-logins replaced, older than `belowGeneration`: call it once no
+   * lease of theirs is in use, since Vault revokes a token's leases with it. A token Vault
+   * already refuses is forgotten; one that cannot be revoked now is tried at the next call.
+   */
+  async revokeSupersededTokens(belowGeneration: number, opts: { timeoutMillis?: number } = {}): Promise<number> {
+    let revoked = 0;
+    for (const [generation, token] of [...this.#superseded]) {
+      if (generation >= belowGeneration) continue;
+      const path = 'auth/token/revoke-self';
+      try {
+        await this.call(path, (o) => this.client.write(path, {}, { ...o, headers: { 'X-Vault-Token': token } }), opts);
+        revoked++;
+        this.#superseded.delete(generation);
+      } catch (e) {
+        if (e instanceof VaultRequestError && e.status === 403) this.#superseded.delete(generation);
+        else if (this.listenerCount('error') > 0) this.emit('error', e as AppError, 'revoke_superseded_token');
+      }
+    }
+    return revoked;
+  }
+
+  /**
+   * Revokes this session's own token (Vault revokes its leases with it); the session is
+   * logged out afterwards, and requests still open (late credentials) are ended.
+   */
   async revokeSelf(opts: { timeoutMillis?: number } = {}): Promise<void> {
     this.stopKeepAlive();
     if (!this.loggedIn) return;
     const path = 'auth/token/revoke-self';
-    await this.call(path, () => this.client.write(path, {}, requestTimeout(opts.timeoutMillis)));
-    this.token = '';
+    try {
+      await this.call(path, (o) => this.client.write(path, {}, o), opts);
+      this.token = '';
+    } finally {
+      this.#agents.http.destroy();
+      this.#agents.https.destroy();
+    }
   }
 
   /** A raw read with this session's token (used to prove what the token may not do). */
   async read(path: string): Promise<any> {
-    return this.call(path, () => this.client.read(path));
+    return this.call(path, (o) => this.client.read(path, o));
   }
 
   /** The node the session talks to now (a cluster moves it to a node that serves). */
@@ -309,15 +458,22 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     return this.client?.endpoint ?? this.address;
   }
 
-  private async call<T>(path: string, fn: () => Promise<T>): Promise<any> {
-    if (this.clients.length < 2) return this.callOnce(path, fn);
-    const deadline = Date.now() + this.#failoverMillis;
+  /**
+   * One Vault call, moved to the next node of a cluster while nodes cannot serve it. The whole
+   * call, failover included, ends within `timeoutMillis` (default: failoverMillis), and each
+   * request within what is left of it (at most the per-request timeout). A call that is not
+   * idempotent moves on only when the node surely did not serve it (see nodeUnavailable).
+   */
+  private async call<T>(path: string, fn: (requestOptions: { timeout?: number }) => Promise<T>, opts: { timeoutMillis?: number; idempotent?: boolean } = {}): Promise<any> {
+    const end = monotonic() + (opts.timeoutMillis ?? (this.clients.length < 2 ? this.#timeoutMillis : this.#failoverMillis));
+    const requestOptions = () => ({ timeout: Math.max(1, Math.round(Math.min(this.#timeoutMillis, end - monotonic()))) });
+    if (this.clients.length < 2) return this.callOnce(path, () => fn(requestOptions()));
     for (let round = 0; ; round++) {
       for (let n = 0; n < this.clients.length; n++) {
         try {
-          return await this.callOnce(path, fn);
+          return await this.callOnce(path, () => fn(requestOptions()));
         } catch (e) {
-          if (!(e instanceof VaultRequestError) || !nodeUnavailable(e) || Date.now() > deadline) throw e;
+          if (!(e instanceof VaultRequestError) || !nodeUnavailable(e, opts.idempotent ?? true) || monotonic() >= end) throw e;
           const i = this.clients.indexOf(this.client);
           const token = this.client.token;
           this.client = this.clients[(i + 1) % this.clients.length];
@@ -325,7 +481,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         }
       }
       // Every node refused: an election is under way. Wait (bounded) before the next round.
-      await sleep(Math.min(backoffDelay(round, { initialMillis: 200, maxMillis: 2000 }), Math.max(0, deadline - Date.now())));
+      await sleep(Math.min(backoffDelay(round, { initialMillis: 200, maxMillis: 2000 }), Math.max(0, end - monotonic())));
     }
   }
 
@@ -337,22 +493,22 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       // Only Vault's error text is kept: it never contains the request's secrets.
       const why = status ? `HTTP ${status}: ${String(e.message).slice(0, 300)}` : `${e?.code ?? 'ERROR'}: ${e?.message ?? e}`;
       const code = status === 403 ? 'VAULT_FORBIDDEN' : status ? 'VAULT_HTTP' : 'VAULT_UNREACHABLE';
-      throw new VaultRequestError(code, `Vault ${path} failed (${why})`, path, status);
+      throw new VaultRequestError(code, `Vault ${path} failed (${why})`, path, status, { cause: status ? undefined : { code: e?.code } });
     }
   }
 }
 
+/** Connection errors that prove the request never reached the node. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
 /**
  * A node that cannot serve the request, where another node may: no answer, sealed or
  * standby without a leader (503), or a standby that cannot reach the leader (500, 502).
+ * For a call that is not idempotent, "no answer" counts only when the connection was never
+ * made: after a timeout or a reset the node may have done the work.
  */
-function nodeUnavailable(e: VaultRequestError): boolean {
-  if (e.status === undefined) return true;
+function nodeUnavailable(e: VaultRequestError, idempotent: boolean): boolean {
+  if (e.status === undefined) return idempotent || NOT_SENT.has((e.cause as { code?: string } | undefined)?.code ?? '');
   if (e.status === 503 || e.status === 502) return true;
   return e.status === 500 && /leader|active (cluster )?node|sealed|standby/i.test(e.message);
-}
-
-/** node-vault request options for a per-call timeout (a shutdown must not wait 5 s per call). */
-function requestTimeout(ms?: number): Record<string, unknown> | undefined {
-  return ms === undefined ? undefined : { timeout: Math.max(1, Math.round(ms)) };
 }

@@ -2,7 +2,8 @@
  * Small fakes for unit tests of pure timing logic. The real Vault and Postgres are
  * exercised by test/faults.
  */
-import { VaultRequestError, type LeaseSession, type DatabaseCredentials } from '@pgvault/runtime';
+import * as http from 'node:http';
+import { VaultRequestError, type AppConfig, type LeaseSession, type DatabaseCredentials } from '@pgvault/runtime';
 
 /** A fake of the calls the lease manager makes (LeaseSession): it counts them and answers as told. */
 export class FakeVaultSession implements LeaseSession {
@@ -32,8 +33,24 @@ export class FakeVaultSession implements LeaseSession {
     this.renewals.push(leaseId);
     return this.renewAnswer(leaseId);
   }
+  /** Revocations asked for, including failed ones; `revokeError` makes one fail. */
+  revokeAttempts: string[] = [];
+  revokeError?: (leaseId: string) => Error | undefined;
+  /** What a check of the token itself says (lookup-self): refused, as when the token was revoked. */
+  tokenRefused = true;
+  tokenChecks = 0;
   async revoke(leaseId: string): Promise<void> {
+    this.revokeAttempts.push(leaseId);
+    const e = this.revokeError?.(leaseId);
+    if (e) throw e;
     this.revoked.push(leaseId);
+  }
+  async reloginIfTokenRefused(failedGeneration: number): Promise<boolean> {
+    if (this.tokenGeneration > failedGeneration) return true;
+    this.tokenChecks++;
+    if (!this.tokenRefused) return false;
+    await this.reloginNow(failedGeneration);
+    return true;
   }
   async reloginNow(failedGeneration: number): Promise<void> {
     if (this.tokenGeneration > failedGeneration) return;
@@ -74,4 +91,121 @@ export class FakeVaultClient {
 /** An error as node-vault throws it for an HTTP status. */
 export function httpError(statusCode: number, message: string): Error {
   return Object.assign(new Error(message), { statusCode });
+}
+
+/** What FakeVaultServer answers for one request: a status and body, or `hang` (accept and never answer). */
+export type FakeVaultAnswer = { status: number; body?: unknown; delayMillis?: number } | 'hang';
+
+/**
+ * A fake Vault: an HTTP server on 127.0.0.1 speaking the few endpoints the runtime calls
+ * (AppRole login, database creds, lease renew and revoke, token lookup, renew and revoke).
+ * It records every call and every lease it handed out; `override` changes one answer.
+ * The real Vault is exercised by test/e2e and test/faults.
+ */
+export class FakeVaultServer {
+  readonly calls: { path: string; token?: string }[] = [];
+  /** Every lease created (as Vault creates the user before it answers), and whether it was revoked. */
+  readonly leases = new Map<string, { revoked: boolean }>();
+  /** Tokens handed out, and whether each was revoked. */
+  readonly tokens = new Map<string, { revoked: boolean }>();
+  ttlSeconds = 60;
+  tokenTtlSeconds = 3600;
+  override?: (path: string, token: string | undefined) => FakeVaultAnswer | undefined;
+  private server = http.createServer((req, res) => this.handle(req, res));
+  private sockets = new Set<import('node:net').Socket>();
+  port = 0;
+
+  async listen(): Promise<this> {
+    // Unref'd: a test that fails before close() does not hold its process open.
+    this.server.unref();
+    this.server.on('connection', (s) => {
+      s.unref();
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
+    this.port = (this.server.address() as import('node:net').AddressInfo).port;
+    return this;
+  }
+
+  get address(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  count(pattern: RegExp): number {
+    return this.calls.filter((c) => pattern.test(c.path)).length;
+  }
+
+  /** Stops listening and cuts open connections (as a dead node). */
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    let raw = '';
+    req.on('data', (d) => (raw += d));
+    req.on('end', () => {
+      const path = (req.url ?? '').replace(/^\/v1\//, '').replace(/\?.*$/, '');
+      const token = req.headers['x-vault-token'] as string | undefined;
+      this.calls.push({ path, token });
+      const answer = this.override?.(path, token) ?? this.answer(path, token, raw ? JSON.parse(raw) : {});
+      if (answer === 'hang') return;
+      const send = () => {
+        if (res.destroyed) return;
+        res.writeHead(answer.status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(answer.body ?? {}));
+      };
+      if (answer.delayMillis) setTimeout(send, answer.delayMillis);
+      else send();
+    });
+  }
+
+  private answer(path: string, token: string | undefined, body: any): FakeVaultAnswer {
+    const live = token !== undefined && this.tokens.get(token)?.revoked === false;
+    if (path.endsWith('/login')) {
+      const t = `fake-token-${this.tokens.size + 1}`;
+      this.tokens.set(t, { revoked: false });
+      return { status: 200, body: { auth: { client_token: t, lease_duration: this.tokenTtlSeconds, policies: ['pgvault-app'] } } };
+    }
+    if (!live) return { status: 403, body: { errors: ['permission denied'] } };
+    let m: RegExpMatchArray | null;
+    if (path === 'auth/token/lookup-self') return { status: 200, body: { data: { ttl: this.tokenTtlSeconds } } };
+    if (path === 'auth/token/renew-self') return { status: 200, body: { auth: { lease_duration: this.tokenTtlSeconds } } };
+    if (path === 'auth/token/revoke-self') {
+      this.tokens.get(token)!.revoked = true;
+      return { status: 204 };
+    }
+    if ((m = path.match(/^sys\/leases\/(renew|revoke)\/?(.*)$/))) {
+      const id = m[2] || body.lease_id;
+      const lease = this.leases.get(id);
+      if (!lease || lease.revoked) return m[1] === 'revoke' ? { status: 204 } : { status: 400, body: { errors: ['lease not found'] } };
+      if (m[1] === 'revoke') lease.revoked = true;
+      return m[1] === 'revoke' ? { status: 204 } : { status: 200, body: { lease_id: id, lease_duration: this.ttlSeconds, renewable: true } };
+    }
+    if ((m = path.match(/^(.+)\/creds\/(.+)$/))) return { status: 200, body: this.newLease(m[1], m[2]) };
+    return { status: 404, body: { errors: [] } };
+  }
+
+  /** Creates a lease as Vault does (before answering), so a late answer still leaves one. */
+  newLease(mount: string, role: string) {
+    const n = this.leases.size + 1;
+    const id = `${mount}/creds/${role}/fake${n}`;
+    this.leases.set(id, { revoked: false });
+    return { lease_id: id, lease_duration: this.ttlSeconds, renewable: true, data: { username: `v-${role}-${n}`, password: 'fake-password' } };
+  }
+}
+
+/** An app configuration for a fake Vault cluster at `addresses`; Postgres at a port nothing listens on (pools are not used). */
+export function fakeConfig(addresses: string[], roles: string[]): AppConfig {
+  return {
+    vaultAddress: addresses[0],
+    vaultAddresses: addresses,
+    approleMount: 'approle',
+    roleId: 'role-id',
+    secretId: 'secret-id',
+    mountPath: 'database',
+    roles,
+    postgres: { host: '127.0.0.1', port: 1, database: 'app', sslmode: 'disable' },
+  };
 }
