@@ -208,6 +208,11 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
         if (e?.code === '28P01' && gen.connected && !renewed) {
           renewed = true;
           this.count('auth_refused');
+          // Newer credentials are being probed (a replica lagging): they take over now, nothing is issued.
+          if (this.pending && this.active === gen) {
+            this.promote(this.pending);
+            continue;
+          }
           await beforeDeadline(this.opts.lease.rotateNow('credentials refused by Postgres'), callDeadline, 'new credentials');
           if (this.active === gen) this.swapTo(this.opts.lease.current(), { now: true });
           continue;
