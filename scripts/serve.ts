@@ -95,6 +95,7 @@ async function main(): Promise<void> {
   }
   runtime.session.on('relogin', () => logger.info('Vault token replaced by a new AppRole login'));
   runtime.session.on('loginFailed', (e, refused) => logger.warn({ code: e.code, refused }, `AppRole re-login failed: ${safeMessage(e)}`));
+  runtime.session.on('lateLease', (role, revoked) => logger.warn({ role, revoked }, revoked ? 'credentials Vault sent after their request gave up were revoked' : 'credentials Vault sent after their request gave up could not be revoked; they expire with their TTL'));
 
   let stopping = false;
   const shutdown = async (why: string, code: number) => {

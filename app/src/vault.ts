@@ -89,6 +89,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   #armed = 0;
   /** tokenExpiresAt on the monotonic clock. */
   #tokenExpiresAtMono = 0;
+  /** Reads of credentials still open, by path: the next caller waits for one rather than sending another. */
+  readonly #openIssues = new Map<string, OpenIssue>();
   #login?: { mount: string; roleId: string; secretId: SecretIdSource };
   #timer?: NodeJS.Timeout;
   #keepAlive = false;
@@ -307,40 +309,53 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   /**
    * Reads new credentials from `<mount>/creds/<role>`. The caller waits at most `timeoutMillis`
    * (default: the session's timeoutMillis); the request itself stays open (Vault creates the
-   * user even when it answers late), and credentials that arrive after the caller gave up have
-   * their lease revoked at once ('lateLease'). Not idempotent: after a timeout or a lost
-   * connection it is never sent to another node, only when a node surely did not serve it.
+   * user even when it answers late). The next read of the same path takes that request over
+   * rather than sending another, and credentials that arrive while nobody waits have their
+   * lease revoked at once ('lateLease'). Not idempotent: after a timeout or a lost connection
+   * it is never sent to another node, only when a node surely did not serve it.
    */
   async issue(mount: string, role: string, opts: { timeoutMillis?: number } = {}): Promise<DatabaseCredentials> {
     const path = `${mount}/creds/${role}`;
-    const tokenGeneration = this.tokenGeneration;
-    const issuedAt = Date.now();
     const waitMillis = Math.max(1, opts.timeoutMillis ?? this.#timeoutMillis);
-    const request = this.call(path, () => this.client.read(path, { timeout: CREDS_REQUEST_TIMEOUT_MILLIS }), { timeoutMillis: waitMillis, idempotent: false });
-    let gaveUp = false;
+    // Only a request nobody waits for is taken over: two callers never get the same lease.
+    let pending = this.#openIssues.get(path);
+    if (!pending || pending.waiting) {
+      const p: OpenIssue = {
+        tokenGeneration: this.tokenGeneration,
+        issuedAt: Date.now(),
+        waiting: false,
+        request: this.call(path, () => this.client.read(path, { timeout: CREDS_REQUEST_TIMEOUT_MILLIS }), { timeoutMillis: waitMillis, idempotent: false }),
+      };
+      this.#openIssues.set(path, p);
+      p.request.then(
+        (r) => {
+          if (!p.waiting && r?.lease_id) void this.revokeLate(role, r.lease_id);
+        },
+        () => undefined,
+      ).finally(() => {
+        if (this.#openIssues.get(path) === p) this.#openIssues.delete(path);
+      });
+      pending = p;
+    }
+    const open = pending;
+    open.waiting = true;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        gaveUp = true;
-        reject(new VaultRequestError('VAULT_TIMEOUT', `Vault ${path} did not answer within ${waitMillis} ms; the request stays open, and credentials it brings later are revoked`, path));
+        open.waiting = false;
+        reject(new VaultRequestError('VAULT_TIMEOUT', `Vault ${path} did not answer within ${waitMillis} ms; the request stays open for the next attempt, and credentials nobody waits for are revoked`, path));
       }, waitMillis);
       timer.unref();
     });
-    request.then(
-      (r) => {
-        if (gaveUp && r?.lease_id) void this.revokeLate(role, r.lease_id);
-      },
-      () => undefined,
-    );
-    const res = await Promise.race([request, late]).finally(() => clearTimeout(timer));
+    const res = await Promise.race([open.request, late]).finally(() => clearTimeout(timer));
     const creds = {
       role,
       leaseId: res.lease_id,
       leaseDurationSeconds: res.lease_duration,
       renewable: res.renewable,
       username: res.data.username,
-      issuedAt,
-      tokenGeneration,
+      issuedAt: open.issuedAt,
+      tokenGeneration: open.tokenGeneration,
     } as DatabaseCredentials;
     Object.defineProperty(creds, 'password', { value: res.data.password, enumerable: false });
     return creds;
@@ -496,6 +511,15 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
       throw new VaultRequestError(code, `Vault ${path} failed (${why})`, path, status, { cause: status ? undefined : { code: e?.code } });
     }
   }
+}
+
+/** A read of credentials under way, and whether a caller still waits for it. */
+interface OpenIssue {
+  readonly request: Promise<any>;
+  /** When it was sent: the lease cannot expire before issuedAt + TTL. */
+  readonly issuedAt: number;
+  readonly tokenGeneration: number;
+  waiting: boolean;
 }
 
 /** Connection errors that prove the request never reached the node. */
