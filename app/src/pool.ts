@@ -445,7 +445,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
         gen.drainWaiters.push(wake);
       });
     }
-    await beforeDeadline(gen.pool.end(), Math.max(end, Date.now() + 1000), 'the pool to end').catch(() => undefined);
+    // Closing idle connections takes milliseconds; a close() keeps to its budget, a rotation may linger.
+    await beforeDeadline(gen.pool.end(), Math.max(end, Date.now() + (opts.background ? 1000 : 100)), 'the pool to end').catch(() => undefined);
   }
 
   private count(reason: string): void {
