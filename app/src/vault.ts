@@ -317,10 +317,12 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   async issue(mount: string, role: string, opts: { timeoutMillis?: number } = {}): Promise<DatabaseCredentials> {
     const path = `${mount}/creds/${role}`;
     const waitMillis = Math.max(1, opts.timeoutMillis ?? this.#timeoutMillis);
-    // Only a request nobody waits for is taken over: two callers never get the same lease.
+    // Only a request nobody waits for, on the node in use, is taken over: two callers never get
+    // the same lease, and after a timeout on a cluster the next attempt goes to another node.
     let pending = this.#openIssues.get(path);
-    if (!pending || pending.waiting) {
+    if (!pending || pending.waiting || pending.node !== this.client) {
       const p: OpenIssue = {
+        node: this.client,
         tokenGeneration: this.tokenGeneration,
         issuedAt: Date.now(),
         waiting: false,
@@ -343,6 +345,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         open.waiting = false;
+        // The request stays where it is; later calls try the next node (a paused node answers nothing).
+        if (this.clients.length > 1 && this.client === open.node) this.nextNode();
         reject(new VaultRequestError('VAULT_TIMEOUT', `Vault ${path} did not answer within ${waitMillis} ms; the request stays open for the next attempt, and credentials nobody waits for are revoked`, path));
       }, waitMillis);
       timer.unref();
@@ -489,15 +493,20 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
           return await this.callOnce(path, () => fn(requestOptions()));
         } catch (e) {
           if (!(e instanceof VaultRequestError) || !nodeUnavailable(e, opts.idempotent ?? true) || monotonic() >= end) throw e;
-          const i = this.clients.indexOf(this.client);
-          const token = this.client.token;
-          this.client = this.clients[(i + 1) % this.clients.length];
-          this.client.token = token;
+          this.nextNode();
         }
       }
       // Every node refused: an election is under way. Wait (bounded) before the next round.
       await sleep(Math.min(backoffDelay(round, { initialMillis: 200, maxMillis: 2000 }), Math.max(0, end - monotonic())));
     }
+  }
+
+  /** Moves the session to the next node of the cluster, with its token. */
+  private nextNode(): void {
+    const i = this.clients.indexOf(this.client);
+    const token = this.client.token;
+    this.client = this.clients[(i + 1) % this.clients.length];
+    this.client.token = token;
   }
 
   private async callOnce<T>(path: string, fn: () => Promise<T>): Promise<any> {
@@ -516,6 +525,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
 /** A read of credentials under way, and whether a caller still waits for it. */
 interface OpenIssue {
   readonly request: Promise<any>;
+  /** The node (client) it was sent to: only a caller on that node takes it over. */
+  readonly node: unknown;
   /** When it was sent: the lease cannot expire before issuedAt + TTL. */
   readonly issuedAt: number;
   readonly tokenGeneration: number;

@@ -105,15 +105,21 @@ export type FakeVaultAnswer = { status: number; body?: unknown; delayMillis?: nu
 export class FakeVaultServer {
   readonly calls: { path: string; token?: string }[] = [];
   /** Every lease created (as Vault creates the user before it answers), and whether it was revoked. */
-  readonly leases = new Map<string, { revoked: boolean }>();
+  readonly leases: Map<string, { revoked: boolean }>;
   /** Tokens handed out, and whether each was revoked. */
-  readonly tokens = new Map<string, { revoked: boolean }>();
+  readonly tokens: Map<string, { revoked: boolean }>;
   ttlSeconds = 60;
   tokenTtlSeconds = 3600;
   override?: (path: string, token: string | undefined) => FakeVaultAnswer | undefined;
   private server = http.createServer((req, res) => this.handle(req, res));
   private sockets = new Set<import('node:net').Socket>();
   port = 0;
+
+  /** With `cluster`: another node of the same cluster (leases and tokens shared, as Raft does). */
+  constructor(cluster?: FakeVaultServer) {
+    this.leases = cluster?.leases ?? new Map();
+    this.tokens = cluster?.tokens ?? new Map();
+  }
 
   async listen(): Promise<this> {
     // Unref'd: a test that fails before close() does not hold its process open.
