@@ -134,9 +134,9 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
       const fatalAfter = opts.loginRefusedFatalMillis ?? 60_000;
       session.on('loginFailed', (e, refused) => {
         if (!refused || rt.fatalEmitted || session.loginFailingSince === undefined) return;
-        if (Date.now() - session.loginFailingSince >= fatalAfter) {
+        if (session.loginFailingForMillis >= fatalAfter) {
           rt.fatalEmitted = true;
-          rt.emit('fatal', new AppError('VAULT_LOGIN_REFUSED', `Vault has refused every AppRole login for ${Math.round((Date.now() - session.loginFailingSince) / 1000)} s (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong or expired: provide a fresh one`));
+          rt.emit('fatal', new AppError('VAULT_LOGIN_REFUSED', `Vault has refused every AppRole login for ${Math.round(session.loginFailingForMillis / 1000)} s (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong or expired: provide a fresh one`));
         }
       });
     } catch (e) {

@@ -89,6 +89,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   #armed = 0;
   /** tokenExpiresAt on the monotonic clock. */
   #tokenExpiresAtMono = 0;
+  #loginFailingSinceMono?: number;
   /** Reads of credentials still open, by path: the next caller waits for one rather than sending another. */
   readonly #openIssues = new Map<string, OpenIssue>();
   #login?: { mount: string; roleId: string; secretId: SecretIdSource };
@@ -156,6 +157,11 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     this.client.token = value || undefined;
   }
 
+  /** For how long re-logins have failed (ms, on a monotonic clock); 0 while the last login succeeded. */
+  get loginFailingForMillis(): number {
+    return this.#loginFailingSinceMono === undefined ? 0 : monotonic() - this.#loginFailingSinceMono;
+  }
+
   get loggedIn(): boolean {
     return Boolean(this.client.token);
   }
@@ -218,12 +224,14 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
         this.#reloginAttempt = 0;
         this.#lastLoginError = undefined;
         this.loginFailingSince = undefined;
+        this.#loginFailingSinceMono = undefined;
         this.loginRefused = false;
         this.scheduleKeepAlive(renewalDelayMillis(this.tokenTtlSeconds));
         this.emit('relogin', this.tokenGeneration);
       } catch (e: any) {
         const err = e instanceof AppError ? e : new AppError('VAULT_LOGIN', String(e?.message ?? e));
         this.loginFailingSince ??= Date.now();
+        this.#loginFailingSinceMono ??= monotonic();
         this.loginRefused = loginRefused(err);
         // Keep trying with backoff until a login succeeds, whoever asked for this one.
         const delay = backoffDelay(this.#reloginAttempt++, this.#backoff);

@@ -5,8 +5,8 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { VaultSession } from '@pgvault/runtime';
-import { FakeVaultServer } from './fakes';
+import { CredentialRuntime, VaultSession } from '@pgvault/runtime';
+import { FakeVaultServer, fakeConfig } from './fakes';
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -40,5 +40,26 @@ test('a clock stepped back during a re-login backoff does not stop the keep-aliv
   }
   assert.ok(s.tokenGeneration >= 2, `logged in again after the clock stepped back (generation ${s.tokenGeneration}, ${vault.count(/\/login$/)} logins)`);
   s.stopKeepAlive();
+  await vault.close();
+});
+
+test('a clock stepped forward while logins are refused does not make them fatal early', { timeout: 20_000 }, async () => {
+  const vault = await new FakeVaultServer().listen();
+  const rt = await CredentialRuntime.start(fakeConfig([vault.address], ['readonly']), { backoff: { initialMillis: 20, maxMillis: 50 }, loginRefusedFatalMillis: 10_000 });
+  let fatal = false;
+  rt.on('fatal', () => (fatal = true));
+  rt.session.on('loginFailed', () => undefined);
+  vault.override = (path) => (path.endsWith('/login') ? { status: 400, body: { errors: ['invalid role or secret ID'] } } : undefined);
+  await rt.session.reloginNow(rt.session.tokenGeneration).catch(() => undefined);
+  const realNow = Date.now;
+  try {
+    Date.now = () => realNow() + 3_600_000; // the wall clock steps an hour forward
+    await wait(500); // the keep-alive retries the login meanwhile
+  } finally {
+    Date.now = realNow;
+  }
+  assert.equal(fatal, false, 'refused for 0.5 s, not an hour');
+  assert.equal(rt.vaultLogin, 'login refused');
+  await rt.close({ timeoutMillis: 1000 });
   await vault.close();
 });

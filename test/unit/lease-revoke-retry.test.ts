@@ -11,7 +11,7 @@ import { FakeVaultSession, vaultError } from './fakes';
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function rotated(fake: FakeVaultSession, opts: { revokeRetries?: number } = {}) {
-  const m = new LeaseManager({ session: fake, mount: 'database', role: 'ro', jitter: 0, backoff: { initialMillis: 20, maxMillis: 80 }, ...opts } as any);
+  const m = new LeaseManager({ session: fake, mount: 'database', role: 'ro', jitter: 0, backoff: { initialMillis: 20, maxMillis: 80 }, ...opts });
   m.on('error', () => undefined);
   let previous: DatabaseCredentials | undefined;
   m.on('rotated', (prev) => (previous = prev));
