@@ -24,7 +24,7 @@ export function stateUnreadable(envName: string, stackId: string, where: string,
     `the state of ${stackId} (${where}) cannot be read: ${why}. Nothing was run or deleted: a truncated or half-written state ` +
       "does not mean that nothing is deployed, and Terraform may still manage resources it no longer lists. If a deploy is running, wait for it. " +
       (backup ? `Otherwise restore the state: Terraform's previous copy is ${backup} (check it, then copy it over ${where}), or use your own backup. ` : 'Otherwise restore the state from your backup. ') +
-      `Then run 'npm run destroy -- ${envName}' again.`,
+      `Then run the deploy or destroy again ('npm run destroy -- ${envName}').`,
   );
 }
 
