@@ -36,12 +36,14 @@ async function hasResources(env: EnvironmentConfig, stackId: string): Promise<bo
  * Refuses to run Terraform on a stack whose state holds a hook input that differs from the
  * synthesized configuration (see scripts/state-trust.ts): nothing runs, nothing changes.
  */
-async function refuseTamperedHooks(env: EnvironmentConfig, command: StackCommand, stacks: readonly SynthesizedStack[], ids: readonly string[]): Promise<void> {
+async function refuseTamperedHooks(env: EnvironmentConfig, command: StackCommand, stacks: readonly SynthesizedStack[], ids: readonly string[], sink: Sink): Promise<void> {
   for (const s of stacks.filter((x) => ids.includes(x.name))) {
     const config = JSON.parse(fs.readFileSync(path.join(s.dir, 'cdk.tf.json'), 'utf8'));
     if (!config.resource?.terraform_data) continue;
+    const started = Date.now();
     const state = await readState(env, s.name);
     if (state) checkHookState(env.name, command, s.name, config, state, stateWhere(env, s.name));
+    sink(`${s.name}  [pgvault] hooks in the state checked against the configuration: ${((Date.now() - started) / 1000).toFixed(2)}s\n`, 'stdout');
   }
 }
 
@@ -93,7 +95,7 @@ async function terraformStacks(env: EnvironmentConfig, command: StackCommand, id
   let failure: unknown;
   try {
     const stacks = await synthesize(env, childEnv, sink);
-    await refuseTamperedHooks(env, command, stacks, ids);
+    await refuseTamperedHooks(env, command, stacks, ids, sink);
     await runStacks(stacks, ids, command, childEnv, sink);
     if (command === 'deploy') {
       for (const s of stacks.filter((x) => ids.includes(x.name))) outputs[s.name] = await stackOutputs(s, childEnv);
