@@ -11,7 +11,8 @@
  *
  * The action, the environment and the script are literals of the synthesized configuration.
  * The hook's input as the state holds it arrives as data in PGVAULT_HOOK_INPUT: when it names
- * another environment or script, the state was changed outside Terraform, and nothing runs.
+ * another environment, or a script that is not a plain path, the state was changed outside
+ * Terraform, and nothing runs.
  */
 import * as fs from 'node:fs';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
@@ -51,7 +52,7 @@ async function main(argv: string[]): Promise<void> {
   const [action, name] = argv;
   const run = actions[action];
   if (!run || !name || argv.length !== 2) throw new Error(`usage: hooks.js ${Object.keys(actions).join('|')} <environment>`);
-  checkHookInput(action, name, process.env.PGVAULT_HOOK_INPUT, process.argv[1]);
+  checkHookInput(action, name, process.env.PGVAULT_HOOK_INPUT);
   // Checked again here, where it is used: a safe name, with its own file in the environments directory.
   await run(loadEnvironment(name));
 }

@@ -5,8 +5,6 @@
  * input differs from the configuration is refused, and an unreadable state is an error, never
  * "nothing deployed". Every refusal says what was found, that nothing ran, and how to recover.
  */
-import * as path from 'node:path';
-
 /** A check refused to go on; nothing was run or deleted. `code` is stable. */
 export class StateTrustError extends Error {
   public readonly code: string;
@@ -88,11 +86,18 @@ export function dockerUnanswered(envName: string, localDir: string, detail: stri
 }
 
 /**
- * Checks the input the hook script was started with (PGVAULT_HOOK_INPUT, from the state) against
- * its own arguments (literals of the configuration): the environment and the script must be the
- * same. Throws HOOK_INPUT_REFUSED otherwise.
+ * What a hook's `input.script` has ever been: a relative path up from the stack's directory to
+ * a .js file. Only the configuration's literal runs; a state value of another shape (an option
+ * such as `-e`, shell syntax) was put there by hand. Another plain path is a moved script.
  */
-export function checkHookInput(action: string, environment: string, rawInput: string | undefined, scriptArgument: string): void {
+const PLAIN_SCRIPT_PATH = /^(\.\.\/)+[A-Za-z0-9_][A-Za-z0-9._/-]*\.js$/;
+
+/**
+ * Checks the input the hook script was started with (PGVAULT_HOOK_INPUT, from the state) against
+ * its own arguments (literals of the configuration): the environment must be the same, and the
+ * script a plain path. Throws HOOK_INPUT_REFUSED otherwise.
+ */
+export function checkHookInput(action: string, environment: string, rawInput: string | undefined): void {
   if (rawInput === undefined) throw hookInputRefused(action, environment, "PGVAULT_HOOK_INPUT is not set (this script is run by the stacks' terraform_data hooks only)");
   let input: any;
   try {
@@ -104,8 +109,8 @@ export function checkHookInput(action: string, environment: string, rawInput: st
   if (input.environment !== environment) {
     throw hookInputRefused(action, environment, `the state's input names the environment ${JSON.stringify(input.environment)}, the configuration ${JSON.stringify(environment)}`);
   }
-  if (typeof input.script !== 'string' || path.resolve(input.script) !== path.resolve(scriptArgument)) {
-    throw hookInputRefused(action, environment, `the state's input names the script ${JSON.stringify(input.script)}, the configuration ${JSON.stringify(scriptArgument)}`);
+  if (typeof input.script !== 'string' || !PLAIN_SCRIPT_PATH.test(input.script)) {
+    throw hookInputRefused(action, environment, `the state's input names the script ${JSON.stringify(input.script)}, which is not a relative path to a .js file`);
   }
 }
 
@@ -125,10 +130,12 @@ export function checkHookState(envName: string, command: string, stackId: string
     for (const instance of Array.isArray(r.instances) ? r.instances : []) {
       const attributes = instance?.attributes ?? {};
       const input = attributes.input?.value;
-      for (const field of ['environment', 'script'] as const) {
-        const expected = configured.input?.[field];
-        if (expected === undefined) continue;
-        if (input?.[field] !== expected) throw hookStateTampered(envName, command, stackId, address, `input.${field}`, input?.[field], expected, where);
+      const expected = configured.input?.environment;
+      if (expected !== undefined && input?.environment !== expected) throw hookStateTampered(envName, command, stackId, address, 'input.environment', input?.environment, expected, where);
+      // A script moved in the repository is a plain change (the deploy writes the new path, running nothing); another shape is not.
+      const script = configured.input?.script;
+      if (script !== undefined && input?.script !== script && !(typeof input?.script === 'string' && PLAIN_SCRIPT_PATH.test(input.script))) {
+        throw hookStateTampered(envName, command, stackId, address, 'input.script', input?.script, script, where);
       }
       if (hasDestroyAction && attributes.triggers_replace != null) {
         throw hookStateTampered(envName, command, stackId, address, 'triggers_replace', attributes.triggers_replace?.value ?? attributes.triggers_replace, null, where);

@@ -159,6 +159,9 @@ test('a hook input in state that differs from the configuration is refused befor
     refused('STATE_HOOK_TAMPERED', 'the state of trust-secrets (f.tfstate) was changed outside Terraform', `terraform_data.${HOOK}`, `input.environment ${JSON.stringify(payload)}`, 'configuration says "trust"', 'nothing ran', `state rm terraform_data.${HOOK}`, "'npm run destroy -- trust'"),
   );
   assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '-e' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "-e"'));
+  assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '/tmp/x.js' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "/tmp/x.js"'));
+  // A script moved in the repository: the deploy writes the new path in place, running nothing.
+  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '../../../dist/scripts/deploy/hooks.js' }), 'f');
   assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(null), 'f'), refused('STATE_HOOK_TAMPERED', 'input.environment undefined'));
   assert.throws(
     () => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(good, { value: 'replace me', type: 'string' }), 'f'),
@@ -167,16 +170,16 @@ test('a hook input in state that differs from the configuration is refused befor
 });
 
 test('the hook script refuses an input (from state) that is not its own', { timeout: 10_000 }, () => {
-  const script = path.resolve('../../../dist/scripts/hooks.js');
+  const script = '../../../dist/scripts/hooks.js';
   const input = (o: unknown) => JSON.stringify(o);
-  checkHookInput('teardown', 'trust', input({ environment: 'trust', script: '../../../dist/scripts/hooks.js' }), script);
-  assert.throws(() => checkHookInput('teardown', 'trust', undefined, script), refused('HOOK_INPUT_REFUSED', 'PGVAULT_HOOK_INPUT is not set', 'Nothing ran'));
-  assert.throws(() => checkHookInput('teardown', 'trust', '{', script), refused('HOOK_INPUT_REFUSED', 'not JSON'));
+  checkHookInput('teardown', 'trust', input({ environment: 'trust', script }));
+  assert.throws(() => checkHookInput('teardown', 'trust', undefined), refused('HOOK_INPUT_REFUSED', 'PGVAULT_HOOK_INPUT is not set', 'Nothing ran'));
+  assert.throws(() => checkHookInput('teardown', 'trust', '{'), refused('HOOK_INPUT_REFUSED', 'not JSON'));
   assert.throws(
-    () => checkHookInput('teardown', 'trust', input({ environment: 'x"; touch /tmp/pwned; echo "', script }), script),
+    () => checkHookInput('teardown', 'trust', input({ environment: 'x"; touch /tmp/pwned; echo "', script })),
     refused('HOOK_INPUT_REFUSED', 'hook teardown for "trust" refused', 'names the environment "x\\"; touch /tmp/pwned; echo \\""', 'Nothing ran'),
   );
-  assert.throws(() => checkHookInput('teardown', 'trust', input({ environment: 'trust', script: '-e' }), script), refused('HOOK_INPUT_REFUSED', 'names the script "-e"'));
+  assert.throws(() => checkHookInput('teardown', 'trust', input({ environment: 'trust', script: '-e' })), refused('HOOK_INPUT_REFUSED', 'names the script "-e", which is not a relative path'));
 });
 
 test("Docker objects of an environment: its own names only, not those of an environment whose name extends it", { timeout: 10_000 }, () => {
