@@ -380,6 +380,8 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
+    await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
 
     // 5. Dynamic users reach the app's database only: every other database PUBLIC may connect to

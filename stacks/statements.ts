@@ -108,7 +108,8 @@ export function rollbackStatements(): string[] {
  *     sessions and taking over its objects need the user's privileges) and terminate its sessions;
  *  2. clean up in this database: take EXECUTE on its routines away from PUBLIC; a write user's
  *     objects go to the retired role (which holds no privilege); a read user's are dropped, large
- *     objects included; DROP OWNED takes what is left (privileges, default privileges);
+ *     objects included; DROP OWNED takes what is left (privileges, default privileges). In a block
+ *     of its own: whatever fails here, the disarm above commits;
  *  3. DROP ROLE in a block of its own: when an object in another database holds the role, the
  *     drop fails, and the role stays disarmed and marked, for the bootstrap or the teardown (as the
  *     superuser, the only one that reaches other databases) to drop. The revocation succeeds.
@@ -145,8 +146,12 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       `    EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
       `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
       `    PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
-      ...handOver,
-      `    EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+      '    BEGIN',
+      ...handOver.map((l) => `  ${l}`),
+      `      EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+      '    EXCEPTION WHEN OTHERS THEN',
+      `      RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
+      '    END;',
       '    BEGIN',
       `      EXECUTE format('DROP ROLE %I', '{{name}}');`,
       '    EXCEPTION WHEN OTHERS THEN',
