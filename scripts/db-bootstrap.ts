@@ -192,7 +192,7 @@ export async function dropDynamicUsers(client: Client, env: EnvironmentConfig, o
     for (const g of grants.rows) await client.query(`REVOKE ${q(g.role)} FROM ${user}${g.grantor ? ` GRANTED BY ${q(g.grantor)}` : ''}`);
     await client.query(`ALTER ROLE ${user} NOLOGIN PASSWORD NULL VALID UNTIL '1970-01-01 00:00:00+00'`);
     await client.query(`COMMENT ON ROLE ${user} IS ${lit(disarmedComment(env.database.mark))}`);
-    await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u.name]);
+    await client.query('SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u.name]);
     await cleanUp(client);
     for (const db of await otherDatabasesOf(client, u.name)) {
       // Another database holds only what the user made there (a large object, default privileges),
