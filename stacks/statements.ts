@@ -106,8 +106,9 @@ export function rollbackStatements(): string[] {
  *     that role never inherits a group's privileges through the user), NOLOGIN, no password, an
  *     expired VALID UNTIL, the disarmed mark; then grant the user to Vault's role (terminating its
  *     sessions and taking over its objects need the user's privileges) and terminate its sessions,
- *     all at once, then wait (up to 5 s in all) for them to exit: a dying session's temporary
- *     tables would otherwise stop REASSIGN OWNED ("cannot alter temporary tables of other sessions");
+ *     all at once, then wait (up to 2 s in all) for those to exit: a dying session's temporary
+ *     tables would otherwise stop REASSIGN OWNED ("cannot alter temporary tables of other sessions").
+ *     A login that lands after (NOLOGIN commits with the transaction) is the reaper's;
  *  2. clean up in this database: take EXECUTE on its routines away from PUBLIC; a write user's
  *     objects go to the retired role (which holds no privilege); a read user's are dropped, large
  *     objects included; DROP OWNED takes what is left (privileges, default privileges). In a block
@@ -134,7 +135,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
   return [
     [
       'DO $$',
-      'DECLARE u oid; g name; f regprocedure; d name; i int;',
+      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[];',
       'BEGIN',
       `  SELECT oid INTO u FROM pg_catalog.pg_roles WHERE rolname = '{{name}}';`,
       '  IF u IS NOT NULL THEN',
@@ -147,10 +148,11 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       `    EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL VALID UNTIL %L', '{{name}}', '1970-01-01 00:00:00+00');`,
       `    EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
       `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
-      `    PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
-      '    FOR i IN 1..500 LOOP',
+      `    SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
+      '    PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
+      '    FOR i IN 1..200 LOOP',
       '      PERFORM pg_catalog.pg_stat_clear_snapshot();',
-      `      EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid());`,
+      '      EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
       '      PERFORM pg_catalog.pg_sleep(0.01);',
       '    END LOOP;',
       '    BEGIN',
