@@ -19,6 +19,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
@@ -243,6 +244,11 @@ async function dropDisarmed(client: Client, env: EnvironmentConfig): Promise<{ d
   return r.rowCount ? dropDynamicUsers(client, env, { disarmedOnly: true }) : { dropped: [], kept: [] };
 }
 
+/** Existing servers: where the bootstrap writes the reaper's SQL for the operator to schedule (the teardown removes it). */
+export function reaperJobFile(env: EnvironmentConfig): string {
+  return path.join(localDir(env.name), 'reaper.sql');
+}
+
 /**
  * Says what bounds a flood or a lost credential, where this server does not: databases open to
  * PUBLIC, too few reserved connections for Vault (16+), and, for existing servers, the reaper
@@ -267,7 +273,7 @@ async function reportLimits(client: Client, env: EnvironmentConfig, version: num
     }
   }
   if (env.infrastructure === 'existing') {
-    const file = `${localDir(env.name)}/reaper.sql`;
+    const file = reaperJobFile(env);
     fs.mkdirSync(localDir(env.name), { recursive: true, mode: 0o700 });
     fs.writeFileSync(file, `-- pgvault ${env.name}: run as a superuser every second, on the primary and on each replica.\n${reaperStatement(env.database.mark)}\n`, { mode: 0o600 });
     say(
@@ -484,4 +490,5 @@ export async function down(env: EnvironmentConfig): Promise<void> {
   } finally {
     await client.end();
   }
+  fs.rmSync(reaperJobFile(env), { force: true });
 }
