@@ -4,6 +4,7 @@ import type { ErrorObject } from 'ajv';
 import * as schema from './environment.schema.json';
 import * as errors from './errors';
 import { schemaValidator } from './schema-validator';
+import { DEFAULT_CONNECTION_LIMIT, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS } from './statements';
 
 /** The repository root: environments, .local and cdktf.out hang off it. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -32,6 +33,12 @@ export interface RoleConfig {
   readonly maxTtlSeconds: number;
   /** @default "primary" */
   readonly target: RoleTarget;
+  /** CONNECTION LIMIT of each of the role's users. @default 20 */
+  readonly connectionLimit: number;
+  /** The reaper ends a statement running longer; also the users' statement_timeout. @default 300 */
+  readonly statementTimeoutSeconds: number;
+  /** The reaper ends a transaction idle longer; also the users' idle_in_transaction_session_timeout. @default 60 */
+  readonly idleInTransactionTimeoutSeconds: number;
 }
 
 /** A Postgres server as Vault (host, port) and as the app and the bootstrap (clientHost, clientPort) reach it. */
@@ -84,6 +91,12 @@ export interface EnvironmentConfig {
      * unless the environment file sets "postgres.dropDataOnDestroy": true.
      */
     readonly dropDataOnDestroy: boolean;
+    /**
+     * The bootstrap revokes CONNECT from PUBLIC on every other database, so dynamic users reach
+     * only the app's. Docker: true (the container's postgres and template1); existing: false, and
+     * the bootstrap reports each database where PUBLIC still has CONNECT.
+     */
+    readonly restrictPublicConnect: boolean;
   };
   readonly vault: {
     readonly address: string;
@@ -183,7 +196,16 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
 
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
-    .map(([roleName, r]) => ({ name: roleName, access: r.access, defaultTtlSeconds: r.defaultTtlSeconds, maxTtlSeconds: r.maxTtlSeconds, target: r.target ?? 'primary' }))
+    .map(([roleName, r]) => ({
+      name: roleName,
+      access: r.access,
+      defaultTtlSeconds: r.defaultTtlSeconds,
+      maxTtlSeconds: r.maxTtlSeconds,
+      target: r.target ?? 'primary',
+      connectionLimit: r.connectionLimit ?? DEFAULT_CONNECTION_LIMIT,
+      statementTimeoutSeconds: r.statementTimeoutSeconds ?? DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+      idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
+    }))
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const r of roles) {
     if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
@@ -247,6 +269,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
         ? { host: `pgvault-${name}-postgres-replica`, port: 5432, clientHost: pg.clientHost ?? '127.0.0.1', clientPort: docker.postgresReplica.hostPort }
         : undefined,
       dropDataOnDestroy: true,
+      restrictPublicConnect: pg.restrictPublicConnect ?? true,
     };
     // A cluster serves TLS with the environment's own CA (made by the deploy, scripts/vault-cluster.ts).
     const addresses = docker.vaultNodes ? vaultPorts.map((p) => `https://127.0.0.1:${p}`) : [`http://127.0.0.1:${docker.vaultHostPort}`];
@@ -277,6 +300,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       // Vault never connects to the replica: only the app does.
       replica: pg.replica ? { host: pg.replica.clientHost, port: pg.replica.clientPort ?? 5432, clientHost: pg.replica.clientHost, clientPort: pg.replica.clientPort ?? 5432 } : undefined,
       dropDataOnDestroy: pg.dropDataOnDestroy ?? false,
+      restrictPublicConnect: pg.restrictPublicConnect ?? false,
     };
     vaultResolved = {
       address: vault.address.replace(/\/+$/, ''),

@@ -188,3 +188,24 @@ test('existing: a Postgres CA file for the app and the bootstrap, and its path w
   assert.equal(env.postgres.caCertFileOnVault, '/etc/vault/pg-ca.pem');
   assert.deepEqual(env.postgres.replica, { host: 'db-ro', port: 5432, clientHost: 'db-ro', clientPort: 5432 });
 });
+
+test('dynamic users are kept to the app\'s database on docker; existing servers opt in', () => {
+  assert.equal(loadEnvironment('local').postgres.restrictPublicConnect, true);
+  const doc = shipped('existing-example');
+  assert.equal(resolveEnvironment('e', 'e.json', doc).postgres.restrictPublicConnect, false, 'reported, not changed, unless the operator opts in');
+  assert.equal(resolveEnvironment('e', 'e.json', { ...doc, postgres: { ...doc.postgres, restrictPublicConnect: true } }).postgres.restrictPublicConnect, true);
+  rejects({ ...doc, postgres: { ...doc.postgres, restrictPublicConnect: 'yes' } }, 'ENV_SCHEMA', 'postgres.restrictPublicConnect', '"yes"');
+});
+
+test('each role bounds its users: connections, statements and idle transactions, with documented defaults', () => {
+  const local = loadEnvironment('local');
+  for (const r of local.roles) {
+    assert.deepEqual([r.connectionLimit, r.statementTimeoutSeconds, r.idleInTransactionTimeoutSeconds], [20, 300, 60], r.name);
+  }
+  const doc = shipped('local');
+  doc.roles.readonly = { ...doc.roles.readonly, connectionLimit: 12, statementTimeoutSeconds: 5, idleInTransactionTimeoutSeconds: 2 };
+  const ro = resolveEnvironment('t', 't.json', doc).roles.find((r) => r.name === 'readonly')!;
+  assert.deepEqual([ro.connectionLimit, ro.statementTimeoutSeconds, ro.idleInTransactionTimeoutSeconds], [12, 5, 2]);
+  doc.roles.readonly.connectionLimit = 0;
+  rejects(doc, 'ENV_SCHEMA', 'roles.readonly.connectionLimit', '0');
+});
