@@ -488,7 +488,9 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       return err;
     }
     // Keep Postgres's own message for the logs; it never contains the password.
-    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}${hint ? `; ${hint}` : ''}`, e?.code, { cause: undefined });
+    // Only Postgres's own errors carry a SQLSTATE (a socket's EPIPE has the same shape).
+    const sqlState = typeof e?.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) && e.syscall === undefined ? e.code : undefined;
+    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}${hint ? `; ${hint}` : ''}`, sqlState, { cause: undefined });
     if (this.listenerCount('error') > 0) this.emit('error', err, operation);
     return err;
   }
