@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
+import { Client, ClientConfig, Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { pgSsl } from './config';
 import { AppError, DatabaseError, OutcomeUnknownError, QueryDeadlineError } from './errors';
 import { sendCancelRequest } from './cancel';
@@ -115,6 +115,20 @@ function beforeDeadline<T>(work: Promise<T>, deadline: number | undefined, what:
 function connectionLost(e: any): boolean {
   if (/^[0-9A-Z]{5}$/.test(String(e?.code))) return false;
   return ['ECONNRESET', 'EPIPE', 'ETIMEDOUT'].includes(e?.code) || /Connection terminated|connection (lost|closed)|socket/i.test(String(e?.message));
+}
+
+/**
+ * A pg Client that always has an 'error' listener. pg-pool takes its own listener off a client
+ * it hands out; acquire() adds ours a microtask later. A server that sends ReadyForQuery and a
+ * FATAL (57P01: a revocation ending the session) in one TCP read emits the error in between,
+ * and an 'error' event without a listener would end the process. The error still fails the
+ * client's queries and marks it unusable; the pool's listeners count it.
+ */
+class GuardedClient extends Client {
+  constructor(config?: string | ClientConfig) {
+    super(config);
+    this.on('error', () => undefined);
+  }
 }
 
 /** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
@@ -373,6 +387,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       idleTimeoutMillis: this.opts.idleTimeoutMillis ?? 10_000,
       maxLifetimeSeconds: Math.min(lifetime, Math.max(1, ttl - 1), MAX_LIFETIME_SECONDS),
       application_name: this.opts.applicationName ?? 'pgvault-app',
+      Client: GuardedClient,
       // A host that is gone (no FIN, no RST) is noticed by keepalive probes, not after tcp_retries2 (~15 min).
       keepAlive: true,
       keepAliveInitialDelayMillis: this.opts.keepAliveInitialDelayMillis ?? 10_000,

@@ -98,6 +98,8 @@ export class FakePostgres {
   /** Logins it accepts; any other gets 28P01, as Postgres answers for a dropped or expired user. */
   accepts: (user: string) => boolean = () => true;
   mode: FakeStatementMode = 'answer';
+  /** Logins of these users get FATAL 57P01 right behind ReadyForQuery, in the same write (a revocation that ends the session as it starts). */
+  terminatedAtLogin: (user: string) => boolean = () => false;
   readonly startups: Record<string, string>[] = [];
   readonly statements: string[] = [];
   /** Backend ids named by the cancel requests that came. */
@@ -227,7 +229,13 @@ export class FakePostgres {
           }
           pid = this.#nextPid++;
           this.#backends.set(pid, { socket, user: params.user });
-          socket.write(Buffer.concat([FakePostgres.message('R', int32(0)), FakePostgres.message('K', Buffer.concat([int32(pid), int32(4242)])), ready()]));
+          const welcome = [FakePostgres.message('R', int32(0)), FakePostgres.message('K', Buffer.concat([int32(pid), int32(4242)])), ready()];
+          if (this.terminatedAtLogin(params.user)) {
+            socket.end(Buffer.concat([...welcome, FakePostgres.error('FATAL', '57P01', 'terminating connection due to administrator command')]));
+            this.#backends.delete(pid);
+            return;
+          }
+          socket.write(Buffer.concat(welcome));
           continue;
         }
         if (buffer.length < 5) return;

@@ -139,6 +139,15 @@ test('fails with an unknown outcome when the connection breaks under a sent stat
   assert.ok(lost instanceof OutcomeUnknownError, `the connection cut without an answer: ${lost}`);
 });
 
+test('fails when a session is ended (57P01) in the same read as its login completes: the query fails, the process does not', { timeout: 5000 }, async () => {
+  const { pg, pool } = await setup();
+  pg.terminatedAtLogin = () => true;
+  const { error } = await settle(pool.query('SELECT 1'));
+  assert.ok(error instanceof DatabaseError, `a DatabaseError, not an uncaught 'error' event: ${error}`);
+  pg.terminatedAtLogin = () => false;
+  assert.equal((await pool.query('SELECT 1')).rows[0].x, '1', 'the next query gets a good connection');
+});
+
 async function waitUntil(check: () => boolean | Promise<boolean>, millis: number, what: string): Promise<void> {
   const end = Date.now() + millis;
   while (!(await check())) {
