@@ -329,10 +329,10 @@ export class ApiServer {
 
   /**
    * Stops taking new requests and waits for those in flight, which answer within the
-   * request deadline; connections still open after `graceMillis` (default: the request
-   * deadline plus 1 s) are closed.
+   * request deadline plus the cancel's bound; connections still open after `graceMillis`
+   * (default: the request deadline plus 2 s) are closed.
    */
-  async stop(graceMillis = this.requestTimeoutMillis + 1000): Promise<void> {
+  async stop(graceMillis = this.requestTimeoutMillis + BACKSTOP_MARGIN_MILLIS + 500): Promise<void> {
     this.accepting = false;
     clearInterval(this.cleanup);
     const t = setTimeout(() => this.server.closeAllConnections(), graceMillis);
@@ -488,7 +488,7 @@ export class ApiServer {
   /**
    * POST /items with an Idempotency-Key: the item and the key are written by one statement, so
    * either both are or neither is. A key used within 24 h answers the first answer and writes
-   * nothing; used for another body, 422. A key in use by a request still running waits for it
+   * nothing; used for another body, 409 (a schema-valid request that conflicts with what the key is bound to). A key in use by a request still running waits for it
    * (Postgres's unique index), within the deadline.
    */
   private async createItemOnce(name: string, key: string, deadline: number): Promise<{ body: unknown; replayed: boolean }> {
@@ -510,7 +510,7 @@ export class ApiServer {
         const row = prior.rows[0];
         if (row && !row.expired) {
           if (row.request_sha256 !== digest) {
-            throw new HttpError(422, `header Idempotency-Key ${JSON.stringify(key)} was used within ${IDEMPOTENCY_KEY_HOURS} h for a request with another body; expected a new key for a new request (the same key only to retry the same request)`);
+            throw new HttpError(409, `header Idempotency-Key ${JSON.stringify(key)} was used within ${IDEMPOTENCY_KEY_HOURS} h for a request with another body; expected a new key for a new request (the same key only to retry the same request)`);
           }
           return { body: row.response, replayed: true };
         }

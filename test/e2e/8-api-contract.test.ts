@@ -158,7 +158,7 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
     }
   });
 
-  test('POST /items with an Idempotency-Key: the retry answers the first answer and writes nothing; another body with the key answers 422', async () => {
+  test('POST /items with an Idempotency-Key: the retry answers the first answer and writes nothing; another body with the key answers 409', async () => {
     const key = `contract-${Date.now()}`;
     const send = (name: string) => fetch(`${BASE}/items`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify({ name }) });
     const first = await send('keyed');
@@ -170,7 +170,7 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
     assert.equal(again.headers.get('idempotent-replayed'), 'true');
     const other = await send('another');
     const otherBody = (await other.json()) as { error: string };
-    assert.equal(other.status, 422);
+    assert.equal(other.status, 409);
     assertErrorShape(otherBody, 'a key reused for another body');
     const listed = (await (await fetch(`${BASE}/items?limit=100`)).json()) as { items: Array<{ id: number }> };
     assert.equal(listed.items.filter((i) => i.id === JSON.parse(firstBody).id).length, 1, 'written once');

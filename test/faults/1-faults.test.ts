@@ -350,7 +350,7 @@ describe('fault tests: the API on short-lived credentials', () => {
     }
     assert.equal(retry.status, 201, JSON.stringify(retry.body));
     assert.deepEqual([again.status, again.replayed, again.body], [201, true, retry.body]);
-    assert.equal(other.status, 422, 'the same key for another body');
+    assert.equal(other.status, 409, 'the same key for another body');
     assert.equal(rows, 1, 'written exactly once');
   });
 

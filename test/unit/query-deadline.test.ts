@@ -40,7 +40,7 @@ test('fails when the server freezes under a statement: the cancel goes unanswere
   assert.ok(error instanceof OutcomeUnknownError, `an OutcomeUnknownError: ${error}`);
   assert.equal(error.code, 'DB_OUTCOME_UNKNOWN');
   assert.equal(queryOutcome(error), 'unknown');
-  assert.ok(took >= 650 && took < 1200, `failed after ${took} ms (deadline 400 ms + cancel bound 300 ms)`);
+  assert.ok(took >= 650 && took < 2000, `failed after ${took} ms (deadline 400 ms + cancel bound 300 ms)`);
   assert.equal(pg.cancelRequests.length, 1, 'a cancel request was sent at the deadline');
   await waitUntil(() => pg.closedByClient.length === 1, 1000, 'the client closes the frozen connection');
   assert.equal(pg.openBackends, 0, 'no connection is left hanging on the frozen server');
@@ -56,7 +56,7 @@ test('fails when a statement waits (on a lock) past its deadline: the cancel is 
   const took = Date.now() - t0;
   assert.ok(error instanceof QueryDeadlineError, `a QueryDeadlineError: ${error}`);
   assert.deepEqual([error.code, error.sqlState, queryOutcome(error)], ['DB_DEADLINE', '57014', 'not_applied']);
-  assert.ok(took >= 290 && took < 800, `failed ${took} ms after the start (deadline 300 ms), on the cancel's answer`);
+  assert.ok(took >= 290 && took < 1500, `failed ${took} ms after the start (deadline 300 ms), on the cancel's answer`);
   assert.deepEqual(pg.cancelRequests.length, 1);
   pg.mode = 'answer';
   assert.equal((await pool.query('SELECT 1', [], { deadline: Date.now() + 1000 })).rows[0].x, '1');
@@ -105,7 +105,7 @@ test('fails when Postgres refuses a new connection (28P01) while Vault is down: 
     const { error } = outcome as { error: any };
     assert.equal(error?.code, 'PG_POOL_CONNECT_TIMEOUT', `${what}: ${error}`);
     assert.match(error.message, /^timeout exceeded when trying to connect: no client within 600 ms \(connectionTimeoutMillis\); .*Postgres refused the current ones/);
-    assert.ok(took < 1500, `${what} failed after ${took} ms`);
+    assert.ok(took < 2500, `${what} failed after ${took} ms (connectionTimeoutMillis 600)`);
   }
   // Vault back: the next call gets new credentials and works.
   vault.issueError = undefined;
