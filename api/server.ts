@@ -344,16 +344,17 @@ export class ApiServer {
   }
 
   /**
-   * The answer of `work`. The pools end a statement at the request deadline (cancel, then close
-   * the connection a bounded time later), so this is only a backstop, a little later: a read
-   * answers 503; a write 504, for it may have been sent.
+   * The answer of `work`. A read answers 503 at the deadline (the pool cancels its statement in
+   * the background). A write waits past it for the pool, which ends a statement at the deadline
+   * (cancel, then close the connection a bounded time later) and so says whether it happened;
+   * this is only a backstop, a little later, and answers 504, for the write may have been sent.
    */
   private async within<T>(work: Promise<T>, write: boolean): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () => reject(write ? this.unknownOutcome() : new HttpError(503, `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); try again`)),
-        this.requestTimeoutMillis + BACKSTOP_MARGIN_MILLIS,
+        this.requestTimeoutMillis + (write ? BACKSTOP_MARGIN_MILLIS : 0),
       );
     });
     work.catch(() => undefined);

@@ -133,9 +133,11 @@ test('fails with 504 "outcome": "unknown" when a write gets no answer from a fro
   assert.doesNotMatch(write.json().error, /; try again$/);
   assert.ok(took < 400 + 300 + 1000, `answered after ${took} ms (deadline 400 ms, cancel bound 300 ms)`);
   assert.ok(pg.cancelRequests.length >= 1, 'a cancel request was sent');
+  const r0 = Date.now();
   const read = await api.app.inject({ url: '/items' });
   assert.equal(read.statusCode, 503);
   assert.equal(read.json().outcome, undefined);
+  assert.ok(Date.now() - r0 < 400 + 300, `a read answers at its deadline: ${Date.now() - r0} ms`);
 });
 
 test('fails with 503 "nothing was written" when a write waits on a lock past the deadline and Postgres confirms its cancellation', { timeout: 10_000 }, async () => {
