@@ -189,7 +189,10 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       if (opts.deadline !== undefined && Date.now() >= opts.deadline) {
         throw new AppError('REQUEST_DEADLINE', 'the deadline passed before the statement was sent; nothing was sent');
       }
-      return await this.bounded(client, fn(client), opts.deadline);
+      return await this.bounded(client, fn(client), opts.deadline, () => {
+        // A cancel that reaches the backend late would hit the next user's statement: never reuse it.
+        failure ??= new AppError('DB_CANCEL_SENT', 'a cancel request was sent on this connection');
+      });
     } catch (e: any) {
       failure = e instanceof Error ? e : new Error(String(e));
       throw this.fail(e, 'query');
@@ -305,7 +308,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    * happen. Without an answer within cancelTimeoutMillis (a frozen or unreachable server), the
    * caller's release(error) destroys the connection, and the outcome is unknown.
    */
-  private async bounded<T>(client: PoolClient, work: Promise<T>, deadline?: number): Promise<T> {
+  private async bounded<T>(client: PoolClient, work: Promise<T>, deadline: number | undefined, onCancel: () => void): Promise<T> {
     if (deadline === undefined) return work;
     type Settled = { value: T } | { error: any };
     const settled: Promise<Settled> = work.then((value) => ({ value }), (error) => ({ error }));
@@ -320,6 +323,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     let cancelled = false;
     if (!result) {
       cancelled = true;
+      onCancel();
       this.count('deadline_cancel');
       const waitMillis = this.opts.cancelTimeoutMillis ?? 1000;
       const c = client as unknown as { processID?: number; secretKey?: number };

@@ -98,6 +98,8 @@ export class FakePostgres {
   /** Logins it accepts; any other gets 28P01, as Postgres answers for a dropped or expired user. */
   accepts: (user: string) => boolean = () => true;
   mode: FakeStatementMode = 'answer';
+  /** In 'answer' mode, how long a statement takes (ms); a cancel request does not stop it. */
+  answerDelayMillis = 0;
   /** Logins of these users get FATAL 57P01 right behind ReadyForQuery, in the same write (a revocation that ends the session as it starts). */
   terminatedAtLogin: (user: string) => boolean = () => false;
   readonly startups: Record<string, string>[] = [];
@@ -184,7 +186,8 @@ export class FakePostgres {
         };
         return;
       }
-      socket.write(answer(extended));
+      if (this.answerDelayMillis > 0) setTimeout(() => socket.writable && socket.write(answer(extended)), this.answerDelayMillis);
+      else socket.write(answer(extended));
     };
     socket.on('close', () => {
       if (pid !== undefined && this.#backends.has(pid)) {

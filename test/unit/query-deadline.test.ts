@@ -47,7 +47,7 @@ test('fails when the server freezes under a statement: the cancel goes unanswere
   assert.equal(pool.stats().total, 0, 'the pool holds no connection to it either');
 });
 
-test('fails when a statement waits (on a lock) past its deadline: the cancel is confirmed, it did not happen, and the connection serves on', { timeout: 10_000 }, async () => {
+test('fails when a statement waits (on a lock) past its deadline: the cancel is confirmed, it did not happen, and the pool serves on', { timeout: 10_000 }, async () => {
   const { pg, pool } = await setup({ cancelTimeoutMillis: 1000 });
   await pool.query('SELECT 1');
   pg.mode = 'wait-for-cancel';
@@ -60,6 +60,17 @@ test('fails when a statement waits (on a lock) past its deadline: the cancel is 
   assert.deepEqual(pg.cancelRequests.length, 1);
   pg.mode = 'answer';
   assert.equal((await pool.query('SELECT 1', [], { deadline: Date.now() + 1000 })).rows[0].x, '1');
+});
+
+test('a statement that finishes after the cancel was sent, within the cancel bound, is answered; its connection is not used again', { timeout: 5000 }, async () => {
+  const { pg, pool } = await setup({ cancelTimeoutMillis: 1000 });
+  await pool.query('SELECT 1');
+  pg.answerDelayMillis = 300;
+  const r = await pool.query('INSERT INTO app.items (name) VALUES ($1) RETURNING 1 AS x', ['x'], { deadline: Date.now() + 100 });
+  assert.equal(r.rows[0].x, '1', 'it happened, and says so');
+  assert.equal(pg.cancelRequests.length, 1);
+  // A cancel reaching the backend late would cancel the next user's statement.
+  await waitUntil(() => pg.closedByClient.length === 1, 1000, 'the connection to be closed');
 });
 
 test('nothing is sent when the deadline has passed before a connection came', { timeout: 5000 }, async () => {
