@@ -327,6 +327,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     if (table.rowCount && !isMarked(table.rows[0].comment, mark)) {
       throw new ForeignObjectError(`table "${schema}.items" exists in database "${env.postgres.database}" but was not created by environment ${env.name}; the deploy will not adopt it. Fix: rename or move that table, or set "postgres.database" to another database. Nothing was changed.`);
     }
+    const keysTableExists = await checkIdempotencyKeysTable(client, env);
 
     // 2. Create what is missing, and mark it.
     for (const role of nologin) {
@@ -346,6 +347,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       await client.query(`ALTER TABLE ${q(schema)}.items OWNER TO ${q(ownerRole)}`);
       await client.query(`COMMENT ON TABLE ${q(schema)}.items IS ${lit(mark)}`);
     }
+    if (!keysTableExists) await createIdempotencyKeysTable(client, env);
 
     // 3. Grants: only on what this environment owns.
     const db = q(env.postgres.database);
@@ -429,6 +431,43 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
   say(env, `roles ${vaultUser}, ${ownerRole}, ${retiredRole}, ${groupRoles.read}, ${groupRoles.write} and schema ${schema} are in place`);
 }
 
+// --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
+// A table of the app schema, owned by the owner role like app.items, so the grants below give
+// the write group SELECT, INSERT, UPDATE and DELETE on it (the API inserts a key in the same
+// statement as its item, reads it for a retry, and deletes expired ones). The teardown treats it
+// as it treats app.items: kept with the schema, or dropped with it under dropDataOnDestroy.
+
+const IDEMPOTENCY_KEYS_TABLE = 'idempotency_keys';
+
+/** Whether the keys table exists; one of the same name this environment did not create stops the deploy. */
+async function checkIdempotencyKeysTable(client: Client, env: EnvironmentConfig): Promise<boolean> {
+  const { schema, mark } = env.database;
+  const r = await client.query(
+    `SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS comment FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+    [schema, IDEMPOTENCY_KEYS_TABLE],
+  );
+  if (r.rowCount && !isMarked(r.rows[0].comment, mark)) {
+    throw new ForeignObjectError(
+      `table "${schema}.${IDEMPOTENCY_KEYS_TABLE}" exists in database "${env.postgres.database}" but was not created by environment ${env.name}; the deploy will not adopt it. ` +
+        'Fix: rename or move that table, or set "postgres.database" to another database. Nothing was changed.',
+    );
+  }
+  return Boolean(r.rowCount);
+}
+
+async function createIdempotencyKeysTable(client: Client, env: EnvironmentConfig): Promise<void> {
+  const { schema, ownerRole, mark } = env.database;
+  const table = `${client.escapeIdentifier(schema)}.${client.escapeIdentifier(IDEMPOTENCY_KEYS_TABLE)}`;
+  await client.query(`CREATE TABLE ${table} (
+      key text PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 255),
+      request_sha256 text NOT NULL,
+      status smallint NOT NULL,
+      response jsonb NOT NULL,
+      created_at timestamptz NOT NULL DEFAULT now())`);
+  await client.query(`ALTER TABLE ${table} OWNER TO ${client.escapeIdentifier(ownerRole)}`);
+  await client.query(`COMMENT ON TABLE ${table} IS ${client.escapeLiteral(mark)}`);
+}
+
 /** The teardown. Only marked objects are touched. */
 export async function down(env: EnvironmentConfig): Promise<void> {
   const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
@@ -481,9 +520,10 @@ export async function down(env: EnvironmentConfig): Promise<void> {
     } else {
       for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);
       const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
+      const keys = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.${q(IDEMPOTENCY_KEYS_TABLE)}`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       say(
         env,
-        `removed Vault's role and the group roles; KEPT schema ${schema} (app.items: ${rows} rows) and its NOLOGIN roles ${ownerRole}, ${retiredRole} ` +
+        `removed Vault's role and the group roles; KEPT schema ${schema} (app.items: ${rows} rows) with its ${keys} idempotency key(s), and its NOLOGIN roles ${ownerRole}, ${retiredRole} ` +
           `in database ${env.postgres.database}: the next deploy takes them up again. To drop them at destroy, set "postgres.dropDataOnDestroy": true in ${env.file}.`,
       );
     }
