@@ -158,7 +158,7 @@ export async function dropDynamicUsers(client: Client, env: EnvironmentConfig): 
 }
 
 /** Warns when CREATEROLE is superuser-equivalent (PostgreSQL before 16). */
-async function warnOldServer(client: Client, env: EnvironmentConfig): Promise<void> {
+export async function warnOldServer(client: Pick<Client, 'query'>, env: EnvironmentConfig): Promise<void> {
   const r = await client.query('SHOW server_version_num');
   const num = Number(r.rows[0].server_version_num);
   if (num < 160000) {
