@@ -16,7 +16,9 @@ import * as h from '../harness';
 const TOOLCHAIN = path.join(REPO_ROOT, 'toolchain', 'toolchain.sh');
 
 function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-  return spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env: { ...process.env, ...opts.env } });
+  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env: { ...process.env, ...opts.env }, timeout: 600_000, killSignal: 'SIGKILL' });
+  if (r.error) throw new Error(`${cmd} ${args.join(' ')}: ${(r.error as any).code === 'ETIMEDOUT' ? 'hung, killed after 600 s' : r.error.message}`);
+  return r;
 }
 
 before(() => h.requireToolchain());
@@ -79,7 +81,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
   const name = 'pgvault-toolchain-test-postgres';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-pgimg-'));
   fs.writeFileSync(path.join(dir, 'pw'), 'toolchain-test-pw', { mode: 0o600 });
-  spawnSync('docker', ['rm', '-f', name]);
+  spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   try {
     h.docker('run', '-d', '--name', name, '-p', '127.0.0.1:25499:5432',
       '-e', 'POSTGRES_USER=admin', '-e', 'POSTGRES_DB=things', '-e', 'POSTGRES_PASSWORD_FILE=/run/secrets/pw',
@@ -93,7 +95,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
     assert.equal(r.rows[0].db, 'things');
     assert.ok(r.rows[0].v >= 160000, `the local image runs PostgreSQL 16 or later (server_version_num ${r.rows[0].v})`);
   } finally {
-    spawnSync('docker', ['rm', '-f', '-v', name]);
+    spawnSync('docker', ['rm', '-f', '-v', name], { timeout: h.DOCKER_TIMEOUT_MS });
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -101,7 +103,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
 test('a container from the local Vault image starts, becomes healthy and honours VAULT_DEV_*', async () => {
   const image = process.env.VAULT_IMAGE!;
   const name = 'pgvault-toolchain-test-vault';
-  spawnSync('docker', ['rm', '-f', name]);
+  spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   try {
     h.docker('run', '-d', '--name', name, '-p', '127.0.0.1:28299:8299',
       '-e', 'VAULT_DEV_ROOT_TOKEN_ID=toolchain-test-token', '-e', 'VAULT_DEV_LISTEN_ADDRESS=0.0.0.0:8299',
@@ -112,7 +114,7 @@ test('a container from the local Vault image starts, becomes healthy and honours
     const body: any = await res.json();
     assert.deepEqual(body.data.policies, ['root']);
   } finally {
-    spawnSync('docker', ['rm', '-f', name]);
+    spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   }
 });
 
