@@ -34,9 +34,12 @@ interface FileResult {
   readonly problem?: string;
 }
 
-/** The counts from a TAP report's trailer (`# tests 12`, `# pass 12`, ...). */
-export function tapCounts(tap: string): FileResult['counts'] {
-  const count = (k: string) => Number(new RegExp(`^# ${k} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
+/**
+ * The counts from a report's summary: the spec reporter's (`ℹ tests 12`) or TAP's (`# tests 12`).
+ * (A file reporter would lose its trailer to --test-force-exit; stdout is read instead.)
+ */
+export function tapCounts(report: string): FileResult['counts'] {
+  const count = (k: string) => Number(new RegExp(`^(?:#|ℹ) ${k} (\\d+)$`, 'm').exec(report)?.[1] ?? 0);
   return { tests: count('tests'), pass: count('pass'), fail: count('fail'), cancelled: count('cancelled'), skipped: count('skipped') };
 }
 
@@ -56,13 +59,11 @@ export function nodeTestArgs(testMs: number, nodeMajor = Number(process.versions
   return ['--require', path.join(__dirname, 'timeouts.js'), '--test', '--test-concurrency=1', '--test-force-exit', ...(nodeMajor >= 22 ? [`--test-timeout=${testMs}`] : [])];
 }
 
-function runFile(file: string, limits: { testMs: number; fileS: number }, logDir: string): Promise<FileResult> {
-  const tapFile = path.join(logDir, `${path.basename(file)}.tap`);
+function runFile(file: string, limits: { testMs: number; fileS: number }): Promise<FileResult> {
   const testMs = Number(process.env.PGVAULT_TEST_TIMEOUT_MS ?? limits.testMs);
   const args = [
     ...nodeTestArgs(testMs),
-    '--test-reporter=spec', '--test-reporter-destination=stdout',
-    '--test-reporter=tap', `--test-reporter-destination=${tapFile}`,
+    '--test-reporter=spec',
     file,
   ];
   const started = Date.now();
@@ -74,9 +75,12 @@ function runFile(file: string, limits: { testMs: number; fileS: number }, logDir
       env: { ...process.env, PGVAULT_TEST_TIMEOUT_MS: String(testMs) },
     });
     let tail = '';
+    let summary = '';
     const relay = (to: NodeJS.WriteStream) => (d: Buffer) => {
       to.write(d);
       tail = (tail + d.toString()).slice(-8192);
+      // The spec reporter's summary lines, wherever they fall (a long failure list follows them).
+      for (const m of tail.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped) \d+$/gm)) if (!summary.includes(`${m[0]}\n`)) summary += `${m[0]}\n`;
     };
     child.stdout.on('data', relay(process.stdout));
     child.stderr.on('data', relay(process.stderr));
@@ -97,13 +101,7 @@ function runFile(file: string, limits: { testMs: number; fileS: number }, logDir
     }, deadlineS * 1000);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      let tap = '';
-      try {
-        tap = fs.readFileSync(tapFile, 'utf8');
-      } catch {
-        // killed before the reporter wrote
-      }
-      const counts = tapCounts(tap);
+      const counts = tapCounts(summary);
       if (!problem && code !== 0) problem = `${path.relative(process.cwd(), file)} exited with ${code ?? signal}`;
       resolve({ file, seconds: (Date.now() - started) / 1000, counts, problem });
     });
@@ -148,7 +146,7 @@ async function main(): Promise<number> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    for (const { file, layer } of files) results.push(await runFile(file, LIMITS[layer], logDir));
+    for (const { file, layer } of files) results.push(await runFile(file, LIMITS[layer]));
   } finally {
     if (layers.includes('e2e')) destroyShared();
   }
