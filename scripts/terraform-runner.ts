@@ -217,7 +217,8 @@ export async function synthesize(env: EnvironmentConfig, childEnv: NodeJS.Proces
   for (const [k, v] of Object.entries(childEnv)) if (!k.startsWith('TF_VAR_')) synthEnv[k] = v;
   synthEnv.CDKTF_OUTDIR = OUTDIR;
   const main = path.join(REPO_ROOT, 'dist', 'stacks', 'main.js');
-  const code = await run(process.execPath, [main], { cwd: REPO_ROOT, env: synthEnv, sink, prefix: '' });
+  // DEP0044: cdktf 0.21 (archived) calls util.isArray, deprecated at run time from Node 22 on.
+  const code = await run(process.execPath, ['--disable-warning=DEP0044', main], { cwd: REPO_ROOT, env: synthEnv, sink, prefix: '' });
   if (code !== 0) throw runError(`the synth of ${env.name} (node dist/stacks/main.js)`, code, childEnv);
   const manifest = JSON.parse(fs.readFileSync(path.join(OUTDIR, 'manifest.json'), 'utf8'));
   const stacks: SynthStamp['stacks'] = [];

@@ -56,7 +56,8 @@ function lastTestLine(output: string): string {
  * deploy) do not keep the file's process alive.
  */
 export function nodeTestArgs(testMs: number, nodeMajor = Number(process.versions.node.split('.')[0])): string[] {
-  return ['--require', path.join(__dirname, 'timeouts.js'), '--test', '--test-concurrency=1', '--test-force-exit', ...(nodeMajor >= 22 ? [`--test-timeout=${testMs}`] : [])];
+  // DEP0044: cdktf 0.21 (archived) calls util.isArray, deprecated at run time from Node 22 on.
+  return ['--disable-warning=DEP0044', '--require', path.join(__dirname, 'timeouts.js'), '--test', '--test-concurrency=1', '--test-force-exit', ...(nodeMajor >= 22 ? [`--test-timeout=${testMs}`] : [])];
 }
 
 function runFile(file: string, limits: { testMs: number; fileS: number }): Promise<FileResult> {
