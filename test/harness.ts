@@ -252,8 +252,38 @@ export const DIRECT_CLI_TIMEOUT_MS = 600_000;
  * log. Returns the exit code; a run past DIRECT_CLI_TIMEOUT_MS is killed and throws.
  */
 export function directCdktf(envName: string, command: string, cli: 'cdktf' | 'cdktn' = directCli()): number {
+  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
+  const r = spawnSync('bash', ['-c', directScript(envName, command, cli)], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' }, timeout: DIRECT_CLI_TIMEOUT_MS, killSignal: 'SIGKILL' });
+  if (typeof log === 'number') fs.closeSync(log);
+  if (r.error) throw new Error(`${cli} ${command} of ${envName}: ${(r.error as any).code === 'ETIMEDOUT' ? `hung, killed after ${DIRECT_CLI_TIMEOUT_MS / 1000} s` : r.error.message} (its output: ${process.env.PGVAULT_CDKTF_LOG})`);
+  return r.status ?? 1;
+}
+
+/** directCdktf without blocking the event loop (a watch can look while it runs); resolves with the exit code. */
+export function directCdktfAsync(envName: string, command: string, cli: 'cdktf' | 'cdktn' = directCli()): Promise<number> {
+  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
+  const child = spawn('bash', ['-c', directScript(envName, command, cli)], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' }, detached: true });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      reject(new Error(`${cli} ${command} of ${envName}: hung, killed after ${DIRECT_CLI_TIMEOUT_MS / 1000} s (its output: ${process.env.PGVAULT_CDKTF_LOG})`));
+    }, DIRECT_CLI_TIMEOUT_MS);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (typeof log === 'number') fs.closeSync(log);
+      resolve(code ?? 1);
+    });
+  });
+}
+
+/** The README's direct path as a bash script: the toolchain env, TF_VAR_* from the local files, umask 077. */
+function directScript(envName: string, command: string, cli: 'cdktf' | 'cdktn'): string {
   const dir = localDir(envName);
-  const script = [
+  return [
     'set -e',
     'umask 077',
     'eval "$(bash toolchain/toolchain.sh env)"',
@@ -261,11 +291,6 @@ export function directCdktf(envName: string, command: string, cli: 'cdktf' | 'cd
     `if [ -f '${dir}/vault-token' ]; then export TF_VAR_vault_dev_root_token="$(cat '${dir}/vault-token')"; fi`,
     `PGVAULT_ONLY_ENV=${envName} ${cli === 'cdktf' ? 'npx cdktf' : 'cdktn'} ${command} --skip-provider-lock --auto-approve`,
   ].join('\n');
-  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
-  const r = spawnSync('bash', ['-c', script], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' }, timeout: DIRECT_CLI_TIMEOUT_MS, killSignal: 'SIGKILL' });
-  if (typeof log === 'number') fs.closeSync(log);
-  if (r.error) throw new Error(`${cli} ${command} of ${envName}: ${(r.error as any).code === 'ETIMEDOUT' ? `hung, killed after ${DIRECT_CLI_TIMEOUT_MS / 1000} s` : r.error.message} (its output: ${process.env.PGVAULT_CDKTF_LOG})`);
-  return r.status ?? 1;
 }
 
 /** The tail of the cdktf log (what the hooks printed), for assertions on their messages. */

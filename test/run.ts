@@ -5,6 +5,7 @@
  *   node dist/test/run.js unit     unit only
  *   node dist/test/run.js e2e      end to end only
  *   node dist/test/run.js faults   fault tests of the API only
+ *   node dist/test/run.js e2e 6-,7-   the files of a layer whose names start with 6- or 7-
  *
  * Nothing can hang the run: every test and hook gets a timeout (PGVAULT_TEST_TIMEOUT_MS; see
  * nodeTestArgs), every file a deadline (PGVAULT_FILE_TIMEOUT_S) after which its process
@@ -123,6 +124,7 @@ function destroyShared(): void {
 
 async function main(): Promise<number> {
   const layers = process.argv[2] ? [process.argv[2]] : ['unit', 'e2e', 'faults'];
+  const only = process.argv[3]?.split(',');
   const files: { file: string; layer: string }[] = [];
   for (const layer of layers) {
     const dir = path.join(__dirname, layer);
@@ -130,7 +132,11 @@ async function main(): Promise<number> {
       console.error(`no test layer "${layer}" (expected ${dir}; layers: ${Object.keys(LIMITS).join(', ')})`);
       return 2;
     }
-    files.push(...fs.readdirSync(dir).filter((f) => f.endsWith('.test.js')).sort((a, b) => a.localeCompare(b, 'en', { numeric: true })).map((f) => ({ file: path.join(dir, f), layer })));
+    files.push(...fs.readdirSync(dir).filter((f) => f.endsWith('.test.js') && (!only || only.some((p) => f.startsWith(p)))).sort((a, b) => a.localeCompare(b, 'en', { numeric: true })).map((f) => ({ file: path.join(dir, f), layer })));
+  }
+  if (!files.length) {
+    console.error(`no test file in ${layers.join(', ')}${only ? ` whose name starts with ${only.join(' or ')}` : ''}`);
+    return 2;
   }
   // cdktf's own output goes to a log file; a failing deploy shows its tail.
   const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-test-'));

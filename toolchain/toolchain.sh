@@ -447,6 +447,8 @@ cmd_env() {
   cat "$ENV_FILE"
 }
 
+# Sourced by a unit test (PGVAULT_TOOLCHAIN_SOURCE_ONLY=1) for its functions only.
+if [ -n "${PGVAULT_TOOLCHAIN_SOURCE_ONLY:-}" ]; then return 0; fi
 trap 'fail "${BASH_COMMAND}" "see the message above"' ERR
 case "${1:-up}" in
   up) cmd_up ;;

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
-import { REPO_ROOT } from '../../stacks/config';
+import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, REPO_ROOT } from '../../stacks/config';
 import { PROVIDER_CONSTRAINTS } from '../../stacks/common';
 import * as h from '../harness';
 
@@ -127,3 +127,25 @@ test('a second toolchain run with everything present builds nothing', () => {
   assert.match(r.stdout, /PART\s+VERSION\s+FROM\s+WHERE/);
   console.log(`# figure: warm toolchain run: ${seconds.toFixed(1)}s`);
 });
+
+test('the toolchain brings what the tests call, Node 24 for CI, cdktn, and exports the images the config defaults to', () => {
+  const r = run('bash', ['-c', `eval "$(bash '${TOOLCHAIN}' env)" && printf '%s\\n' "$POSTGRES_IMAGE" "$VAULT_IMAGE" "$(command -v cdktn)"`]);
+  assert.equal(r.status, 0, r.stderr);
+  const [pgImage, vaultImage, cdktn] = r.stdout.trim().split('\n');
+  assert.equal(pgImage, DEFAULT_POSTGRES_IMAGE, 'the exported Postgres image is the default every environment gets');
+  assert.equal(vaultImage, DEFAULT_VAULT_IMAGE, 'the exported Vault image is the default (OpenBao)');
+  assert.ok(cdktn && fs.existsSync(cdktn), 'cdktn is on the toolchain PATH');
+  const pg = h.hostPostgres();
+  console.log(`# figure: host PostgreSQL ${pg.major} at ${pg.bin}; psql ${h.psqlBinary()}`);
+  for (const [cmd, args] of [['git', ['--version']], ['openssl', ['version']], ['python3', ['-c', 'import ensurepip, venv']], ['python3', ['-m', 'pip', '--version']]] as const) {
+    assert.equal(run(cmd, [...args]).status, 0, `${cmd} ${args.join(' ')}`);
+  }
+  const machineMajor = Number(process.versions.node.split('.')[0]);
+  const nodeDir = run('bash', [TOOLCHAIN, 'node-dir']).stdout.trim();
+  if (machineMajor < 24) {
+    assert.match(run(path.join(nodeDir, 'node'), ['--version']).stdout, /^v24\./, 'the toolchain brought Node 24');
+  } else {
+    assert.equal(nodeDir, '', 'no Node of its own when the machine has 24');
+  }
+});
+

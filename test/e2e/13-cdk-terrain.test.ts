@@ -87,7 +87,8 @@ describe('CDK Terrain: cdktn deploy and destroy, as the direct path', () => {
     const watch = h.watchRoles(env);
     try {
       const t = Date.now();
-      assert.equal(h.directCdktf(ENV, `destroy ${ENV}-infra ${ENV}-secrets`, 'cdktn'), 0, `cdktn destroy (log: ${process.env.PGVAULT_CDKTF_LOG})`);
+      // One command for both stacks, as the README's direct path; the watch looks while it runs.
+      assert.equal(await h.directCdktfAsync(ENV, `destroy ${ENV}-infra ${ENV}-secrets`, 'cdktn'), 0, `cdktn destroy (log: ${process.env.PGVAULT_CDKTF_LOG})`);
       console.log(`# figure: cdktn destroy of ${ENV} with a live lease: ${((Date.now() - t) / 1000).toFixed(1)}s`);
     } finally {
       await live.end().catch(() => undefined);

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { runStacks, StackRunError } from '../../scripts/terraform-runner';
+import { REPO_ROOT } from '../../stacks/config';
 import { nodeTestArgs, tapCounts } from '../run';
 
 test('a terraform that hangs is killed at PGVAULT_TERRAFORM_TIMEOUT_S, and the error names the step and the bound', { timeout: 30_000 }, async () => {
@@ -71,6 +72,21 @@ test('under the runner\'s arguments a hook or test that hangs fails at PGVAULT_T
     assert.match(r.stdout, /\nok \d+ - a test with its own longer timeout/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a toolchain step longer than PGVAULT_PROGRESS_S prints what it does and the elapsed time at that interval, and its total', { timeout: 30_000 }, () => {
+  const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-progress-'));
+  try {
+    const script = `. ${path.join(REPO_ROOT, 'toolchain', 'toolchain.sh')}; CACHE='${cache}'; STEP='building something slow'; run slow 'nothing' sh -c 'echo compiling part 1; sleep 3.5; echo linking'`;
+    const r = spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, PGVAULT_TOOLCHAIN_SOURCE_ONLY: '1', PGVAULT_PROGRESS_S: '1' } });
+    assert.equal(r.status, 0, r.stderr);
+    const progress = r.stderr.split('\n').filter((l) => l.includes('still running'));
+    assert.ok(progress.length >= 2, r.stderr);
+    assert.match(progress[0], /^\[toolchain\] building something slow: still running, \d+s elapsed \(compiling part 1\)$/);
+    assert.match(r.stderr, /\[toolchain\] building something slow: done in [34]s/);
+  } finally {
+    fs.rmSync(cache, { recursive: true, force: true });
   }
 });
 
