@@ -185,7 +185,7 @@ fetch_provider() {
   log "fetching provider $addr $version from the Terraform registry"
   rm -rf "$dl"; mkdir -p "$dl"
   run "provider-${addr#*/}-fetch" "the Terraform registry must serve $addr $version for linux_amd64; or set PGVAULT_OFFLINE=1 to build it from the Go module proxy" \
-    curl -fsSL -m 60 -o "$dl/meta.json" "https://registry.terraform.io/v1/providers/$addr/$version/download/linux/amd64"
+    curl -fsSL -m 60 -o "$dl/meta.json" "${PGVAULT_TF_REGISTRY:-https://registry.terraform.io}/v1/providers/$addr/$version/download/linux/amd64"
   local url sum
   url="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_url"])' "$dl/meta.json")"
   sum="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["shasum"])' "$dl/meta.json")"
