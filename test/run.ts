@@ -61,6 +61,9 @@ export function nodeTestArgs(testMs: number, nodeMajor = Number(process.versions
   return ['--disable-warning=DEP0044', '--require', path.join(__dirname, 'timeouts.js'), '--test', '--test-concurrency=1', '--test-force-exit', ...(nodeMajor >= 22 ? [`--test-timeout=${testMs}`] : [])];
 }
 
+/** The file's process running now: a Ctrl-C of the runner ends its group too (it has its own). */
+let current: { pid?: number } | undefined;
+
 function runFile(file: string, limits: { testMs: number; fileS: number }): Promise<FileResult> {
   const testMs = Number(process.env.PGVAULT_TEST_TIMEOUT_MS ?? limits.testMs);
   const args = [
@@ -76,6 +79,7 @@ function runFile(file: string, limits: { testMs: number; fileS: number }): Promi
       detached: true,
       env: { ...process.env, PGVAULT_TEST_TIMEOUT_MS: String(testMs) },
     });
+    current = child;
     let tail = '';
     let summary = '';
     const relay = (to: NodeJS.WriteStream) => (d: Buffer) => {
@@ -147,6 +151,11 @@ async function main(): Promise<number> {
   const started = Date.now();
   const results: FileResult[] = [];
   const stop = () => {
+    try {
+      if (current?.pid) process.kill(-current.pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
     destroyShared();
     process.exit(130);
   };
