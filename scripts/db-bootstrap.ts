@@ -221,13 +221,13 @@ export async function dropDynamicUsers(client: Client, env: EnvironmentConfig, o
 }
 
 /** The server's version as server_version_num (170002 for 17.2). */
-async function serverVersion(client: Client): Promise<number> {
+export async function serverVersion(client: Pick<Client, 'query'>): Promise<number> {
   const r = await client.query('SHOW server_version_num');
   return Number(r.rows[0].server_version_num);
 }
 
 /** Warns when CREATEROLE is superuser-equivalent (PostgreSQL before 16). */
-async function warnOldServer(client: Client, env: EnvironmentConfig, num: number): Promise<void> {
+export function warnOldServer(env: EnvironmentConfig, num: number): void {
   if (num < 160000) {
     const v = `${Math.floor(num / 10000)}.${num % 100}`;
     console.log(
@@ -299,7 +299,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
   const lit = (s: string) => client.escapeLiteral(s);
   try {
     const version = await serverVersion(client);
-    await warnOldServer(client, env, version);
+    warnOldServer(env, version);
     await client.query('BEGIN');
     // 1. Refuse before changing anything: every existing object must carry our mark.
     const nologin = [ownerRole, retiredRole, groupRoles.read, groupRoles.write];

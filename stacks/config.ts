@@ -155,10 +155,29 @@ export type StateConfig =
 
 export const DEFAULT_STATE_SCHEMA_PREFIX = 'pgvault_state';
 
-export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
-export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
-/** A cluster needs OpenBao: seal "static" exists only there. */
-export const DEFAULT_OPENBAO_IMAGE = 'openbao/openbao:2.5.0';
+/**
+ * The project's images, the ones every test runs, online and offline: built by the toolchain
+ * (toolchain/versions.env names them the same; a unit test checks it). OpenBao serves the
+ * single dev server and the cluster alike (seal "static" exists only in OpenBao).
+ */
+export const DEFAULT_POSTGRES_IMAGE = 'pgvault/postgres:17-trixie-local';
+export const DEFAULT_VAULT_IMAGE = 'pgvault/vault:openbao-2.7.2-trixie-local';
+
+/** HashiCorp Vault's images: possible for a single dev server (not tested here), never for a cluster. */
+const HASHICORP_VAULT_IMAGE = /^(docker\.io\/)?(hashicorp\/vault|library\/vault|vault)(:|@|$)/;
+
+/**
+ * The Vault image: the environment file's docker.vaultImage (the explicit way to another
+ * server), else VAULT_IMAGE (the toolchain's name for the project's image), else the default.
+ * A cluster takes no VAULT_IMAGE, so no shell variable meant for one server changes it.
+ */
+export function resolveVaultImage(file: string, fromFile: string | undefined, cluster: boolean, variable = process.env.VAULT_IMAGE): string {
+  const image = fromFile || (cluster ? undefined : variable) || DEFAULT_VAULT_IMAGE;
+  if (cluster && HASHICORP_VAULT_IMAGE.test(image)) {
+    throw errors.schemaViolation(file, 'docker.vaultImage', image, `an OpenBao image (default ${DEFAULT_VAULT_IMAGE}): a cluster auto-unseals with seal "static", which HashiCorp Vault does not have`);
+  }
+  return image;
+}
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
@@ -222,7 +241,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     const d = doc.docker ?? {};
     docker = {
       postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
-      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || (d.vaultNodes ? DEFAULT_OPENBAO_IMAGE : DEFAULT_VAULT_IMAGE),
+      vaultImage: resolveVaultImage(file, d.vaultImage, d.vaultNodes !== undefined),
       postgresHostPort: d.postgresHostPort ?? 15432,
       vaultHostPort: d.vaultHostPort ?? 18200,
       vaultNodes: d.vaultNodes,

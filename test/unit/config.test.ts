@@ -39,19 +39,20 @@ test('the shipped environments validate', () => {
   assert.deepEqual(local.vault.addresses, ['http://127.0.0.1:18200']);
 });
 
-test('a cluster: the official OpenBao image online, its data directory, and no port shared with Postgres', () => {
+test('a cluster: the project\'s OpenBao image whatever VAULT_IMAGE says, its data directory, and no port shared with Postgres', () => {
   const doc = { infrastructure: 'docker', docker: { vaultNodes: 3, vaultHostPort: 18230, postgresHostPort: 18232 }, roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } } };
   assert.throws(() => resolveEnvironment('x', 'x.json', doc), /18232/);
   const saved = process.env.VAULT_IMAGE;
-  delete process.env.VAULT_IMAGE;
+  process.env.VAULT_IMAGE = 'hashicorp/vault:1.20';
   try {
-    const online = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470 } });
-    assert.match(online.docker!.vaultImage, /^openbao\/openbao:/);
-    assert.equal(online.docker!.vaultDataDir, '/openbao/file');
-    const offline = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470, vaultImage: 'pgvault/vault:openbao-2.7.2-trixie-local' } });
-    assert.equal(offline.docker!.vaultDataDir, '/vault');
+    const cluster = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470 } });
+    assert.equal(cluster.docker!.vaultImage, 'pgvault/vault:openbao-2.7.2-trixie-local');
+    assert.equal(cluster.docker!.vaultDataDir, '/vault');
+    const official = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470, vaultImage: 'openbao/openbao:2.7.2' } });
+    assert.equal(official.docker!.vaultDataDir, '/openbao/file');
   } finally {
     if (saved !== undefined) process.env.VAULT_IMAGE = saved;
+    else delete process.env.VAULT_IMAGE;
   }
 });
 
