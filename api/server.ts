@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Ajv2020, { ErrorObject } from 'ajv/dist/2020';
-import { AppError, CredentialRuntime, DatabaseError, RuntimeMetrics, safeMessage } from '@pgvault/runtime';
+import { AppError, CredentialRuntime, DatabaseError, queryOutcome, RuntimeMetrics, safeMessage } from '@pgvault/runtime';
 
 /** What the server logs with: pino's `(fields, message)` calls, or anything shaped like them. */
 export interface ApiLogger {
@@ -22,16 +22,72 @@ export interface ApiServerOptions {
   readonly readyMarginFraction?: number;
   /** Largest accepted request body; a larger one answers 413. @default 4096 */
   readonly maxBodyBytes?: number;
-  /** Every request answers within this time; past it, 503. @default 5000 */
+  /**
+   * Each request's deadline: a statement still running at it is cancelled. A read answers 503;
+   * a write 503 when Postgres confirmed the cancel (nothing was written), else 504 with
+   * `"outcome": "unknown"`. The answer comes within this time plus the cancel's bound
+   * (`cancelTimeoutMillis` of the pools, 1 s by default). @default 5000
+   */
   readonly requestTimeoutMillis?: number;
+  /** How often expired idempotency keys (older than 24 h) are deleted. @default 600000 */
+  readonly idempotencyCleanupIntervalMillis?: number;
   /** One line per request (with its request id) and the warnings. @default nothing is logged */
   readonly logger?: ApiLogger;
 }
 
 class HttpError extends Error {
-  constructor(public readonly status: number, message: string) {
+  constructor(public readonly status: number, message: string, public readonly extra: Record<string, string> = {}) {
     super(message);
   }
+}
+
+/** How long a POST /items answer is kept for a retry with the same Idempotency-Key. */
+export const IDEMPOTENCY_KEY_HOURS = 24;
+
+/** The keyed write: the item and its key in one statement, hence one transaction; a key used before fails it whole (23505). */
+const INSERT_ITEM_WITH_KEY = `WITH item AS (INSERT INTO app.items (name) VALUES ($1) RETURNING id, name, created_at)
+INSERT INTO app.idempotency_keys (key, request_sha256, status, response)
+SELECT $2, $3, 201, jsonb_build_object('id', id, 'name', name, 'createdAt', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) FROM item
+RETURNING response`;
+
+/**
+ * Why a query-string whole number is not written as one (Ajv alone would coerce "1.0", "0x10",
+ * " 5" and "1e309" to numbers); undefined when it is plain decimal digits with an optional minus.
+ */
+function notDecimalDigits(text: string): string | undefined {
+  if (/^(0|-?[1-9][0-9]*)$/.test(text)) return undefined;
+  if (text === '') return 'empty';
+  if (text.trim() !== text) return 'white space around the number';
+  if (/^[+-]?0[xob]/i.test(text)) return 'not decimal (a 0x, 0o or 0b prefix)';
+  if (/^-0+$/.test(text)) return 'a negative zero';
+  if (/^[+-]?[0-9.]+e[+-]?[0-9]+$/i.test(text)) return 'in exponent notation';
+  if (/^[+-]?[0-9]*\.[0-9]*$/.test(text)) return 'not written as a whole number (it has a decimal point)';
+  if (/^\+[0-9]+$/.test(text)) return 'written with a plus sign';
+  if (/^-?0[0-9]+$/.test(text)) return 'written with a leading zero';
+  return 'not a whole number';
+}
+
+/** How long after the request deadline the backstop answers, past the pools' cancel bound (1 s). */
+const BACKSTOP_MARGIN_MILLIS = 1500;
+
+/** The Idempotency-Key header as validated (the document's pattern), without the quotes of its structured-field form. */
+function idempotencyKey(value: string | string[] | undefined): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  return value.replace(/^"(.*)"$/, '$1');
+}
+
+/**
+ * A database error by SQLSTATE class: the connection (08), an operator or a crash (57P0x), or
+ * resources (53) → 503; this API's own deadline or statement_timeout (57014), a refused login
+ * (28) and a transaction rolled back for a conflict (40) → 503 too, for a retry helps; bad data
+ * (22) or a constraint (23) → 400; anything else → 500. Without a SQLSTATE the database could
+ * not be reached → 503.
+ */
+function databaseAnswer(err: DatabaseError, write: boolean): [number, string] {
+  const state = err.sqlState ?? '';
+  if (state === '' || /^(08|53|57P0|28|40)/.test(state) || state === '57014') return [503, `the database is unavailable; ${write ? 'nothing was written; ' : ''}try again`];
+  if (/^(22|23)/.test(state)) return [400, `the database refused the value (SQLSTATE ${state}): ${err.message.replace(/^query failed: /, '').slice(0, 200)}; expected a value the column accepts`];
+  return [500, `internal error (SQLSTATE ${state})`];
 }
 
 /** The contract: served at GET /openapi.json byte for byte, and the source of every request schema. */
@@ -68,10 +124,11 @@ function at(data: any, pointer: string): unknown {
  * One Ajv error as a sentence: where, the value, what is actually wrong with it, and what the
  * document expects (the schema's `description`, which the document writes as that phrase).
  */
-function describeError(part: 'body' | 'querystring', e: ErrorObject, data: unknown): string {
-  const field = (p: string) => (part === 'body' ? `body field ${JSON.stringify(p)}` : `query parameter ${JSON.stringify(p)}`);
+function describeError(part: 'body' | 'querystring' | 'headers', e: ErrorObject, data: unknown): string {
+  const headerName = (p: string) => p.replace(/(^|-)([a-z])/g, (_m, dash: string, c: string) => dash + c.toUpperCase());
+  const field = (p: string) => (part === 'body' ? `body field ${JSON.stringify(p)}` : part === 'headers' ? `header ${headerName(p)}` : `query parameter ${JSON.stringify(p)}`);
   const name = e.instancePath.split('/').slice(1).join('.');
-  const where = name ? field(name) : part === 'body' ? 'the body' : 'the query';
+  const where = name ? field(name) : part === 'body' ? 'the body' : part === 'headers' ? 'the headers' : 'the query';
   const value = at(data, e.instancePath);
   const expected = (e.parentSchema as any)?.description ?? `a value that passes ${e.schemaPath}`;
   switch (e.keyword) {
@@ -102,7 +159,16 @@ function describeError(part: 'body' | 'querystring', e: ErrorObject, data: unkno
     }
     case 'pattern': {
       const text = String(value);
-      const why = text.includes('\u0000') ? 'it holds a NUL character' : text.trim() === '' ? 'only white space' : `it does not match ${(e.params as any).pattern}`;
+      const bad = part === 'headers' ? [...text].find((c) => !/[A-Za-z0-9._~:+\/=-]/.test(c)) : undefined;
+      const why = text.includes('\u0000')
+        ? 'it holds a NUL character'
+        : text.trim() === ''
+          ? 'only white space'
+          : bad !== undefined && !(bad === '"' && /^"[^"]+"$/.test(text))
+            ? `it holds ${JSON.stringify(bad)} (U+${bad.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), a character it may not hold`
+            : part === 'headers' && text.replace(/^"(.*)"$/, '$1').length > 255
+              ? `it is ${text.replace(/^"(.*)"$/, '$1').length} characters long, more than 255`
+              : `it does not match ${(e.params as any).pattern}`;
       return `${where} is ${shown(value)}: ${why}; expected ${expected}`;
     }
     default:
@@ -128,6 +194,7 @@ export class ApiServer {
   private readonly maxBodyBytes: number;
   private readonly routes: Map<string, string[]>;
   private accepting = true;
+  private readonly cleanup: NodeJS.Timeout;
 
   constructor(opts: ApiServerOptions) {
     this.opts = opts;
@@ -168,17 +235,31 @@ export class ApiServer {
     });
     this.server = this.app.server;
     this.server.headersTimeout = 10_000;
+    this.cleanup = setInterval(() => {
+      this.removeExpiredIdempotencyKeys().catch((e) => this.opts.logger?.warn({ code: (e as AppError).code }, `removing expired idempotency keys failed: ${safeMessage(e)}`));
+    }, this.opts.idempotencyCleanupIntervalMillis ?? 600_000);
+    this.cleanup.unref();
 
     // Validation from the document, in its own dialect: JSON Schema 2020-12 (Fastify's built-in Ajv is draft-07).
     // Query strings are text, so their values are coerced to the schema's types; a JSON body never is.
     const ajv = {
       querystring: new Ajv2020({ coerceTypes: true, useDefaults: true, strict: true, verbose: true }),
       body: new Ajv2020({ coerceTypes: false, useDefaults: true, strict: true, verbose: true }),
+      headers: new Ajv2020({ coerceTypes: false, useDefaults: false, strict: true, verbose: true }),
     };
     this.app.setValidatorCompiler(({ schema, httpPart }) => {
-      const part = httpPart === 'body' ? 'body' : 'querystring';
+      const part = httpPart === 'body' ? 'body' : httpPart === 'headers' ? 'headers' : 'querystring';
       const validate = ajv[part].compile(schema);
-      return (data: unknown) => (validate(data) ? true : { error: new HttpError(400, describeError(part, validate.errors![0], data)) });
+      // Whole numbers in the query string must be written as plain digits before Ajv coerces them.
+      const integers = part === 'querystring' ? Object.entries((schema as any).properties ?? {}).filter(([, p]: [string, any]) => p.type === 'integer') : [];
+      return (data: any) => {
+        for (const [name, prop] of integers as Array<[string, any]>) {
+          const raw = data?.[name];
+          const why = typeof raw === 'string' ? notDecimalDigits(raw) : undefined;
+          if (why) return { error: new HttpError(400, `query parameter ${JSON.stringify(name)} is ${shown(raw)}, ${why}; expected ${prop.description}`) };
+        }
+        return validate(data) ? true : { error: new HttpError(400, describeError(part, validate.errors![0], data)) };
+      };
     });
 
     // JSON only (a text/plain body answers 415). Plain JSON.parse: the body goes to the validator,
@@ -225,13 +306,18 @@ export class ApiServer {
         const querystring = params.length
           ? { type: 'object', properties: Object.fromEntries(params.map((x: any) => [x.name, deref(doc, x.schema)])), required: params.filter((x: any) => x.required).map((x: any) => x.name) }
           : undefined;
+        // Node gives header names in lower case.
+        const headerParams = (op.parameters ?? []).filter((x: any) => x.in === 'header');
+        const headers = headerParams.length
+          ? { type: 'object', properties: Object.fromEntries(headerParams.map((x: any) => [x.name.toLowerCase(), deref(doc, x.schema)])), required: headerParams.filter((x: any) => x.required).map((x: any) => x.name.toLowerCase()) }
+          : undefined;
         const body = op.requestBody ? deref(doc, op.requestBody.content['application/json'].schema) : undefined;
         const handle = this.handler(`${method.toUpperCase()} ${p}`);
         this.app.route({
           method: method.toUpperCase() as any,
           url: p,
-          schema: { ...(querystring && { querystring }), ...(body && { body }) },
-          handler: (req, reply) => this.within(handle(req, reply)),
+          schema: { ...(querystring && { querystring }), ...(body && { body }), ...(headers && { headers }) },
+          handler: (req, reply) => this.within(handle(req, reply), method !== 'get'),
         });
       }
     }
@@ -243,11 +329,12 @@ export class ApiServer {
 
   /**
    * Stops taking new requests and waits for those in flight, which answer within the
-   * request deadline; connections still open after `graceMillis` (default: the request
-   * deadline plus 1 s) are closed.
+   * request deadline plus the cancel's bound; connections still open after `graceMillis`
+   * (default: the request deadline plus 2 s) are closed.
    */
-  async stop(graceMillis = this.requestTimeoutMillis + 1000): Promise<void> {
+  async stop(graceMillis = this.requestTimeoutMillis + BACKSTOP_MARGIN_MILLIS + 500): Promise<void> {
     this.accepting = false;
+    clearInterval(this.cleanup);
     const t = setTimeout(() => this.server.closeAllConnections(), graceMillis);
     try {
       await this.app.close();
@@ -256,11 +343,19 @@ export class ApiServer {
     }
   }
 
-  /** The answer of `work`, or a 503 once the request deadline has passed. */
-  private async within<T>(work: Promise<T>): Promise<T> {
+  /**
+   * The answer of `work`. A read answers 503 at the deadline (the pool cancels its statement in
+   * the background). A write waits past it for the pool, which ends a statement at the deadline
+   * (cancel, then close the connection a bounded time later) and so says whether it happened;
+   * this is only a backstop, a little later, and answers 504, for the write may have been sent.
+   */
+  private async within<T>(work: Promise<T>, write: boolean): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new HttpError(503, `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); try again`)), this.requestTimeoutMillis);
+      timer = setTimeout(
+        () => reject(write ? this.unknownOutcome() : new HttpError(503, `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); try again`)),
+        this.requestTimeoutMillis + (write ? BACKSTOP_MARGIN_MILLIS : 0),
+      );
     });
     work.catch(() => undefined);
     try {
@@ -285,8 +380,12 @@ export class ApiServer {
         return async (req) => this.listItems((req.query as { limit: number }).limit, deadline());
       case 'POST /items':
         return async (req, reply) => {
+          const end = deadline();
+          const key = idempotencyKey(req.headers['idempotency-key']);
+          const answer = key === undefined ? await this.createItem((req.body as { name: string }).name, end) : await this.createItemOnce((req.body as { name: string }).name, key, end);
           reply.code(201);
-          return this.createItem((req.body as { name: string }).name, deadline());
+          if (answer.replayed) reply.header('Idempotent-Replayed', 'true');
+          return answer.body;
         };
       case 'GET /metrics':
         return async (_req, reply) => {
@@ -319,7 +418,7 @@ export class ApiServer {
     // A body the parser refused on a path with no such route is still a 404 or 405.
     if (req.is404) return this.notFound(req, reply);
     const send = (status: number, error: string) => reply.code(status).send({ error });
-    if (err instanceof HttpError) return send(err.status, err.message);
+    if (err instanceof HttpError) return reply.code(err.status).send({ error: err.message, ...err.extra });
     switch (err.code) {
       case 'FST_ERR_CTP_BODY_TOO_LARGE':
         return send(413, `the body is larger than ${this.maxBodyBytes} bytes; expected a JSON object of at most ${this.maxBodyBytes} bytes`);
@@ -329,9 +428,18 @@ export class ApiServer {
         return send(400, `${err.message}; expected a Content-Length that is the body's size`);
     }
     if (err instanceof AppError) {
-      // Postgres down, credentials unavailable (Vault down), a deadline passed: temporary.
-      this.opts.logger?.warn({ reqId: req.id, code: err.code }, `${req.method} ${req.routeOptions.url}: ${safeMessage(err)}`);
-      return send(503, err instanceof DatabaseError ? 'the database is unavailable; try again' : 'credentials are unavailable; try again');
+      this.opts.logger?.warn({ reqId: req.id, code: err.code, sqlState: (err as DatabaseError).sqlState }, `${req.method} ${req.routeOptions.url}: ${safeMessage(err)}`);
+      if (!(err instanceof DatabaseError)) {
+        // Credentials unavailable (Vault down), or the deadline passed before anything was sent.
+        const written = req.method === 'GET' ? '' : 'nothing was written; ';
+        return send(503, err.code === 'REQUEST_DEADLINE' ? `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); ${written}try again` : `credentials are unavailable; ${written}try again`);
+      }
+      if (queryOutcome(err) === 'unknown' && req.method !== 'GET') {
+        const e = this.unknownOutcome();
+        return reply.code(e.status).send({ error: e.message, ...e.extra });
+      }
+      const [status, message] = databaseAnswer(err, req.method !== 'GET');
+      return send(status, message);
     }
     const status = (err as any).statusCode;
     if (typeof status === 'number' && status >= 400 && status < 500) return send(status, err.message);
@@ -372,9 +480,64 @@ export class ApiServer {
     return { items: r.rows.map((row) => ({ id: Number(row.id), name: row.name, createdAt: row.created_at })) };
   }
 
-  private async createItem(name: string, deadline: number): Promise<unknown> {
+  private async createItem(name: string, deadline: number): Promise<{ body: unknown; replayed: boolean }> {
     const r = await this.rt.pool(this.opts.writeRole ?? 'readwrite').query('INSERT INTO app.items (name) VALUES ($1) RETURNING id, name, created_at', [name], { deadline });
     const row = r.rows[0];
-    return { id: Number(row.id), name: row.name, createdAt: row.created_at };
+    return { body: { id: Number(row.id), name: row.name, createdAt: row.created_at }, replayed: false };
+  }
+
+  /**
+   * POST /items with an Idempotency-Key: the item and the key are written by one statement, so
+   * either both are or neither is. A key used within 24 h answers the first answer and writes
+   * nothing; used for another body, 409 (a schema-valid request that conflicts with what the key is bound to). A key in use by a request still running waits for it
+   * (Postgres's unique index), within the deadline.
+   */
+  private async createItemOnce(name: string, key: string, deadline: number): Promise<{ body: unknown; replayed: boolean }> {
+    const pool = this.rt.pool(this.opts.writeRole ?? 'readwrite');
+    const digest = createHash('sha256').update(name).digest('hex');
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const r = await pool.query(INSERT_ITEM_WITH_KEY, [name, key, digest], { deadline });
+        return { body: r.rows[0].response, replayed: false };
+      } catch (e) {
+        if (!(e instanceof DatabaseError && e.sqlState === '23505')) throw e;
+        const prior = await pool.query(
+          `SELECT request_sha256, response, created_at < now() - interval '${IDEMPOTENCY_KEY_HOURS} hours' AS expired FROM app.idempotency_keys WHERE key = $1`,
+          [key],
+          { deadline },
+        );
+        // The unique violation was not the key's (it is not there): the error stands.
+        if (prior.rowCount === 0 && attempt === 0) throw e;
+        const row = prior.rows[0];
+        if (row && !row.expired) {
+          if (row.request_sha256 !== digest) {
+            throw new HttpError(409, `header Idempotency-Key ${JSON.stringify(key)} was used within ${IDEMPOTENCY_KEY_HOURS} h for a request with another body; expected a new key for a new request (the same key only to retry the same request)`);
+          }
+          return { body: row.response, replayed: true };
+        }
+        // Expired: the key is free again.
+        await pool.query(`DELETE FROM app.idempotency_keys WHERE key = $1 AND created_at < now() - interval '${IDEMPOTENCY_KEY_HOURS} hours'`, [key], { deadline });
+      }
+    }
+    throw new HttpError(503, `header Idempotency-Key ${JSON.stringify(key)} expired and was taken again while this request ran; nothing was written by it; try again`);
+  }
+
+  /** Deletes idempotency keys older than 24 h (a bounded batch per call); returns how many. */
+  async removeExpiredIdempotencyKeys(): Promise<number> {
+    const r = await this.rt.pool(this.opts.writeRole ?? 'readwrite').query(
+      `DELETE FROM app.idempotency_keys WHERE key IN (SELECT key FROM app.idempotency_keys WHERE created_at < now() - interval '${IDEMPOTENCY_KEY_HOURS} hours' LIMIT 10000)`,
+      [],
+      { deadline: Date.now() + this.requestTimeoutMillis },
+    );
+    return r.rowCount ?? 0;
+  }
+
+  /** 504 for a write that was sent and not answered: it may have been written. */
+  private unknownOutcome(): HttpError {
+    return new HttpError(
+      504,
+      `no answer from the database within ${this.requestTimeoutMillis / 1000} s; the item may or may not have been created: retry with the same Idempotency-Key header (the item is then written at most once), or check GET /items before sending it again`,
+      { outcome: 'unknown' },
+    );
   }
 }

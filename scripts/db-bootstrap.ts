@@ -6,19 +6,26 @@
  *         and table, the role Vault connects as (with the setup password, which Vault then
  *         rotates). Idempotent, and it never removes data. Everything it creates carries the
  *         comment `pgvault:<env>`; an object of the same name without that mark is never
- *         adopted, altered or dropped: the deploy stops with an error naming it.
- *   down  the teardown: drops the dynamic users, the group roles and Vault's role; the schema,
- *         its data and the owner roles too for docker environments or with
- *         "postgres.dropDataOnDestroy": true. Only marked objects are touched.
+ *         adopted, altered or dropped: the deploy stops with an error naming it. It keeps
+ *         dynamic users to the app's database (CONNECT revoked from PUBLIC elsewhere: docker,
+ *         or "postgres.restrictPublicConnect"; otherwise reported), and drops the roles a
+ *         revocation left disarmed.
+ *   down  the teardown: drops the dynamic users (disarmed ones too), the group roles and
+ *         Vault's role; the schema, its data and the owner roles too for docker environments or
+ *         with "postgres.dropDataOnDestroy": true. Only marked objects are touched; what cannot
+ *         be dropped is reported, never a reason to fail.
  *
  * It never prints a password.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
+import { disarmedComment, reaperStatement } from '../stacks/statements';
+import { localDir } from '../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
@@ -42,7 +49,7 @@ function say(env: EnvironmentConfig, msg: string): void {
  * The superuser's connection. Its password must never go out in clear text: a server that
  * asks for cleartext password authentication (an impostor, without verify-full) is refused.
  */
-export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000): Promise<Client> {
+export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000, database = env.postgres.database): Promise<Client> {
   const secret = readSecretFile(env.postgres.adminPasswordFile, 'the Postgres admin password');
   const deadline = Date.now() + retryMillis;
   for (;;) {
@@ -50,7 +57,7 @@ export async function adminConnect(env: EnvironmentConfig, retryMillis = 60_000)
     const client = new Client({
       host: env.postgres.clientHost,
       port: env.postgres.clientPort,
-      database: env.postgres.database,
+      database,
       user: env.postgres.adminUser,
       // node-postgres asks for the password only when the server requests authentication;
       // this listener runs before the client's own, so a cleartext request is seen first.
@@ -123,50 +130,156 @@ function foreignRole(env: EnvironmentConfig, role: string, setting: string): For
 }
 
 /**
- * Login roles that Vault created for this environment: members of its group roles, granted
- * by its Vault role. Never matched by name pattern.
+ * Roles that Vault created for this environment: members of its group roles granted by its
+ * Vault role, or roles carrying the environment's user or disarmed comment (which only a role
+ * with CREATEROLE can set: a user cannot comment on itself). Never matched by name pattern.
  */
-async function dynamicUsers(client: Client, env: EnvironmentConfig): Promise<string[]> {
-  const { groupRoles } = env.database;
+async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly = false): Promise<{ name: string; access: 'read' | 'write' }[]> {
+  const { groupRoles, mark } = env.database;
   const r = await client.query(
-    `SELECT DISTINCT u.rolname FROM pg_catalog.pg_auth_members m
-       JOIN pg_catalog.pg_roles u ON u.oid = m.member
-       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-       JOIN pg_catalog.pg_roles v ON v.oid = m.grantor
-      WHERE g.rolname = ANY($1) AND v.rolname = $2 AND u.rolcanlogin AND u.rolname <> $2`,
-    [[groupRoles.read, groupRoles.write], env.secretsEngine.vaultUser],
+    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer FROM pg_catalog.pg_roles u
+       LEFT JOIN pg_catalog.pg_auth_members m ON m.member = u.oid
+       LEFT JOIN pg_catalog.pg_roles g ON g.oid = m.roleid AND g.rolname = ANY($1)
+       LEFT JOIN pg_catalog.pg_roles v ON v.oid = m.grantor AND v.rolname = $3
+      WHERE u.rolname <> $3 AND NOT u.rolsuper AND (NOT $6 OR pg_catalog.shobj_description(u.oid, 'pg_authid') = $4)
+        AND ((u.rolcanlogin AND g.oid IS NOT NULL AND v.oid IS NOT NULL)
+          OR pg_catalog.shobj_description(u.oid, 'pg_authid') = $4
+          OR pg_catalog.starts_with(pg_catalog.shobj_description(u.oid, 'pg_authid'), $5))
+      GROUP BY u.rolname`,
+    [[groupRoles.read, groupRoles.write], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark), `${mark} user `, disarmedOnly],
   );
-  return r.rows.map((x) => x.rolname);
+  // A disarmed role has lost its membership: what it owned was already handled at its revocation.
+  return r.rows.map((x) => ({ name: x.rolname, access: x.writer ? 'write' : 'read' }));
+}
+
+/** Databases other than the current one where a role owns objects or holds privileges (only the superuser reaches them). */
+async function otherDatabasesOf(client: Client, role: string): Promise<string[]> {
+  const r = await client.query(
+    `SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d ON d.oid = s.dbid JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid
+      WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND r.rolname = $1 AND d.datname <> pg_catalog.current_database() AND d.datallowconn
+      ORDER BY 1`,
+    [role],
+  );
+  return r.rows.map((x) => x.datname);
 }
 
 /**
- * Drops dynamic users from Postgres's side (the Vault that could revoke them is gone):
- * the same steps as the revocation statements, as the superuser.
+ * Drops dynamic users from Postgres's side (the Vault that could revoke them is gone, or a
+ * revocation left them disarmed): the revocation's steps, as the superuser, in every database
+ * where they own something. A role that still cannot be dropped is reported and kept disarmed,
+ * never a reason to fail. Returns the dropped and the kept roles.
  */
-export async function dropDynamicUsers(client: Client, env: EnvironmentConfig): Promise<number> {
+export async function dropDynamicUsers(client: Client, env: EnvironmentConfig, opts: { disarmedOnly?: boolean } = {}): Promise<{ dropped: string[]; kept: string[] }> {
   const q = (s: string) => client.escapeIdentifier(s);
-  const users = await dynamicUsers(client, env);
-  for (const u of users) {
-    await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u]);
-    const fns = await client.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u]);
-    for (const { f } of fns.rows) await client.query(`REVOKE ALL ON ROUTINE ${f} FROM PUBLIC`);
-    await client.query(`REASSIGN OWNED BY ${q(u)} TO ${q(env.database.retiredRole)}`);
-    await client.query(`DROP OWNED BY ${q(u)}`);
-    await client.query(`DROP ROLE IF EXISTS ${q(u)}`);
+  const lit = (s: string) => client.escapeLiteral(s);
+  const dropped: string[] = [];
+  const kept: string[] = [];
+  for (const u of await dynamicUsers(client, env, opts.disarmedOnly)) {
+    const user = q(u.name);
+    const cleanUp = async (c: Client, appDatabase = true) => {
+      if (u.access === 'write' && appDatabase) {
+        const fns = await c.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u.name]);
+        for (const { f } of fns.rows) await c.query(`REVOKE ALL ON ROUTINE ${f} FROM PUBLIC`);
+        await c.query(`REASSIGN OWNED BY ${user} TO ${q(env.database.retiredRole)}`);
+      }
+      await c.query(`DROP OWNED BY ${user}`);
+    };
+    // Disarmed first, each statement on its own (the client is not in a transaction): memberships, login, sessions.
+    const grants = await client.query(
+      `SELECT g.rolname AS role, w.rolname AS grantor FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+         JOIN pg_catalog.pg_roles x ON x.oid = m.member LEFT JOIN pg_catalog.pg_roles w ON w.oid = m.grantor WHERE x.rolname = $1`,
+      [u.name],
+    );
+    for (const g of grants.rows) await client.query(`REVOKE ${q(g.role)} FROM ${user}${g.grantor ? ` GRANTED BY ${q(g.grantor)}` : ''}`);
+    await client.query(`ALTER ROLE ${user} NOLOGIN PASSWORD NULL VALID UNTIL '1970-01-01 00:00:00+00'`);
+    await client.query(`COMMENT ON ROLE ${user} IS ${lit(disarmedComment(env.database.mark))}`);
+    await client.query('SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u.name]);
+    await cleanUp(client);
+    for (const db of await otherDatabasesOf(client, u.name)) {
+      // Another database holds only what the user made there (a large object, default privileges),
+      // never the app's data: it goes, a write user's too (the retired role would be pinned there).
+      let other: Client | undefined;
+      try {
+        other = await adminConnect(env, 10_000, db);
+        await other.query("SET statement_timeout = '60s'");
+        await cleanUp(other, false);
+      } catch (e: any) {
+        say(env, `could not clean up role ${u.name} in database ${db} (${e.message}); it stays disarmed`);
+      } finally {
+        await other?.end();
+      }
+    }
+    try {
+      await client.query(`DROP ROLE ${user}`);
+      dropped.push(u.name);
+    } catch (e: any) {
+      say(env, `kept role ${u.name} disarmed (NOLOGIN, no membership, comment '${disarmedComment(env.database.mark)}'): ${e.message}${e.detail ? ` (${e.detail.replace(/\n/g, '; ')})` : ''}`);
+      kept.push(u.name);
+    }
   }
-  return users.length;
+  return { dropped, kept };
+}
+
+/** The server's version as server_version_num (170002 for 17.2). */
+export async function serverVersion(client: Pick<Client, 'query'>): Promise<number> {
+  const r = await client.query('SHOW server_version_num');
+  return Number(r.rows[0].server_version_num);
 }
 
 /** Warns when CREATEROLE is superuser-equivalent (PostgreSQL before 16). */
-async function warnOldServer(client: Client, env: EnvironmentConfig): Promise<void> {
-  const r = await client.query('SHOW server_version_num');
-  const num = Number(r.rows[0].server_version_num);
+export function warnOldServer(env: EnvironmentConfig, num: number): void {
   if (num < 160000) {
     const v = `${Math.floor(num / 10000)}.${num % 100}`;
     console.log(
       `bootstrap: ${env.name}: WARNING: PostgreSQL ${v} at ${env.postgres.clientHost}:${env.postgres.clientPort}: before PostgreSQL 16 a CREATEROLE role ` +
         `(Vault's ${env.secretsEngine.vaultUser}) can grant itself predefined roles such as pg_execute_server_program, so it is superuser-equivalent. ` +
         'Fix: upgrade the server to PostgreSQL 16 or later.',
+    );
+  }
+}
+
+/** Drops the roles revocations left disarmed (by the superuser, in every database where they own something). */
+async function dropDisarmed(client: Client, env: EnvironmentConfig): Promise<{ dropped: string[]; kept: string[] }> {
+  const r = await client.query(`SELECT 1 FROM pg_catalog.pg_roles WHERE pg_catalog.shobj_description(oid, 'pg_authid') = $1 LIMIT 1`, [disarmedComment(env.database.mark)]);
+  return r.rowCount ? dropDynamicUsers(client, env, { disarmedOnly: true }) : { dropped: [], kept: [] };
+}
+
+/** Existing servers: where the bootstrap writes the reaper's SQL for the operator to schedule (the teardown removes it). */
+export function reaperJobFile(env: EnvironmentConfig): string {
+  return path.join(localDir(env.name), 'reaper.sql');
+}
+
+/**
+ * Says what bounds a flood or a lost credential, where this server does not: databases open to
+ * PUBLIC, too few reserved connections for Vault (16+), and, for existing servers, the reaper
+ * job the operator schedules (written to .local/<env>/reaper.sql).
+ */
+async function reportLimits(client: Client, env: EnvironmentConfig, version: number, openDatabases: string[]): Promise<void> {
+  if (openDatabases.length && !env.postgres.restrictPublicConnect) {
+    say(
+      env,
+      `WARNING: PUBLIC may connect to database(s) ${openDatabases.join(', ')}: a dynamic user can create objects there (a large object, default privileges) that keep its role from being dropped ` +
+        `(its revocation then leaves it disarmed: no login, no membership). Fix: set "postgres.restrictPublicConnect": true in ${env.file} to revoke that CONNECT from PUBLIC (grant it to the roles that need it), or revoke it yourself.`,
+    );
+  }
+  if (version >= 160000) {
+    const reserved = Number((await client.query('SHOW reserved_connections')).rows[0].reserved_connections);
+    if (reserved < env.secretsEngine.maxOpenConnections) {
+      say(
+        env,
+        `WARNING: reserved_connections is ${reserved} on ${env.postgres.clientHost}:${env.postgres.clientPort}, fewer than Vault's ${env.secretsEngine.maxOpenConnections} connections ("secretsEngine.maxOpenConnections"): ` +
+          'users that fill every other slot can stop issuance and revocation. Fix: set reserved_connections to at least that in postgresql.conf and restart the server (Vault\'s role holds pg_use_reserved_connections).',
+      );
+    }
+  }
+  if (env.infrastructure === 'existing') {
+    const file = reaperJobFile(env);
+    fs.mkdirSync(localDir(env.name), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(file, `-- pgvault ${env.name}: run as a superuser every second, on the primary and on each replica.\n${reaperStatement(env.database.mark)}\n`, { mode: 0o600 });
+    say(
+      env,
+      `the reaper (sessions of revoked or disarmed roles, and users past their statement or idle-in-transaction bound) is not running on an existing server: schedule ${file} ` +
+        'every second as a superuser, on the primary and on each replica (for example a loop of psql -f, or pg_cron).',
     );
   }
 }
@@ -185,7 +298,8 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
   const q = (s: string) => client.escapeIdentifier(s);
   const lit = (s: string) => client.escapeLiteral(s);
   try {
-    await warnOldServer(client, env);
+    const version = await serverVersion(client);
+    warnOldServer(env, version);
     await client.query('BEGIN');
     // 1. Refuse before changing anything: every existing object must carry our mark.
     const nologin = [ownerRole, retiredRole, groupRoles.read, groupRoles.write];
@@ -213,6 +327,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     if (table.rowCount && !isMarked(table.rows[0].comment, mark)) {
       throw new ForeignObjectError(`table "${schema}.items" exists in database "${env.postgres.database}" but was not created by environment ${env.name}; the deploy will not adopt it. Fix: rename or move that table, or set "postgres.database" to another database. Nothing was changed.`);
     }
+    const keysTableExists = await checkIdempotencyKeysTable(client, env);
 
     // 2. Create what is missing, and mark it.
     for (const role of nologin) {
@@ -232,6 +347,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       await client.query(`ALTER TABLE ${q(schema)}.items OWNER TO ${q(ownerRole)}`);
       await client.query(`COMMENT ON TABLE ${q(schema)}.items IS ${lit(mark)}`);
     }
+    if (!keysTableExists) await createIdempotencyKeysTable(client, env);
 
     // 3. Grants: only on what this environment owns.
     const db = q(env.postgres.database);
@@ -262,18 +378,50 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     await client.query(
       `${vault.exists ? 'ALTER' : 'CREATE'} ROLE ${q(vaultUser)} WITH LOGIN CREATEROLE NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ${lit(scramVerifier(setupPassword))}`,
     );
-    await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
+    if (version >= 160000) {
+      // ADMIN OPTION alone: Vault's role may grant and revoke the groups, but neither inherits
+      // nor SETs them, so it reads and changes no app data. A re-grant updates an older grant's options.
+      await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`);
+      // A flood of users' connections must not stop issuance and revocation: Vault's role may use the reserved slots.
+      await client.query(`GRANT pg_use_reserved_connections TO ${q(vaultUser)}`);
+    } else {
+      await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
+    }
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
+    await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
 
-    // 5. Users of a Vault mount that no longer exists cannot be revoked by anyone else.
-    const recorded = recordedIdentity(vault.comment);
-    if (vault.exists && vaultMount && recorded && recorded !== vaultMount) {
-      const n = await dropDynamicUsers(client, env);
-      say(env, `the Vault mount that created the current dynamic users is gone (a restarted dev server or a recreated mount); dropped its ${n} user(s) from Postgres`);
+    // 5. Dynamic users reach the app's database only: every other database PUBLIC may connect to
+    // is closed to PUBLIC (docker, or the opt-in), or reported.
+    const open = await client.query(
+      `SELECT d.datname FROM pg_catalog.pg_database d
+        WHERE d.datallowconn AND d.datname <> $1
+          AND (d.datacl IS NULL OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT'))
+        ORDER BY 1`,
+      [env.postgres.database],
+    );
+    const openDatabases: string[] = open.rows.map((x) => x.datname);
+    if (env.postgres.restrictPublicConnect) {
+      for (const other of openDatabases) await client.query(`REVOKE CONNECT ON DATABASE ${q(other)} FROM PUBLIC`);
     }
+
     await client.query(`COMMENT ON ROLE ${q(vaultUser)} IS ${lit(vaultMount ? `${mark} vault-mount=${vaultMount}` : vault.comment ?? mark)}`);
     await client.query('COMMIT');
+
+    // 6. Users of a Vault mount that no longer exists cannot be revoked by anyone else; roles a
+    // revocation left disarmed (an object in another database held them) need the superuser,
+    // the only one that reaches other databases. Outside the transaction: other databases are
+    // other connections, and each user's steps stand on their own.
+    const recorded = recordedIdentity(vault.comment);
+    if (vault.exists && vaultMount && recorded && recorded !== vaultMount) {
+      const { dropped, kept } = await dropDynamicUsers(client, env);
+      say(env, `the Vault mount that created the current dynamic users is gone (a restarted dev server or a recreated mount); dropped its ${dropped.length} user(s) from Postgres${kept.length ? `, kept ${kept.length} disarmed` : ''}`);
+    } else {
+      const { dropped, kept } = await dropDisarmed(client, env);
+      if (dropped.length || kept.length) say(env, `roles left disarmed by a revocation: dropped ${dropped.length}${kept.length ? `, kept ${kept.length} (${kept.join(', ')})` : ''}`);
+    }
+    await reportLimits(client, env, version, openDatabases);
   } catch (e) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw e;
@@ -281,6 +429,43 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     await client.end();
   }
   say(env, `roles ${vaultUser}, ${ownerRole}, ${retiredRole}, ${groupRoles.read}, ${groupRoles.write} and schema ${schema} are in place`);
+}
+
+// --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
+// A table of the app schema, owned by the owner role like app.items, so the grants below give
+// the write group SELECT, INSERT, UPDATE and DELETE on it (the API inserts a key in the same
+// statement as its item, reads it for a retry, and deletes expired ones). The teardown treats it
+// as it treats app.items: kept with the schema, or dropped with it under dropDataOnDestroy.
+
+const IDEMPOTENCY_KEYS_TABLE = 'idempotency_keys';
+
+/** Whether the keys table exists; one of the same name this environment did not create stops the deploy. */
+async function checkIdempotencyKeysTable(client: Client, env: EnvironmentConfig): Promise<boolean> {
+  const { schema, mark } = env.database;
+  const r = await client.query(
+    `SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS comment FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+    [schema, IDEMPOTENCY_KEYS_TABLE],
+  );
+  if (r.rowCount && !isMarked(r.rows[0].comment, mark)) {
+    throw new ForeignObjectError(
+      `table "${schema}.${IDEMPOTENCY_KEYS_TABLE}" exists in database "${env.postgres.database}" but was not created by environment ${env.name}; the deploy will not adopt it. ` +
+        'Fix: rename or move that table, or set "postgres.database" to another database. Nothing was changed.',
+    );
+  }
+  return Boolean(r.rowCount);
+}
+
+async function createIdempotencyKeysTable(client: Client, env: EnvironmentConfig): Promise<void> {
+  const { schema, ownerRole, mark } = env.database;
+  const table = `${client.escapeIdentifier(schema)}.${client.escapeIdentifier(IDEMPOTENCY_KEYS_TABLE)}`;
+  await client.query(`CREATE TABLE ${table} (
+      key text PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 255),
+      request_sha256 text NOT NULL,
+      status smallint NOT NULL,
+      response jsonb NOT NULL,
+      created_at timestamptz NOT NULL DEFAULT now())`);
+  await client.query(`ALTER TABLE ${table} OWNER TO ${client.escapeIdentifier(ownerRole)}`);
+  await client.query(`COMMENT ON TABLE ${table} IS ${client.escapeLiteral(mark)}`);
 }
 
 /** The teardown. Only marked objects are touched. */
@@ -294,7 +479,14 @@ export async function down(env: EnvironmentConfig): Promise<void> {
     if (!c.exists || !isMarked(c.comment, mark)) return false;
     await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [role]);
     await client.query(`DROP OWNED BY ${q(role)}`);
-    await client.query(`DROP ROLE ${q(role)}`);
+    try {
+      await client.query(`DROP ROLE ${q(role)}`);
+    } catch (e: any) {
+      // Something in another database still depends on it: a leftover is reported, never a reason to fail.
+      if (e?.code !== '2BP01') throw e;
+      say(env, `LEFT role ${role}: ${e.message}${e.detail ? ` (${String(e.detail).replace(/\n/g, '; ')})` : ''}`);
+      return false;
+    }
     return true;
   };
   try {
@@ -304,8 +496,9 @@ export async function down(env: EnvironmentConfig): Promise<void> {
       return c.exists && isMarked(c.comment, mark);
     };
     const ours = (await marked(vaultUser)) && (await marked(groupRoles.read)) && (await marked(groupRoles.write)) && (await marked(retiredRole));
-    const users = ours ? await dropDynamicUsers(client, env) : 0;
-    if (users) say(env, `dropped ${users} dynamic user(s) that Vault had not revoked`);
+    const users = ours ? await dropDynamicUsers(client, env) : { dropped: [], kept: [] };
+    if (users.dropped.length) say(env, `dropped ${users.dropped.length} dynamic user(s) that Vault had not revoked or had left disarmed`);
+    if (users.kept.length) say(env, `LEFT ${users.kept.length} disarmed role(s) that could not be dropped (they cannot log in and hold no membership): ${users.kept.join(', ')}`);
     const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
     const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
     if (env.postgres.dropDataOnDestroy) {
@@ -327,13 +520,15 @@ export async function down(env: EnvironmentConfig): Promise<void> {
     } else {
       for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);
       const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
+      const keys = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.${q(IDEMPOTENCY_KEYS_TABLE)}`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       say(
         env,
-        `removed Vault's role and the group roles; KEPT schema ${schema} (app.items: ${rows} rows) and its NOLOGIN roles ${ownerRole}, ${retiredRole} ` +
+        `removed Vault's role and the group roles; KEPT schema ${schema} (app.items: ${rows} rows) with its ${keys} idempotency key(s), and its NOLOGIN roles ${ownerRole}, ${retiredRole} ` +
           `in database ${env.postgres.database}: the next deploy takes them up again. To drop them at destroy, set "postgres.dropDataOnDestroy": true in ${env.file}.`,
       );
     }
   } finally {
     await client.end();
   }
+  fs.rmSync(reaperJobFile(env), { force: true });
 }

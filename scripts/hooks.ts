@@ -8,9 +8,15 @@
  *   node dist/scripts/hooks.js remove-outputs <env>   delete it (at destroy)
  *
  * Values arrive as JSON in PGVAULT_HOOK_<NAME>. Nothing here prints a secret.
+ *
+ * The action, the environment and the script are literals of the synthesized configuration.
+ * The hook's input as the state holds it arrives as data in PGVAULT_HOOK_INPUT: when it names
+ * another environment, or a script that is not a plain path, the state was changed outside
+ * Terraform, and nothing runs.
  */
 import * as fs from 'node:fs';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
+import { checkHookInput } from './state-trust';
 import { down, up } from './db-bootstrap';
 import { outputsFile, writeOutputsFile } from './outputs';
 import { revokeAllLeases } from './vault-admin';
@@ -45,7 +51,9 @@ const actions: Record<string, (env: EnvironmentConfig) => Promise<void>> = {
 async function main(argv: string[]): Promise<void> {
   const [action, name] = argv;
   const run = actions[action];
-  if (!run || !name) throw new Error(`usage: hooks.js ${Object.keys(actions).join('|')} <environment>`);
+  if (!run || !name || argv.length !== 2) throw new Error(`usage: hooks.js ${Object.keys(actions).join('|')} <environment>`);
+  checkHookInput(action, name, process.env.PGVAULT_HOOK_INPUT);
+  // Checked again here, where it is used: a safe name, with its own file in the environments directory.
   await run(loadEnvironment(name));
 }
 

@@ -13,8 +13,10 @@ import { outputsFile, writeOutputsFile } from './outputs';
 import { mountState, vaultAdmin } from './vault-admin';
 import { checkPostgresDataVolume } from './preflight';
 import { initializeCluster, prepareClusterFiles, preparePostgresFiles } from './vault-cluster';
-import { LOCK_CONFLICT, StateLockedError, holdingStateLock, stateBackendEnv, stateLocked, stateResources } from './state-backend';
-import { Sink, StackCommand, StackRunError, runStacks, stackOutputs, synthesize } from './terraform-runner';
+import { LOCK_CONFLICT, StateLockedError, holdingStateLock, readState, stateBackendEnv, stateLocked, stateResources, stateWhere } from './state-backend';
+import { Sink, StackCommand, StackRunError, SynthesizedStack, runStacks, stackOutputs, synthesize } from './terraform-runner';
+import { StateTrustError, checkHookState, dockerObjectsRemain } from './state-trust';
+import { environmentDockerObjects, isEmpty } from './docker-objects';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -28,6 +30,21 @@ export function stackIds(env: EnvironmentConfig): string[] {
 /** Whether the stack's state (local file or shared database) holds anything to destroy. */
 async function hasResources(env: EnvironmentConfig, stackId: string): Promise<boolean> {
   return (await stateResources(env, stackId)).length > 0;
+}
+
+/**
+ * Refuses to run Terraform on a stack whose state holds a hook input that differs from the
+ * synthesized configuration (see scripts/state-trust.ts): nothing runs, nothing changes.
+ */
+async function refuseTamperedHooks(env: EnvironmentConfig, command: StackCommand, stacks: readonly SynthesizedStack[], ids: readonly string[], sink: Sink): Promise<void> {
+  for (const s of stacks.filter((x) => ids.includes(x.name))) {
+    const config = JSON.parse(fs.readFileSync(path.join(s.dir, 'cdk.tf.json'), 'utf8'));
+    if (!config.resource?.terraform_data) continue;
+    const started = Date.now();
+    const state = await readState(env, s.name);
+    if (state) checkHookState(env.name, command, s.name, config, state, stateWhere(env, s.name));
+    sink(`${s.name}  [pgvault] hooks in the state checked against the configuration: ${((Date.now() - started) / 1000).toFixed(2)}s\n`, 'stdout');
+  }
 }
 
 /** The project's own VAULT_* variables (from the toolchain), unlike the Vault client's settings. */
@@ -78,6 +95,7 @@ async function terraformStacks(env: EnvironmentConfig, command: StackCommand, id
   let failure: unknown;
   try {
     const stacks = await synthesize(env, childEnv, sink);
+    await refuseTamperedHooks(env, command, stacks, ids, sink);
     await runStacks(stacks, ids, command, childEnv, sink);
     if (command === 'deploy') {
       for (const s of stacks.filter((x) => ids.includes(x.name))) outputs[s.name] = await stackOutputs(s, childEnv);
@@ -147,7 +165,7 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
       byStack = await terraformStacks(env, 'deploy', stackIds(env));
     }
   } catch (e: any) {
-    if (e instanceof StateLockedError) throw e;
+    if (e instanceof StateLockedError || e instanceof StateTrustError) throw e;
     throw new Error(
       `deploy of ${env.name} failed: ${e.message}. The environment may be partly deployed. ` +
         `Fix the cause shown above and run 'npm run deploy -- ${env.name}' again (it picks up where it stopped), ` +
@@ -163,16 +181,25 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
   return flat;
 }
 
-/** Destroys the environment's stacks, whatever leases are live. Harmless when nothing is deployed. */
+/**
+ * Destroys the environment's stacks, whatever leases are live. Harmless when nothing is deployed.
+ * Fails closed: a state that cannot be read stops it before anything is deleted, and
+ * `.local/<env>` (with a cluster's seal and recovery keys) goes only once Docker itself holds
+ * no container, volume or network of the environment.
+ */
 export async function destroy(name: string): Promise<void> {
   const env = loadEnvironment(name);
   const ids = stackIds(env);
+  // Every state is read before anything is deleted: one unreadable state (STATE_UNREADABLE) stops it all.
   const found = await Promise.all(ids.map((id) => hasResources(env, id)));
   let deployed = ids.filter((_, i) => found[i]);
   const started = Date.now();
   if (env.infrastructure === 'docker' && !deployed.includes(`${env.name}-infra`) && deployed.length) {
     // The containers are gone (an interrupted destroy): the Vault and the Postgres that the
     // -secrets state describes went with them, so there is nothing left to tear down there.
+    // Docker has to agree: an -infra state that lists nothing is not proof.
+    const left = environmentDockerObjects(env);
+    if (!isEmpty(left)) throw dockerObjectsRemain(env.name, localDir(env.name), left, `the state of ${env.name}-infra lists nothing, while the state of ${env.name}-secrets does`);
     log(`${env.name}: its containers are gone; forgetting the -secrets state that described them`);
     fs.rmSync(stateFile(env, `${env.name}-secrets`), { force: true }); // docker environments keep local state
     deployed = [];
@@ -185,7 +212,7 @@ export async function destroy(name: string): Promise<void> {
       // A half-deployed environment may have only its -infra stack in state: only what is deployed is destroyed.
       await terraformStacks(env, 'destroy', deployed);
     } catch (e: any) {
-      if (e instanceof StateLockedError) throw e;
+      if (e instanceof StateLockedError || e instanceof StateTrustError) throw e;
       throw new Error(
         `destroy of ${env.name} failed: ${e.message}. Fix the cause shown above and run 'npm run destroy -- ${env.name}' again. ` +
           (env.infrastructure === 'docker'
@@ -196,6 +223,10 @@ export async function destroy(name: string): Promise<void> {
   }
   // What the deploy generated goes too; operator-provided files (existing environments) stay.
   const dir = localDir(env.name);
+  if (env.infrastructure === 'docker') {
+    const left = environmentDockerObjects(env);
+    if (!isEmpty(left)) throw dockerObjectsRemain(env.name, dir, left, deployed.length ? `Terraform destroyed ${deployed.join(' and ')}` : `the state of ${env.name} lists nothing deployed`);
+  }
   for (const f of [outputsFile(env.name), env.secretsEngine.setupPasswordFile, path.join(dir, 'state'), path.join(dir, 'app-secret-id')]) {
     fs.rmSync(f, { recursive: true, force: true });
   }

@@ -46,7 +46,8 @@ export function imagePostgresMajor(image: string, imageEnv: readonly string[] | 
 }
 
 function docker(...args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync('docker', args, { encoding: 'utf8' });
+  const r = spawnSync('docker', args, { encoding: 'utf8', timeout: 120_000, killSignal: 'SIGKILL' });
+  if ((r.error as any)?.code === 'ETIMEDOUT') throw new Error(`docker ${args.join(' ')} did not answer within 120 s and was killed; check the Docker engine (docker info)`);
   return { ok: r.status === 0, out: (r.stdout ?? '').trim() };
 }
 

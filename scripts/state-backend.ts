@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import { EnvironmentConfig } from '../stacks/config';
 import { pgBackendAttributes, stateFile, stateSchema } from '../stacks/state-location';
 import { readSecretFile } from './local-secrets';
+import { stateUnreadable } from './state-trust';
 
 /** Another deploy or destroy of the environment holds the state lock; nothing was changed. */
 export class StateLockedError extends Error {
@@ -105,22 +106,55 @@ function lastError(stderr: string): string {
   return (i >= 0 ? lines.slice(i, i + 4) : lines.slice(-3)).join(' ');
 }
 
-/** The addresses of the managed resources in a stack's state: what a destroy has to remove. */
-export async function stateResources(env: EnvironmentConfig, stackId: string): Promise<string[]> {
-  let state: any;
+/** Where a stack's state is kept, as the messages name it. */
+export function stateWhere(env: EnvironmentConfig, stackId: string): string {
+  return env.state.backend === 'local' ? stateFile(env, stackId) : `Terraform's pg backend, schema ${stateSchema(env.state.schemaPrefix, stackId)}`;
+}
+
+/**
+ * A stack's state as Terraform wrote it, or undefined when there is none (no local file, or an
+ * empty pg state). A state that exists but cannot be read or parsed, a local file that is empty
+ * (Terraform truncates it before writing) included, is a STATE_UNREADABLE error, never "none".
+ */
+export async function readState(env: EnvironmentConfig, stackId: string): Promise<any | undefined> {
+  const where = stateWhere(env, stackId);
+  let text: string;
   if (env.state.backend === 'local') {
+    const file = stateFile(env, stackId);
     try {
-      state = JSON.parse(fs.readFileSync(stateFile(env, stackId), 'utf8'));
-    } catch {
-      return [];
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e: any) {
+      if (e.code === 'ENOENT') return undefined;
+      throw stateUnreadable(env.name, stackId, where, `${e.code ?? e.message}`, backupOf(file));
     }
+    if (!text.trim()) throw stateUnreadable(env.name, stackId, where, 'the file is empty', backupOf(file));
   } else {
     const pulled = await inBackendDir(env, stackId, (dir) => terraform(env, dir, ['state', 'pull']));
     if (pulled.code !== 0) throw new Error(`terraform state pull of ${stackId} failed: ${lastError(pulled.stderr)}`);
-    if (!pulled.stdout.trim()) return [];
-    state = JSON.parse(pulled.stdout);
+    if (!pulled.stdout.trim()) return undefined;
+    text = pulled.stdout;
   }
-  if (!Array.isArray(state.resources)) return [];
+  let state: any;
+  try {
+    state = JSON.parse(text);
+  } catch (e: any) {
+    throw stateUnreadable(env.name, stackId, where, `not valid JSON (${e.message}; ${text.length} bytes)`, env.state.backend === 'local' ? backupOf(stateFile(env, stackId)) : undefined);
+  }
+  if (state === null || typeof state !== 'object' || (state.resources !== undefined && !Array.isArray(state.resources))) {
+    throw stateUnreadable(env.name, stackId, where, 'it is JSON, but not a Terraform state (no "resources" list)');
+  }
+  return state;
+}
+
+/** Terraform's previous copy of a local state file, when there is one. */
+function backupOf(file: string): string | undefined {
+  return fs.existsSync(`${file}.backup`) ? `${file}.backup` : undefined;
+}
+
+/** The addresses of the managed resources in a stack's state: what a destroy has to remove. */
+export async function stateResources(env: EnvironmentConfig, stackId: string): Promise<string[]> {
+  const state = await readState(env, stackId);
+  if (!state?.resources) return [];
   return state.resources
     .filter((r: any) => r.mode === 'managed')
     .map((r: any) => `${r.module ? `${r.module}.` : ''}${r.type}.${r.name}`);

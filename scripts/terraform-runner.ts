@@ -37,10 +37,28 @@ export class StackRunError extends Error {
   constructor(
     public readonly what: string,
     public readonly exitCode: number,
+    /** Set when the run was killed at its deadline (see runTimeoutSeconds). */
+    public readonly timedOutAfterSeconds?: number,
   ) {
-    super(`${what} exited with ${exitCode}`);
+    super(
+      timedOutAfterSeconds === undefined
+        ? `${what} exited with ${exitCode}`
+        : `${what} did not finish within ${timedOutAfterSeconds} s and was killed (PGVAULT_TERRAFORM_TIMEOUT_S sets the bound)`,
+    );
   }
 }
+
+/** Exit code of a run killed at its deadline (as timeout(1)). */
+export const TIMED_OUT = 124;
+
+/** Bound on one spawned terraform (or synth) run: PGVAULT_TERRAFORM_TIMEOUT_S, default 15 minutes. */
+export function runTimeoutSeconds(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.PGVAULT_TERRAFORM_TIMEOUT_S);
+  return Number.isFinite(v) && v > 0 ? v : 900;
+}
+
+/** The error for a failed run: a timeout says so, anything else gives the exit code. */
+const runError = (what: string, code: number, env: NodeJS.ProcessEnv) => new StackRunError(what, code, code === TIMED_OUT ? runTimeoutSeconds(env) : undefined);
 
 const seconds = (since: number) => ((Date.now() - since) / 1000).toFixed(2);
 
@@ -135,10 +153,21 @@ function freshSynth(env: EnvironmentConfig, key: string): SynthesizedStack[] | u
   return stamp.stacks.map(({ name, dir, dependencies }) => ({ name, dir, dependencies }));
 }
 
-/** Runs a command; its output goes to `sink`, each line prefixed like cdktf's ("<stack>  <line>"). */
+/**
+ * Runs a command; its output goes to `sink`, each line prefixed like cdktf's ("<stack>  <line>").
+ * Past runTimeoutSeconds it is stopped (SIGTERM, then SIGKILL) and answers TIMED_OUT.
+ */
 function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; sink: Sink; prefix: string }): Promise<number> {
   return new Promise<number>((resolve) => {
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      opts.sink(`${opts.prefix}[pgvault] ${path.basename(cmd)} ${args[0] ?? ''} did not finish within ${runTimeoutSeconds(opts.env)} s: stopping it\n`, 'stderr');
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+    }, runTimeoutSeconds(opts.env) * 1000);
+    deadline.unref();
     const relay = (stream: 'stdout' | 'stderr') => {
       let partial = '';
       return {
@@ -158,9 +187,10 @@ function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.Proce
     child.stdout.on('data', out.data);
     child.stderr.on('data', err.data);
     const done = (code: number) => {
+      clearTimeout(deadline);
       out.end();
       err.end();
-      resolve(code);
+      resolve(timedOut ? TIMED_OUT : code);
     };
     // Output still held open by a leftover grandchild (a hook's process) must not hang the run.
     child.on('exit', (c, signal) => setTimeout(() => done(c ?? (signal ? 128 : 1)), 2000).unref());
@@ -187,8 +217,9 @@ export async function synthesize(env: EnvironmentConfig, childEnv: NodeJS.Proces
   for (const [k, v] of Object.entries(childEnv)) if (!k.startsWith('TF_VAR_')) synthEnv[k] = v;
   synthEnv.CDKTF_OUTDIR = OUTDIR;
   const main = path.join(REPO_ROOT, 'dist', 'stacks', 'main.js');
-  const code = await run(process.execPath, [main], { cwd: REPO_ROOT, env: synthEnv, sink, prefix: '' });
-  if (code !== 0) throw new StackRunError(`the synth of ${env.name} (node dist/stacks/main.js)`, code);
+  // DEP0044: cdktf 0.21 (archived) calls util.isArray, deprecated at run time from Node 22 on.
+  const code = await run(process.execPath, ['--disable-warning=DEP0044', main], { cwd: REPO_ROOT, env: synthEnv, sink, prefix: '' });
+  if (code !== 0) throw runError(`the synth of ${env.name} (node dist/stacks/main.js)`, code, childEnv);
   const manifest = JSON.parse(fs.readFileSync(path.join(OUTDIR, 'manifest.json'), 'utf8'));
   const stacks: SynthStamp['stacks'] = [];
   for (const m of Object.values<any>(manifest.stacks)) {
@@ -245,7 +276,7 @@ async function terraformStack(stack: SynthesizedStack, command: StackCommand, ch
   const init = async (upgrade = false) => {
     const started = Date.now();
     const code = await run(bin, ['init', '-input=false', '-no-color', ...(upgrade ? ['-upgrade'] : [])], { cwd: stack.dir, env: childEnv, sink: capture, prefix });
-    if (code !== 0) throw new StackRunError(`terraform init of ${stack.name}`, code);
+    if (code !== 0) throw runError(`terraform init of ${stack.name}`, code, childEnv);
     fs.writeFileSync(initStampFile(stack.dir), initKey(stack.dir, childEnv));
     sink(`${prefix}[pgvault] terraform init: ${seconds(started)}s\n`, 'stdout');
   };
@@ -254,12 +285,12 @@ async function terraformStack(stack: SynthesizedStack, command: StackCommand, ch
   const args = [verb, '-auto-approve', '-input=false', '-no-color'];
   const started = Date.now();
   let code = await run(bin, args, { cwd: stack.dir, env: childEnv, sink: capture, prefix });
-  if (code !== 0 && NEEDS_INIT.test(output)) {
+  if (code !== 0 && code !== TIMED_OUT && NEEDS_INIT.test(output)) {
     // The directory changed under us (a provider rebuilt, a lock file edited): init, then once more.
     await init(/-upgrade/.test(output));
     code = await run(bin, args, { cwd: stack.dir, env: childEnv, sink: capture, prefix });
   }
-  if (code !== 0) throw new StackRunError(`terraform ${verb} of ${stack.name}`, code);
+  if (code !== 0) throw runError(`terraform ${verb} of ${stack.name}`, code, childEnv);
   sink(`${prefix}[pgvault] terraform ${verb}: ${seconds(started)}s\n`, 'stdout');
 }
 
@@ -352,7 +383,7 @@ export async function stackOutputs(stack: SynthesizedStack, childEnv: NodeJS.Pro
         if (s === 'stdout') out += d;
       },
     });
-    if (code !== 0) throw new StackRunError(`terraform output of ${stack.name}`, code);
+    if (code !== 0) throw runError(`terraform output of ${stack.name}`, code, childEnv);
     outputs = JSON.parse(out || '{}');
   }
   const result: Record<string, unknown> = {};

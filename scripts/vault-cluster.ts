@@ -31,9 +31,9 @@ function openssl(args: string[]): void {
 /** The uid:gid the image runs as (or its `user`): the node files are given to it, as mode 0600 files are unreadable to anyone else. */
 function imageUser(image: string, user = ''): string {
   try {
-    return execFileSync('docker', ['run', '--rm', '--entrypoint', 'sh', image, '-c', `echo "$(id -u ${user}):$(id -g ${user})"`], { encoding: 'utf8' }).trim();
+    return execFileSync('docker', ['run', '--rm', '--entrypoint', 'sh', image, '-c', `echo "$(id -u ${user}):$(id -g ${user})"`], { encoding: 'utf8', timeout: 120_000, killSignal: 'SIGKILL' }).trim();
   } catch (e: any) {
-    throw new Error(`cannot find the user${user ? ` ${user}` : ''} of the image ${image} (${e.message}); build it with 'npm run toolchain' or set ${user ? 'POSTGRES_IMAGE' : 'VAULT_IMAGE'} to another image`);
+    throw new Error(`cannot find the user${user ? ` ${user}` : ''} of the image ${image} (${e.message}); build it with 'npm run toolchain' or set ${user ? 'POSTGRES_IMAGE' : '"docker.vaultImage" in the environment file'} to another image`);
   }
 }
 

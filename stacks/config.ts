@@ -4,6 +4,7 @@ import type { ErrorObject } from 'ajv';
 import * as schema from './environment.schema.json';
 import * as errors from './errors';
 import { schemaValidator } from './schema-validator';
+import { DEFAULT_CONNECTION_LIMIT, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS } from './statements';
 
 /** The repository root: environments, .local and cdktf.out hang off it. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -32,6 +33,12 @@ export interface RoleConfig {
   readonly maxTtlSeconds: number;
   /** @default "primary" */
   readonly target: RoleTarget;
+  /** CONNECTION LIMIT of each of the role's users. @default 20 */
+  readonly connectionLimit: number;
+  /** The reaper ends a statement running longer; also the users' statement_timeout. @default 300 */
+  readonly statementTimeoutSeconds: number;
+  /** The reaper ends a transaction idle longer; also the users' idle_in_transaction_session_timeout. @default 60 */
+  readonly idleInTransactionTimeoutSeconds: number;
 }
 
 /** A Postgres server as Vault (host, port) and as the app and the bootstrap (clientHost, clientPort) reach it. */
@@ -84,6 +91,12 @@ export interface EnvironmentConfig {
      * unless the environment file sets "postgres.dropDataOnDestroy": true.
      */
     readonly dropDataOnDestroy: boolean;
+    /**
+     * The bootstrap revokes CONNECT from PUBLIC on every other database, so dynamic users reach
+     * only the app's. Docker: true (the container's postgres and template1); existing: false, and
+     * the bootstrap reports each database where PUBLIC still has CONNECT.
+     */
+    readonly restrictPublicConnect: boolean;
   };
   readonly vault: {
     readonly address: string;
@@ -142,10 +155,29 @@ export type StateConfig =
 
 export const DEFAULT_STATE_SCHEMA_PREFIX = 'pgvault_state';
 
-export const DEFAULT_POSTGRES_IMAGE = 'postgres:17';
-export const DEFAULT_VAULT_IMAGE = 'hashicorp/vault:1.20';
-/** A cluster needs OpenBao: seal "static" exists only there. */
-export const DEFAULT_OPENBAO_IMAGE = 'openbao/openbao:2.5.0';
+/**
+ * The project's images, the ones every test runs, online and offline: built by the toolchain
+ * (toolchain/versions.env names them the same; a unit test checks it). OpenBao serves the
+ * single dev server and the cluster alike (seal "static" exists only in OpenBao).
+ */
+export const DEFAULT_POSTGRES_IMAGE = 'pgvault/postgres:17-trixie-local';
+export const DEFAULT_VAULT_IMAGE = 'pgvault/vault:openbao-2.7.2-trixie-local';
+
+/** HashiCorp Vault's images: possible for a single dev server (not tested here), never for a cluster. */
+const HASHICORP_VAULT_IMAGE = /^(docker\.io\/)?(hashicorp\/vault|library\/vault|vault)(:|@|$)/;
+
+/**
+ * The Vault image: the environment file's docker.vaultImage (the explicit way to another
+ * server), else VAULT_IMAGE (the toolchain's name for the project's image), else the default.
+ * A cluster takes no VAULT_IMAGE, so no shell variable meant for one server changes it.
+ */
+export function resolveVaultImage(file: string, fromFile: string | undefined, cluster: boolean, variable = process.env.VAULT_IMAGE): string {
+  const image = fromFile || (cluster ? undefined : variable) || DEFAULT_VAULT_IMAGE;
+  if (cluster && HASHICORP_VAULT_IMAGE.test(image)) {
+    throw errors.schemaViolation(file, 'docker.vaultImage', image, `an OpenBao image (default ${DEFAULT_VAULT_IMAGE}): a cluster auto-unseals with seal "static", which HashiCorp Vault does not have`);
+  }
+  return image;
+}
 
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
@@ -183,7 +215,16 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
 
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
-    .map(([roleName, r]) => ({ name: roleName, access: r.access, defaultTtlSeconds: r.defaultTtlSeconds, maxTtlSeconds: r.maxTtlSeconds, target: r.target ?? 'primary' }))
+    .map(([roleName, r]) => ({
+      name: roleName,
+      access: r.access,
+      defaultTtlSeconds: r.defaultTtlSeconds,
+      maxTtlSeconds: r.maxTtlSeconds,
+      target: r.target ?? 'primary',
+      connectionLimit: r.connectionLimit ?? DEFAULT_CONNECTION_LIMIT,
+      statementTimeoutSeconds: r.statementTimeoutSeconds ?? DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+      idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
+    }))
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const r of roles) {
     if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
@@ -200,7 +241,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     const d = doc.docker ?? {};
     docker = {
       postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
-      vaultImage: process.env.VAULT_IMAGE || d.vaultImage || (d.vaultNodes ? DEFAULT_OPENBAO_IMAGE : DEFAULT_VAULT_IMAGE),
+      vaultImage: resolveVaultImage(file, d.vaultImage, d.vaultNodes !== undefined),
       postgresHostPort: d.postgresHostPort ?? 15432,
       vaultHostPort: d.vaultHostPort ?? 18200,
       vaultNodes: d.vaultNodes,
@@ -247,6 +288,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
         ? { host: `pgvault-${name}-postgres-replica`, port: 5432, clientHost: pg.clientHost ?? '127.0.0.1', clientPort: docker.postgresReplica.hostPort }
         : undefined,
       dropDataOnDestroy: true,
+      restrictPublicConnect: pg.restrictPublicConnect ?? true,
     };
     // A cluster serves TLS with the environment's own CA (made by the deploy, scripts/vault-cluster.ts).
     const addresses = docker.vaultNodes ? vaultPorts.map((p) => `https://127.0.0.1:${p}`) : [`http://127.0.0.1:${docker.vaultHostPort}`];
@@ -277,6 +319,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       // Vault never connects to the replica: only the app does.
       replica: pg.replica ? { host: pg.replica.clientHost, port: pg.replica.clientPort ?? 5432, clientHost: pg.replica.clientHost, clientPort: pg.replica.clientPort ?? 5432 } : undefined,
       dropDataOnDestroy: pg.dropDataOnDestroy ?? false,
+      restrictPublicConnect: pg.restrictPublicConnect ?? false,
     };
     vaultResolved = {
       address: vault.address.replace(/\/+$/, ''),

@@ -38,6 +38,8 @@ export class InfraStack extends TerraformStack {
       passwordFile: env.postgres.adminPasswordFile,
       tlsDir: env.docker.postgresTls ? postgresFiles(env).primaryDir : undefined,
       replication: env.docker.postgresReplica ? { ...replicationNames(env), mark: env.database.mark } : undefined,
+      mark: env.database.mark,
+      reservedConnections: env.secretsEngine.maxOpenConnections,
     });
     if (env.docker.postgresReplica && env.postgres.replica) {
       this.replica = new PostgresReplica(this, 'postgres-replica', {
@@ -49,6 +51,7 @@ export class InfraStack extends TerraformStack {
         replicationRole: replicationNames(env).role,
         slot: replicationNames(env).slot,
         filesDir: postgresFiles(env).replicaDir,
+        mark: env.database.mark,
       });
       new TerraformOutput(this, 'postgres_replica_container', { value: this.replica.container.name });
       new TerraformOutput(this, 'postgres_replica_volume', { value: this.replica.volume.name });

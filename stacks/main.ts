@@ -7,7 +7,7 @@ import { SecretsStack } from './secrets-stack';
 /**
  * One App, one pair of stacks per environment file:
  * `<env>-infra` (only with "infrastructure": "docker") and `<env>-secrets`.
- * PGVAULT_ONLY_ENV=<name> synthesizes that environment alone.
+ * PGVAULT_ONLY_ENV=<name> (or the first argument: `npm run synth -- <name>`) synthesizes that environment alone.
  */
 export function buildApp(app: App, names: readonly string[] = listEnvironments()): App {
   refuseTlsSkip(process.env);
@@ -34,7 +34,7 @@ export function refuseTlsSkip(env: NodeJS.ProcessEnv): void {
 
 if (require.main === module) {
   try {
-    const only = process.env.PGVAULT_ONLY_ENV;
+    const only = process.env.PGVAULT_ONLY_ENV || process.argv[2];
     buildApp(new App(), only ? [only] : undefined).synth();
   } catch (e: any) {
     console.error(e?.code ? `${e.message}` : e);

@@ -1,24 +1,46 @@
 /**
- * The SQL that Vault runs for each dynamic user. Pure functions, so they can be
- * unit-tested and read in one place.
+ * The SQL that Vault runs for each dynamic user, and the reaper's. Pure functions, so they can
+ * be unit-tested and read in one place.
  *
  * Every statement quotes "{{name}}" as an identifier and '{{password}}' /
  * '{{expiration}}' as literals. Vault's generated names and passwords never
  * contain quotes, and Vault runs these statements as its dedicated role.
  */
 
-/** Postgres identifiers that the statements reference; validated by the config schema. */
+/** Postgres identifiers and bounds that the statements reference; validated by the config schema. */
 export interface RoleStatementsProps {
   /** The NOLOGIN group role whose privileges the dynamic user inherits. */
   readonly groupRole: string;
   /**
-   * The role that takes over anything a dynamic user owns when it is revoked. It must hold
+   * The role that takes over anything a write user owns when it is revoked. It must hold
    * no privilege: a SECURITY DEFINER function or a view runs with its owner's rights.
    */
   readonly retiredRole: string;
+  /**
+   * The environment's mark, `pgvault:<env>`: each user is commented `<mark> user …` (its bounds,
+   * which the reaper reads: a user cannot comment on itself), and a user whose role cannot be
+   * dropped at revocation is left commented `<mark> disarmed`.
+   */
+  readonly mark: string;
+  /**
+   * read: at revocation everything the user owns (large objects included) is dropped.
+   * write: it is handed to the retired role (the app's tables a writer made are kept).
+   */
+  readonly access: 'read' | 'write';
+  /** CONNECTION LIMIT of each login role. @default 20 (the runtime's pool of 10, a draining pool's probes and a psql) */
+  readonly connectionLimit?: number;
+  /** A statement running longer is ended by the reaper; also the role's statement_timeout default. @default 300 */
+  readonly statementTimeoutSeconds?: number;
+  /** A transaction idle longer is ended by the reaper; also the role's idle_in_transaction_session_timeout default. @default 60 */
+  readonly idleInTransactionTimeoutSeconds?: number;
 }
 
+export const DEFAULT_CONNECTION_LIMIT = 20;
+export const DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300;
+export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = 60;
+
 const IDENT = /^[a-z_][a-z0-9_]{0,62}$/;
+const MARK = /^pgvault:[a-z][a-z0-9-]{0,31}$/;
 
 function ident(kind: string, value: string): string {
   if (!IDENT.test(value)) {
@@ -27,11 +49,44 @@ function ident(kind: string, value: string): string {
   return value;
 }
 
-/** One statement: a login role that expires with the lease and inherits the group's privileges. */
+function mark(value: string): string {
+  if (!MARK.test(value)) throw new Error(`mark "${value}" is not an environment's mark; expected ${MARK}`);
+  return value;
+}
+
+function bound(kind: string, value: number | undefined, fallback: number, max: number): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < 1 || v > max) throw new Error(`${kind} is ${v}; expected an integer from 1 to ${max}`);
+  return v;
+}
+
+/** The comment on a disarmed role: its revocation could not drop it (an object elsewhere holds it). */
+export function disarmedComment(envMark: string): string {
+  return `${mark(envMark)} disarmed`;
+}
+
+/** The comment each dynamic user is created with: who made it and the bounds the reaper enforces. */
+export function userComment(props: RoleStatementsProps): string {
+  const statementMillis = bound('statementTimeoutSeconds', props.statementTimeoutSeconds, DEFAULT_STATEMENT_TIMEOUT_SECONDS, 86_400) * 1000;
+  const idleMillis = bound('idleInTransactionTimeoutSeconds', props.idleInTransactionTimeoutSeconds, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, 86_400) * 1000;
+  return `${mark(props.mark)} user statement-ms=${statementMillis} idle-ms=${idleMillis}`;
+}
+
+/**
+ * A login role that expires with the lease, inherits the group's privileges, may hold a bounded
+ * number of connections, and starts its sessions with statement and idle-in-transaction timeouts.
+ * The user can SET those away; the reaper enforces the same bounds from the comment.
+ */
 export function creationStatements(props: RoleStatementsProps): string[] {
   const group = ident('groupRole', props.groupRole);
+  const limit = bound('connectionLimit', props.connectionLimit, DEFAULT_CONNECTION_LIMIT, 10_000);
+  const statement = bound('statementTimeoutSeconds', props.statementTimeoutSeconds, DEFAULT_STATEMENT_TIMEOUT_SECONDS, 86_400);
+  const idle = bound('idleInTransactionTimeoutSeconds', props.idleInTransactionTimeoutSeconds, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, 86_400);
   return [
-    `CREATE ROLE "{{name}}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE ${group};`,
+    `CREATE ROLE "{{name}}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT ${limit} PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE ${group};`,
+    `ALTER ROLE "{{name}}" SET statement_timeout = '${statement}s';`,
+    `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '${idle}s';`,
+    `COMMENT ON ROLE "{{name}}" IS '${userComment(props)}';`,
   ];
 }
 
@@ -46,34 +101,106 @@ export function rollbackStatements(): string[] {
 }
 
 /**
- * Revocation that always succeeds: it terminates the user's sessions, takes EXECUTE on
- * the user's functions away from PUBLIC, hands anything the user owns to the retired
- * role (which holds no privilege), drops what is left (privileges), then drops the role.
- * A role that is already gone is not an error.
+ * Revocation that always disarms, in the one transaction Vault runs it in:
+ *  1. disarm: take every group membership away (before the user is granted to Vault's role, so
+ *     that role never inherits a group's privileges through the user), NOLOGIN, no password, an
+ *     expired VALID UNTIL, the disarmed mark; then grant the user to Vault's role (terminating its
+ *     sessions and taking over its objects need the user's privileges) and terminate its sessions,
+ *     all at once, then wait (up to 2 s in all) for those to exit: a dying session's temporary
+ *     tables would otherwise stop REASSIGN OWNED ("cannot alter temporary tables of other sessions").
+ *     A login that lands after (NOLOGIN commits with the transaction) is the reaper's;
+ *  2. clean up in this database: take EXECUTE on its routines away from PUBLIC; a write user's
+ *     objects go to the retired role (which holds no privilege); a read user's are dropped, large
+ *     objects included; DROP OWNED takes what is left (privileges, default privileges). In a block
+ *     of its own: whatever fails here, the disarm above commits;
+ *  3. DROP ROLE in a block of its own: when an object in another database holds the role, the
+ *     drop fails, and the role stays disarmed and marked, for the bootstrap or the teardown (as the
+ *     superuser, the only one that reaches other databases) to drop. The revocation succeeds.
+ * A role that is already gone is not an error. Other disarmed roles of the environment are tried
+ * again (a few per revocation): one whose blocking object is gone is dropped.
  *
  * The DO block is dollar-quoted, so Vault runs it whole rather than splitting it on ';'.
  */
 export function revocationStatements(props: RoleStatementsProps): string[] {
   const retired = ident('retiredRole', props.retiredRole);
+  const disarmed = disarmedComment(props.mark);
+  const handOver = props.access === 'write'
+    ? [
+        `    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.proowner = u LOOP`,
+        `      EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);`,
+        '    END LOOP;',
+        `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
+      ]
+    : [];
   return [
     [
       'DO $$',
-      'DECLARE f regprocedure;',
+      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[];',
       'BEGIN',
-      `  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{{name}}') THEN`,
-      `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
-      `    PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = '{{name}}' AND pid <> pg_catalog.pg_backend_pid();`,
-      `    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = '{{name}}' LOOP`,
-      `      EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);`,
+      `  SELECT oid INTO u FROM pg_catalog.pg_roles WHERE rolname = '{{name}}';`,
+      '  IF u IS NOT NULL THEN',
+      `    FOR g IN SELECT r.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid WHERE m.member = u LOOP`,
+      '      BEGIN',
+      `        EXECUTE format('REVOKE %I FROM %I', g, '{{name}}');`,
+      '      EXCEPTION WHEN insufficient_privilege THEN NULL;',
+      '      END;',
       '    END LOOP;',
-      `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
-      `    EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+      `    EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL VALID UNTIL %L', '{{name}}', '1970-01-01 00:00:00+00');`,
+      `    EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
+      `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
+      `    SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
+      '    PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
+      '    FOR i IN 1..200 LOOP',
+      '      PERFORM pg_catalog.pg_stat_clear_snapshot();',
+      '      EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
+      '      PERFORM pg_catalog.pg_sleep(0.01);',
+      '    END LOOP;',
+      '    BEGIN',
+      ...handOver.map((l) => `  ${l}`),
+      `      EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+      '    EXCEPTION WHEN OTHERS THEN',
+      `      RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
+      '    END;',
+      '    BEGIN',
+      `      EXECUTE format('DROP ROLE %I', '{{name}}');`,
+      '    EXCEPTION WHEN OTHERS THEN',
+      `      RAISE WARNING 'pgvault: role % left disarmed: %', '{{name}}', SQLERRM;`,
+      '    END;',
       '  END IF;',
+      `  FOR d IN SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_shdescription s ON s.objoid = r.oid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass`,
+      `           WHERE s.description = '${disarmed}' AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,
+      '    BEGIN',
+      `      EXECUTE format('DROP ROLE %I', d);`,
+      '    EXCEPTION WHEN OTHERS THEN NULL;',
+      '    END;',
+      '  END LOOP;',
       'END',
       '$$;',
     ].join('\n'),
-    `DROP ROLE IF EXISTS "{{name}}";`,
   ];
+}
+
+/**
+ * One pass of the reaper, as the superuser: terminates client sessions of roles that no longer
+ * exist (a login that raced its revocation), of roles the environment disarmed, and of the
+ * environment's dynamic users past their statement or idle-in-transaction bound (read from the
+ * role's comment, which the user cannot change). Returns the number of sessions ended. Short,
+ * and holds no snapshot between passes, so on a hot standby it never holds up replay.
+ */
+export function reaperStatement(envMark: string): string {
+  const m = mark(envMark);
+  const ms = (key: string) => `pg_catalog.make_interval(secs => pg_catalog.substring(s.description, '${key}=([0-9]+)')::float8 / 1000)`;
+  return (
+    'SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a' +
+    ' LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid' +
+    ` LEFT JOIN pg_catalog.pg_shdescription s ON s.objoid = a.usesysid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass` +
+    " WHERE a.backend_type = 'client backend' AND a.usesysid IS NOT NULL AND a.pid <> pg_catalog.pg_backend_pid() AND (" +
+    'r.oid IS NULL' +
+    ` OR s.description = '${m} disarmed'` +
+    ` OR (pg_catalog.starts_with(s.description, '${m} user ') AND (` +
+    `(a.state = 'active' AND a.query_start < pg_catalog.clock_timestamp() - ${ms('statement-ms')})` +
+    ` OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') AND a.state_change < pg_catalog.clock_timestamp() - ${ms('idle-ms')}))));`
+  );
 }
 
 /** The connection URL template Vault fills with its own username and password. */

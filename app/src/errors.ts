@@ -45,6 +45,34 @@ export class DatabaseError extends AppError {
   }
 }
 
+/**
+ * What is known of a statement that failed:
+ * - `not_applied`: it never reached Postgres, or Postgres answered with an error (an
+ *   autocommit statement that fails, is cancelled or times out is rolled back);
+ * - `unknown`: it was sent and no answer came (the deadline passed and the cancel went
+ *   unanswered, or the connection broke): it may have committed.
+ */
+export type QueryOutcome = 'not_applied' | 'unknown';
+
+/**
+ * A statement whose outcome is unknown (code `DB_OUTCOME_UNKNOWN`): it was sent, and neither
+ * its answer nor a confirmed cancellation came back before the connection was closed. A write
+ * may have committed: retrying it may write twice (unless it carries an idempotency key).
+ */
+export class OutcomeUnknownError extends DatabaseError {
+  public readonly outcome = 'unknown' as const;
+}
+
+/** The statement was cancelled at its deadline and Postgres confirmed it (SQLSTATE 57014): it did not happen. Code `DB_DEADLINE`. */
+export class QueryDeadlineError extends DatabaseError {
+  public readonly outcome = 'not_applied' as const;
+}
+
+/** What is known of `e`'s statement: unknown only for an OutcomeUnknownError. */
+export function queryOutcome(e: unknown): QueryOutcome {
+  return e instanceof OutcomeUnknownError ? 'unknown' : 'not_applied';
+}
+
 /** One or more verification checks did not hold. */
 export class VerificationError extends AppError {}
 

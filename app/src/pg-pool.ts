@@ -25,20 +25,34 @@ type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined
  *
  * Query errors are pg's own (with `code` = SQLSTATE), as pg.Pool passes them; a failed
  * connect rejects with the runtime's `DatabaseError` (code `DB_CONNECT`, `sqlState`) or an
- * `AppError` (`POOL_CLOSED`, `POOL_ENDED`).
+ * `AppError` (`POOL_CLOSED`, `POOL_ENDED`, `PG_POOL_CONNECT_TIMEOUT`).
+ *
+ * `connect()` and `query()` wait at most `connectionTimeoutMillis` for a client, as pg.Pool's
+ * option of that name bounds them: credentials refused while Vault is down, say, end in
+ * `PG_POOL_CONNECT_TIMEOUT` (its message starts, as pg.Pool's, with "timeout exceeded when
+ * trying to connect") instead of a wait without end.
  */
 export class VaultPgPool extends Pool {
   readonly #source: RotatingPool;
+  readonly #connectionTimeoutMillis: number;
   readonly #out = new Set<PoolClient>();
   #endWaiter?: () => void;
   readonly #onIdleError = (error: Error, client: PoolClient) => {
     if (this.listenerCount('error') > 0) this.emit('error', error, client);
   };
 
-  /** `max` is informational (`pool.options.max`): the rotating pool's size per credential generation. */
-  constructor(source: RotatingPool, opts: { readonly max?: number } = {}) {
-    super({ max: opts.max ?? 10 });
+  /**
+   * `max` is informational (`pool.options.max`): the rotating pool's size per credential generation.
+   * `connectionTimeoutMillis`: how long connect() and query() wait for a client. @default 10000
+   */
+  constructor(source: RotatingPool, opts: { readonly max?: number; readonly connectionTimeoutMillis?: number } = {}) {
+    const connectionTimeoutMillis = opts.connectionTimeoutMillis ?? 10_000;
+    if (!Number.isFinite(connectionTimeoutMillis) || connectionTimeoutMillis <= 0) {
+      throw new AppError('PG_POOL_OPTION', `connectionTimeoutMillis is ${connectionTimeoutMillis}; expected a number of milliseconds above 0 (a wait without end is what it prevents)`);
+    }
+    super({ max: opts.max ?? 10, connectionTimeoutMillis });
     this.#source = source;
+    this.#connectionTimeoutMillis = connectionTimeoutMillis;
     source.on('idleError', this.#onIdleError);
     // pg.Pool's counts are getters over its own (here unused) lists: these answer for the rotating pool.
     const count = (key: 'total' | 'idle' | 'waiting') => ({ get: () => this.#source.stats()[key], enumerable: false, configurable: true });
@@ -125,7 +139,10 @@ export class VaultPgPool extends Pool {
 
   async #checkout(): Promise<PoolClient> {
     if (this.ending) throw new AppError('POOL_ENDED', 'this pool was ended (end() was called); get a new one from the runtime: runtime.pgPool(role)');
-    const client = await this.#source.checkout();
+    const client = await this.#source.checkout({ deadline: Date.now() + this.#connectionTimeoutMillis }).catch((e: any) => {
+      if (e?.code !== 'REQUEST_DEADLINE') throw e;
+      throw new AppError('PG_POOL_CONNECT_TIMEOUT', `timeout exceeded when trying to connect: no client within ${this.#connectionTimeoutMillis} ms (connectionTimeoutMillis); ${e.message}`, { cause: e });
+    });
     const giveBack = client.release;
     this.#out.add(client);
     client.release = (error?: Error | boolean) => {

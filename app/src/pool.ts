@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
+import { Client, ClientConfig, Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { pgSsl } from './config';
-import { AppError, DatabaseError } from './errors';
+import { AppError, DatabaseError, OutcomeUnknownError, QueryDeadlineError } from './errors';
+import { sendCancelRequest } from './cancel';
 import { LeaseManager } from './lease';
 import { backoffDelay, MAX_TIMER_MILLIS, sleep } from './backoff';
 import { DatabaseCredentials } from './vault';
@@ -40,6 +41,29 @@ export interface RotatingPoolOptions {
   readonly connectRetryMillis?: number;
   /** How long a retired pool may take to finish its in-flight queries. @default 30000 */
   readonly drainTimeoutMillis?: number;
+  /**
+   * A call without a deadline of its own waits at most this long for credentials and a
+   * connection (new credentials after a refusal included), as pg.Pool's connectionTimeoutMillis.
+   * @default 10000
+   */
+  readonly acquireTimeoutMillis?: number;
+  /**
+   * Postgres ends any statement running longer (`statement_timeout`, set in the connection's
+   * startup options, so it costs no round trip). It backs up the deadline's cancel request, for
+   * a cancel that cannot reach the server. 0: no limit. @default 30000
+   */
+  readonly statementTimeoutMillis?: number;
+  /**
+   * At a call's deadline a cancel request is sent; this is how long its answer (the statement
+   * failing with 57014, or finishing) is awaited before the connection is destroyed and the
+   * outcome is unknown. @default 1000
+   */
+  readonly cancelTimeoutMillis?: number;
+  /**
+   * TCP keepalive: idle time before the first probe, so a connection to a host that is gone
+   * is noticed. @default 10000
+   */
+  readonly keepAliveInitialDelayMillis?: number;
   readonly applicationName?: string;
 }
 
@@ -55,7 +79,14 @@ interface Generation {
 
 /** Per-call limits. */
 export interface CallOptions {
-  /** Give up (AppError REQUEST_DEADLINE) when waiting for new credentials or a connection passes this time (ms since epoch). */
+  /**
+   * When the call must end (ms since epoch). Waiting for credentials or a connection past it
+   * fails with AppError REQUEST_DEADLINE (nothing was sent). A statement still running at it is
+   * cancelled: Postgres confirming the cancel fails it with QueryDeadlineError (it did not
+   * happen); no answer within cancelTimeoutMillis destroys the connection and fails it with
+   * OutcomeUnknownError. @default waiting for a connection is bounded by acquireTimeoutMillis; a
+   * statement only by statementTimeoutMillis
+   */
   readonly deadline?: number;
 }
 
@@ -81,6 +112,26 @@ function beforeDeadline<T>(work: Promise<T>, deadline: number | undefined, what:
   });
   work.catch(() => undefined);
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/** The connection broke under a statement that was sent: no answer says whether it took effect. */
+function connectionLost(e: any): boolean {
+  if (/^[0-9A-Z]{5}$/.test(String(e?.code))) return false;
+  return ['ECONNRESET', 'EPIPE', 'ETIMEDOUT'].includes(e?.code) || /Connection terminated|connection (lost|closed)|socket/i.test(String(e?.message));
+}
+
+/**
+ * A pg Client that always has an 'error' listener. pg-pool takes its own listener off a client
+ * it hands out; acquire() adds ours a microtask later. A server that sends ReadyForQuery and a
+ * FATAL (57P01: a revocation ending the session) in one TCP read emits the error in between,
+ * and an 'error' event without a listener would end the process. The error still fails the
+ * client's queries and marks it unusable; the pool's listeners count it.
+ */
+class GuardedClient extends Client {
+  constructor(config?: string | ClientConfig) {
+    super(config);
+    this.on('error', () => undefined);
+  }
 }
 
 /** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
@@ -142,7 +193,13 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     const owner = this.generationOf(client);
     let failure: Error | undefined;
     try {
-      return await fn(client);
+      if (opts.deadline !== undefined && Date.now() >= opts.deadline) {
+        throw new AppError('REQUEST_DEADLINE', 'the deadline passed before the statement was sent; nothing was sent');
+      }
+      return await this.bounded(client, fn(client), opts.deadline, () => {
+        // A cancel that reaches the backend late would hit the next user's statement: never reuse it.
+        failure ??= new AppError('DB_CANCEL_SENT', 'a cancel request was sent on this connection');
+      });
     } catch (e: any) {
       failure = e instanceof Error ? e : new Error(String(e));
       throw this.fail(e, 'query');
@@ -181,7 +238,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    * tried only after an exponentially growing pause. Postgres starting up or unreachable is
    * retried with backoff for up to connectRetryMillis. Nothing waits past `deadline`.
    */
-  private async connect(callDeadline?: number): Promise<PoolClient> {
+  private async connect(deadlineGiven?: number): Promise<PoolClient> {
+    const callDeadline = deadlineGiven ?? Date.now() + (this.opts.acquireTimeoutMillis ?? 10_000);
     const deadline = Math.min(Date.now() + (this.opts.connectRetryMillis ?? 5000), callDeadline ?? Infinity);
     let renewed = false;
     let lagAttempt = 0;
@@ -199,7 +257,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
           this.lagRetries++;
           this.count('replica_lag_retry');
           const delay = Math.min(backoffDelay(lagAttempt++, { initialMillis: 100, maxMillis: 1000 }), lagLeft);
-          if (callDeadline !== undefined && Date.now() + delay > callDeadline) {
+          if (Date.now() + delay > callDeadline) {
             throw this.fail(e, 'connect', `the replica has not replayed the creation of ${gen.creds.username} yet (issued ${Date.now() - gen.creds.issuedAt} ms ago)`);
           }
           await sleep(delay);
@@ -213,7 +271,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
             this.promote(this.pending);
             continue;
           }
-          await beforeDeadline(this.opts.lease.rotateNow('credentials refused by Postgres'), callDeadline, 'new credentials');
+          await beforeDeadline(this.opts.lease.rotateNow('credentials refused by Postgres'), callDeadline, 'new credentials (Postgres refused the current ones, and Vault has not issued new ones yet)');
           if (this.active === gen) this.swapTo(this.opts.lease.current(), { now: true });
           continue;
         }
@@ -256,6 +314,56 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     }
   }
 
+  /**
+   * The answer of `work` (statements on `client`), bounded by `deadline`: at the deadline a
+   * cancel request goes to Postgres; its confirmation (57014) means the statement did not
+   * happen. Without an answer within cancelTimeoutMillis (a frozen or unreachable server), the
+   * caller's release(error) destroys the connection, and the outcome is unknown.
+   */
+  private async bounded<T>(client: PoolClient, work: Promise<T>, deadline: number | undefined, onCancel: () => void): Promise<T> {
+    if (deadline === undefined) return work;
+    type Settled = { value: T } | { error: any };
+    const settled: Promise<Settled> = work.then((value) => ({ value }), (error) => ({ error }));
+    const after = (ms: number) => {
+      let timer: NodeJS.Timeout | undefined;
+      const p = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), Math.max(0, ms))));
+      return { p, stop: () => clearTimeout(timer) };
+    };
+    const toDeadline = after(deadline - Date.now());
+    let result = await Promise.race([settled, toDeadline.p]);
+    toDeadline.stop();
+    let cancelled = false;
+    if (!result) {
+      cancelled = true;
+      onCancel();
+      this.count('deadline_cancel');
+      const waitMillis = this.opts.cancelTimeoutMillis ?? 1000;
+      const c = client as unknown as { processID?: number; secretKey?: number };
+      if (typeof c.processID === 'number' && typeof c.secretKey === 'number') {
+        void sendCancelRequest(this.opts.host, this.opts.port, c.processID, c.secretKey, waitMillis);
+      } else {
+        this.count('cancel_unavailable');
+      }
+      const grace = after(waitMillis);
+      result = await Promise.race([settled, grace.p]);
+      grace.stop();
+      if (!result) {
+        this.count('outcome_unknown');
+        throw new OutcomeUnknownError(
+          'DB_OUTCOME_UNKNOWN',
+          `no answer from Postgres by the deadline, nor within ${waitMillis} ms of the cancel request sent then (a frozen or unreachable server); the connection is closed, and whether the statement took effect is unknown`,
+        );
+      }
+    }
+    if ('error' in result) {
+      if (cancelled && result.error?.code === '57014') {
+        throw new QueryDeadlineError('DB_DEADLINE', 'the statement was cancelled at its deadline, and Postgres confirmed it: it did not take effect', '57014');
+      }
+      throw result.error;
+    }
+    return result.value;
+  }
+
   /** Pool sizes across the current and retiring pools. */
   stats(): { total: number; idle: number; waiting: number; retiring: number } {
     const gens = [this.active, ...(this.pending ? [this.pending] : []), ...this.retiring];
@@ -282,6 +390,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   private generation(creds: DatabaseCredentials): Generation {
     const ttl = Math.max(1, creds.leaseDurationSeconds);
     const lifetime = this.opts.maxLifetimeSeconds ?? Math.max(1, Math.floor(ttl / 2));
+    const statementTimeoutMillis = this.opts.statementTimeoutMillis ?? 30_000;
     const pool = new Pool({
       host: this.opts.host,
       port: this.opts.port,
@@ -294,6 +403,12 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       idleTimeoutMillis: this.opts.idleTimeoutMillis ?? 10_000,
       maxLifetimeSeconds: Math.min(lifetime, Math.max(1, ttl - 1), MAX_LIFETIME_SECONDS),
       application_name: this.opts.applicationName ?? 'pgvault-app',
+      Client: GuardedClient,
+      // A host that is gone (no FIN, no RST) is noticed by keepalive probes, not after tcp_retries2 (~15 min).
+      keepAlive: true,
+      keepAliveInitialDelayMillis: this.opts.keepAliveInitialDelayMillis ?? 10_000,
+      // In the startup packet: no SET round trip per query or connection.
+      ...(statementTimeoutMillis > 0 && { options: `-c statement_timeout=${Math.round(statementTimeoutMillis)}` }),
     });
     // An idle client whose backend goes away (restart, revocation) must not crash the process.
     pool.on('error', (e: any, client: PoolClient) => {
@@ -457,8 +572,16 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     if (e instanceof AppError) return e;
     const reason = e?.code && /^[0-9A-Z]{5}$/.test(e.code) ? `sqlstate_${e.code}` : (e?.code ?? 'error').toString().toLowerCase();
     this.count(reason);
+    if (operation === 'query' && connectionLost(e)) {
+      // Sent, and the connection broke before its answer: it may have committed.
+      const err = new OutcomeUnknownError('DB_OUTCOME_UNKNOWN', `query failed: ${e?.message ?? e}; the connection broke before Postgres answered, so whether the statement took effect is unknown`);
+      if (this.listenerCount('error') > 0) this.emit('error', err, operation);
+      return err;
+    }
     // Keep Postgres's own message for the logs; it never contains the password.
-    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}${hint ? `; ${hint}` : ''}`, e?.code, { cause: undefined });
+    // Only Postgres's own errors carry a SQLSTATE (a socket's EPIPE has the same shape).
+    const sqlState = typeof e?.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) && e.syscall === undefined ? e.code : undefined;
+    const err = new DatabaseError('DB_' + operation.toUpperCase(), `${operation} failed: ${e?.message ?? e}${hint ? `; ${hint}` : ''}`, sqlState, { cause: undefined });
     if (this.listenerCount('error') > 0) this.emit('error', err, operation);
     return err;
   }

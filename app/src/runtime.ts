@@ -29,6 +29,13 @@ export interface RuntimeOptions {
    * taken for replication lag, and retried with the same credentials. @default 3000
    */
   readonly replicaLagWindowMillis?: number;
+  /**
+   * How long getting a connection may take (credentials included) when the call has no deadline
+   * of its own; also the pg.Pool face's connectionTimeoutMillis. @default 10000
+   */
+  readonly connectionTimeoutMillis?: number;
+  /** Postgres's statement_timeout for every connection (0: none). @default 30000 */
+  readonly statementTimeoutMillis?: number;
   /** Called for each start-up attempt that failed (for a one-line log). */
   readonly onRetry?: (attempt: number, error: AppError, delayMillis: number) => void;
 }
@@ -54,6 +61,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   public readonly pools = new Map<string, RotatingPool>();
   private readonly pgPools = new Map<string, VaultPgPool>();
   private poolSize?: number;
+  private connectionTimeoutMillis?: number;
   private closing?: Promise<CloseResult>;
   private fatalEmitted = false;
 
@@ -90,6 +98,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
     }
     const rt = new CredentialRuntime(session);
     rt.poolSize = opts.poolSize;
+    rt.connectionTimeoutMillis = opts.connectionTimeoutMillis;
     session.on('error', () => undefined);
     session.keepAlive(opts.backoff);
     try {
@@ -115,6 +124,8 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
           ca: cfg.postgres.caCert,
           replicaLagWindowMillis: endpoint.target === 'replica' ? (opts.replicaLagWindowMillis ?? DEFAULT_REPLICA_LAG_WINDOW_MILLIS) : 0,
           max: opts.poolSize,
+          acquireTimeoutMillis: opts.connectionTimeoutMillis,
+          statementTimeoutMillis: opts.statementTimeoutMillis,
           applicationName: `pgvault-app-${role}`,
         });
         pool.on('error', () => undefined);
@@ -162,11 +173,12 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   /**
    * The role's pool as a pg.Pool stand-in, for Kysely, Drizzle or code written for pg. One per
    * role; its end() releases the face only (close() revokes), and a new one replaces an ended one.
+   * Its connect() and query() wait at most connectionTimeoutMillis for a client.
    */
   pgPool(role: string): VaultPgPool {
     let face = this.pgPools.get(role);
     if (!face || face.ending) {
-      face = new VaultPgPool(this.pool(role), { max: this.poolSize });
+      face = new VaultPgPool(this.pool(role), { max: this.poolSize, connectionTimeoutMillis: this.connectionTimeoutMillis });
       this.pgPools.set(role, face);
     }
     return face;

@@ -10,8 +10,18 @@ export interface DatabaseRoleProps {
   readonly name: string;
   /** The NOLOGIN group role each dynamic user is granted. */
   readonly groupRole: string;
-  /** Takes over objects a revoked user owned; it holds no privilege. */
+  /** Takes over objects a revoked write user owned; it holds no privilege. */
   readonly retiredRole: string;
+  /** The environment's mark, `pgvault:<env>`: on each user (with its bounds) and on a disarmed one. */
+  readonly mark: string;
+  /** read: a revoked user's objects are dropped; write: handed to the retired role. */
+  readonly access: 'read' | 'write';
+  /** CONNECTION LIMIT of each user. @default 20 */
+  readonly connectionLimit?: number;
+  /** The users' statement bound (the reaper's, and their statement_timeout). @default 300 */
+  readonly statementTimeoutSeconds?: number;
+  /** The users' idle-in-transaction bound. @default 60 */
+  readonly idleInTransactionTimeoutSeconds?: number;
   readonly defaultTtlSeconds: number;
   readonly maxTtlSeconds: number;
   /**
@@ -37,7 +47,15 @@ export class DatabaseRole extends Construct {
         `DatabaseRole ${props.name}: defaultTtlSeconds (${props.defaultTtlSeconds}) is greater than maxTtlSeconds (${props.maxTtlSeconds}); lower the default or raise the maximum`,
       );
     }
-    const stmts = { groupRole: props.groupRole, retiredRole: props.retiredRole };
+    const stmts: sql.RoleStatementsProps = {
+      groupRole: props.groupRole,
+      retiredRole: props.retiredRole,
+      mark: props.mark,
+      access: props.access,
+      connectionLimit: props.connectionLimit,
+      statementTimeoutSeconds: props.statementTimeoutSeconds,
+      idleInTransactionTimeoutSeconds: props.idleInTransactionTimeoutSeconds,
+    };
     this.role = new DatabaseSecretBackendRole(this, 'role', {
       backend: props.engine.path,
       name: props.name,

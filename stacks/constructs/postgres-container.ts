@@ -3,6 +3,7 @@ import { Container } from '@cdktf/provider-docker/lib/container';
 import { Image } from '@cdktf/provider-docker/lib/image';
 import { Network } from '@cdktf/provider-docker/lib/network';
 import { Volume } from '@cdktf/provider-docker/lib/volume';
+import { reaperStatement } from '../statements';
 
 export interface PostgresContainerProps {
   /** Container name; also its host name on the private network. */
@@ -36,6 +37,21 @@ export interface PostgresContainerProps {
    * Needs tlsDir. @default no replication role or slot
    */
   readonly replication?: { readonly role: string; readonly slot: string; readonly mark: string };
+  /**
+   * The environment's mark, `pgvault:<env>`: the reaper beside Postgres ends, every
+   * reapIntervalSeconds, the sessions of dropped roles (a login that raced its revocation), of the
+   * roles this environment disarmed, and of its dynamic users past their statement or
+   * idle-in-transaction bound (see reaperStatement).
+   */
+  readonly mark: string;
+  /** How often the reaper runs. @default 0.5 */
+  readonly reapIntervalSeconds?: number;
+  /**
+   * PostgreSQL 16+: connection slots kept for roles with pg_use_reserved_connections (Vault's),
+   * so that users who fill every other slot cannot stop issuance and revocation. Ignored before 16.
+   * @default 4 (Vault's default pool)
+   */
+  readonly reservedConnections?: number;
 }
 
 /** Where the TLS and replication files are mounted in the container. */
@@ -71,7 +87,58 @@ function initScript(replication?: PostgresContainerProps['replication']): string
   return lines.join('\n') + '\n';
 }
 
-/** Postgres in a container, with its data on a named volume and a pg_isready health check. */
+/**
+ * The reaper, as a bash function `reap` for a start script that defines `as_postgres` and runs
+ * Postgres as `$pg`: one psql session over the local socket as the superuser, one short
+ * statement per interval (it holds no snapshot between passes, so on a standby it never holds up
+ * replay), started again whenever that session ends. The user cannot influence it: it reads the
+ * bounds from the role's comment, which only a role with CREATEROLE can set.
+ */
+export function reaperFunction(p: { adminUser: string; mark: string; intervalSeconds: number }): string {
+  if (!(p.intervalSeconds > 0 && p.intervalSeconds <= 60)) throw new Error(`reapIntervalSeconds is ${p.intervalSeconds}; expected more than 0 and at most 60`);
+  return `reap() {
+  local sql="${reaperStatement(p.mark)}"
+  while kill -0 "$pg" 2>/dev/null; do
+    while sleep ${p.intervalSeconds}; do echo "$sql"; done \\
+      | as_postgres env PGAPPNAME=pgvault-reaper psql -X -q -t -A -h /var/run/postgresql -U '${p.adminUser}' -d postgres 2>/dev/null \\
+      | while read -r n; do [ "$n" = 0 ] || echo "pgvault reaper: terminated $n session(s) of dropped or disarmed roles, or past their bounds"; done || true
+    sleep 1
+  done
+}
+`;
+}
+
+/**
+ * The primary's start script, run as root: the image's own entrypoint in the background (its
+ * contract unchanged: initdb, POSTGRES_*, /docker-entrypoint-initdb.d), the reaper beside it,
+ * and on PostgreSQL 16+ the reserved slots. The shell stays PID 1 and passes docker's stop
+ * signal on to postgres (the entrypoint execs into it, so its PID is postgres's).
+ */
+function startScript(p: { adminUser: string; mark: string; intervalSeconds: number; reservedConnections: number }): string {
+  return `#!/bin/bash
+# Made by stacks/constructs/postgres-container.ts.
+set -Eeuo pipefail
+as_postgres() { HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+major=$(postgres -V | sed -E 's/^[^0-9]*([0-9]+).*$/\\1/')
+if [ "$major" -ge 16 ]; then set -- "$@" -c reserved_connections=${p.reservedConnections}; fi
+/usr/local/bin/docker-entrypoint.sh "$@" &
+pg=$!
+trap 'kill -INT "$pg" 2>/dev/null' INT TERM
+${reaperFunction(p)}reap &
+set +e
+while :; do
+  wait "$pg"
+  status=$?
+  kill -0 "$pg" 2>/dev/null || break
+done
+exit "$status"
+`;
+}
+
+/** Where the primary's start script is uploaded. */
+const START_SCRIPT = '/usr/local/bin/pgvault-postgres.sh';
+
+/** Postgres in a container, with its data on a named volume, a pg_isready health check and the reaper. */
 export class PostgresContainer extends Construct {
   public readonly container: Container;
   public readonly volume: Volume;
@@ -86,6 +153,11 @@ export class PostgresContainer extends Construct {
     this.volume = new Volume(this, 'data', { name: `${props.containerName}-data` });
     this.hostname = props.containerName;
     if (props.replication && !props.tlsDir) throw new Error(`PostgresContainer ${props.containerName}: replication needs tlsDir (the replica streams over TLS only)`);
+    const reservedConnections = props.reservedConnections ?? 4;
+    if (!(Number.isInteger(reservedConnections) && reservedConnections >= 1 && reservedConnections <= 50)) {
+      throw new Error(`PostgresContainer ${props.containerName}: reservedConnections is ${reservedConnections}; expected an integer from 1 to 50`);
+    }
+    const script = startScript({ adminUser, mark: props.mark, intervalSeconds: props.reapIntervalSeconds ?? 0.5, reservedConnections });
     this.container = new Container(this, 'container', {
       name: props.containerName,
       hostname: props.containerName,
@@ -100,10 +172,14 @@ export class PostgresContainer extends Construct {
         { hostPath: props.passwordFile, containerPath: '/run/secrets/postgres-password', readOnly: true },
         ...(props.tlsDir ? [{ hostPath: props.tlsDir, containerPath: POSTGRES_FILES_DIR, readOnly: true }] : []),
       ],
-      command: props.tlsDir ? ['postgres', ...tlsSettings(), '-c', 'max_slot_wal_keep_size=1GB'] : undefined,
-      upload: props.tlsDir
-        ? [{ file: '/docker-entrypoint-initdb.d/20-pgvault-tls.sh', contentBase64: Buffer.from(initScript(props.replication)).toString('base64'), permissions: '0644' }]
-        : undefined,
+      entrypoint: ['bash', START_SCRIPT],
+      command: props.tlsDir ? ['postgres', ...tlsSettings(), '-c', 'max_slot_wal_keep_size=1GB'] : ['postgres'],
+      upload: [
+        { file: START_SCRIPT, contentBase64: Buffer.from(script).toString('base64'), executable: true },
+        ...(props.tlsDir
+          ? [{ file: '/docker-entrypoint-initdb.d/20-pgvault-tls.sh', contentBase64: Buffer.from(initScript(props.replication)).toString('base64'), permissions: '0644' }]
+          : []),
+      ],
       ports: [{ internal: 5432, external: props.hostPort, ip: '127.0.0.1' }],
       networksAdvanced: [{ name: props.network.name, aliases: [props.containerName] }],
       healthcheck: {
@@ -113,6 +189,7 @@ export class PostgresContainer extends Construct {
         retries: 30,
         startPeriod: '2s',
       },
+      stopSignal: 'SIGINT',
       restart: 'unless-stopped',
       wait: true,
       waitTimeout: 120,

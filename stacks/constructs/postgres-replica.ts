@@ -2,7 +2,7 @@ import { Construct } from 'constructs';
 import { Container } from '@cdktf/provider-docker/lib/container';
 import { Network } from '@cdktf/provider-docker/lib/network';
 import { Volume } from '@cdktf/provider-docker/lib/volume';
-import { POSTGRES_FILES_DIR, PostgresContainer, tlsSettings } from './postgres-container';
+import { POSTGRES_FILES_DIR, PostgresContainer, reaperFunction, tlsSettings } from './postgres-container';
 
 export interface PostgresReplicaProps {
   /** Container name; also its host name on the private network. */
@@ -24,9 +24,13 @@ export interface PostgresReplicaProps {
    * password is in no state.
    */
   readonly filesDir: string;
+  /** The environment's mark, `pgvault:<env>`: the reaper's (see PostgresContainerProps.mark). */
+  readonly mark: string;
   /**
-   * How often the reaper looks for sessions whose role no longer exists (a revoked user,
-   * dropped on the primary and replayed here), and terminates them.
+   * How often the reaper ends sessions here: of roles that no longer exist (a revoked user,
+   * dropped on the primary and replayed here), of disarmed roles, and of users past their
+   * statement or idle-in-transaction bound (with hot_standby_feedback, an idle transaction on the
+   * replica would hold back vacuum on the primary).
    * @default 0.5
    */
   readonly reapIntervalSeconds?: number;
@@ -37,11 +41,11 @@ export interface PostgresReplicaProps {
  * the slot (retried until the primary answers). Every start: postgres as a hot standby, and the
  * reaper beside it. Postgres's DROP ROLE does not end a dropped user's sessions, on the primary
  * (Vault's revocation statements do that there) nor on a standby (nothing does), so the reaper
- * does it here. It runs in one psql session, one short statement per interval (no long snapshot,
- * so it never holds up replay); it is restarted when that session ends. The shell stays PID 1
+ * does it here, with the primary's reaper (reaperFunction): disarmed roles and users past their
+ * bounds too. The shell stays PID 1
  * and passes docker's stop signal on to postgres.
  */
-function startScript(p: { primaryHost: string; role: string; slot: string; adminUser: string; interval: number }): string {
+function startScript(p: { primaryHost: string; role: string; slot: string; adminUser: string; interval: number; mark: string }): string {
   const conninfo = `host=${p.primaryHost} port=5432 user=${p.role} passfile=${POSTGRES_FILES_DIR}/pgpass sslmode=verify-full sslrootcert=${POSTGRES_FILES_DIR}/ca.pem application_name=${p.slot}`;
   const settings = [...tlsSettings(), '-c', 'hot_standby=on', '-c', 'hot_standby_feedback=on', '-c', `primary_slot_name=${p.slot}`]
     .map((s) => `'${s}'`)
@@ -68,16 +72,7 @@ as_postgres touch "$PGDATA/standby.signal"
 (HOME=/var/lib/postgresql exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql ${settings} -c primary_conninfo="$conninfo") &
 pg=$!
 trap 'kill -INT "$pg" 2>/dev/null' INT TERM
-reap() {
-  local sql="SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a WHERE a.backend_type = 'client backend' AND a.usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = a.usesysid);"
-  while kill -0 "$pg" 2>/dev/null; do
-    while sleep ${p.interval}; do echo "$sql"; done \\
-      | as_postgres psql -X -q -t -A -h /var/run/postgresql -U '${p.adminUser}' -d postgres 2>/dev/null \\
-      | while read -r n; do [ "$n" = 0 ] || echo "pgvault reaper: terminated $n session(s) of dropped roles"; done || true
-    sleep 1
-  done
-}
-reap &
+${reaperFunction({ adminUser: p.adminUser, mark: p.mark, intervalSeconds: p.interval })}reap &
 set +e
 while :; do
   wait "$pg"
@@ -107,7 +102,7 @@ export class PostgresReplica extends Construct {
     if (!(interval > 0 && interval <= 60)) throw new Error(`PostgresReplica ${props.containerName}: reapIntervalSeconds is ${interval}; expected more than 0 and at most 60`);
     this.hostname = props.containerName;
     this.volume = new Volume(this, 'data', { name: `${props.containerName}-data` });
-    const script = startScript({ primaryHost: props.primary.hostname, role: props.replicationRole, slot: props.slot, adminUser, interval });
+    const script = startScript({ primaryHost: props.primary.hostname, role: props.replicationRole, slot: props.slot, adminUser, interval, mark: props.mark });
     this.container = new Container(this, 'container', {
       name: props.containerName,
       hostname: props.containerName,

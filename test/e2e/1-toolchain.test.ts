@@ -9,14 +9,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
-import { REPO_ROOT } from '../../stacks/config';
+import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, REPO_ROOT } from '../../stacks/config';
 import { PROVIDER_CONSTRAINTS } from '../../stacks/common';
 import * as h from '../harness';
 
 const TOOLCHAIN = path.join(REPO_ROOT, 'toolchain', 'toolchain.sh');
 
 function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-  return spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env: { ...process.env, ...opts.env } });
+  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env: { ...process.env, ...opts.env }, timeout: 600_000, killSignal: 'SIGKILL' });
+  if (r.error) throw new Error(`${cmd} ${args.join(' ')}: ${(r.error as any).code === 'ETIMEDOUT' ? 'hung, killed after 600 s' : r.error.message}`);
+  return r;
 }
 
 before(() => h.requireToolchain());
@@ -79,7 +81,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
   const name = 'pgvault-toolchain-test-postgres';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-pgimg-'));
   fs.writeFileSync(path.join(dir, 'pw'), 'toolchain-test-pw', { mode: 0o600 });
-  spawnSync('docker', ['rm', '-f', name]);
+  spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   try {
     h.docker('run', '-d', '--name', name, '-p', '127.0.0.1:25499:5432',
       '-e', 'POSTGRES_USER=admin', '-e', 'POSTGRES_DB=things', '-e', 'POSTGRES_PASSWORD_FILE=/run/secrets/pw',
@@ -93,7 +95,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
     assert.equal(r.rows[0].db, 'things');
     assert.ok(r.rows[0].v >= 160000, `the local image runs PostgreSQL 16 or later (server_version_num ${r.rows[0].v})`);
   } finally {
-    spawnSync('docker', ['rm', '-f', '-v', name]);
+    spawnSync('docker', ['rm', '-f', '-v', name], { timeout: h.DOCKER_TIMEOUT_MS });
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -101,7 +103,7 @@ test('a container from the local Postgres image starts, becomes healthy and hono
 test('a container from the local Vault image starts, becomes healthy and honours VAULT_DEV_*', async () => {
   const image = process.env.VAULT_IMAGE!;
   const name = 'pgvault-toolchain-test-vault';
-  spawnSync('docker', ['rm', '-f', name]);
+  spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   try {
     h.docker('run', '-d', '--name', name, '-p', '127.0.0.1:28299:8299',
       '-e', 'VAULT_DEV_ROOT_TOKEN_ID=toolchain-test-token', '-e', 'VAULT_DEV_LISTEN_ADDRESS=0.0.0.0:8299',
@@ -112,7 +114,7 @@ test('a container from the local Vault image starts, becomes healthy and honours
     const body: any = await res.json();
     assert.deepEqual(body.data.policies, ['root']);
   } finally {
-    spawnSync('docker', ['rm', '-f', name]);
+    spawnSync('docker', ['rm', '-f', name], { timeout: h.DOCKER_TIMEOUT_MS });
   }
 });
 
@@ -125,3 +127,25 @@ test('a second toolchain run with everything present builds nothing', () => {
   assert.match(r.stdout, /PART\s+VERSION\s+FROM\s+WHERE/);
   console.log(`# figure: warm toolchain run: ${seconds.toFixed(1)}s`);
 });
+
+test('the toolchain brings what the tests call, Node 24 for CI, cdktn, and exports the images the config defaults to', () => {
+  const r = run('bash', ['-c', `eval "$(bash '${TOOLCHAIN}' env)" && printf '%s\\n' "$POSTGRES_IMAGE" "$VAULT_IMAGE" "$(command -v cdktn)"`]);
+  assert.equal(r.status, 0, r.stderr);
+  const [pgImage, vaultImage, cdktn] = r.stdout.trim().split('\n');
+  assert.equal(pgImage, DEFAULT_POSTGRES_IMAGE, 'the exported Postgres image is the default every environment gets');
+  assert.equal(vaultImage, DEFAULT_VAULT_IMAGE, 'the exported Vault image is the default (OpenBao)');
+  assert.ok(cdktn && fs.existsSync(cdktn), 'cdktn is on the toolchain PATH');
+  const pg = h.hostPostgres();
+  console.log(`# figure: host PostgreSQL ${pg.major} at ${pg.bin}; psql ${h.psqlBinary()}`);
+  for (const [cmd, args] of [['git', ['--version']], ['openssl', ['version']], ['python3', ['-c', 'import ensurepip, venv']], ['python3', ['-m', 'pip', '--version']]] as const) {
+    assert.equal(run(cmd, [...args]).status, 0, `${cmd} ${args.join(' ')}`);
+  }
+  const machineMajor = Number(process.versions.node.split('.')[0]);
+  const nodeDir = run('bash', [TOOLCHAIN, 'node-dir']).stdout.trim();
+  if (machineMajor < 24) {
+    assert.match(run(path.join(nodeDir, 'node'), ['--version']).stdout, /^v24\./, 'the toolchain brought Node 24');
+  } else {
+    assert.equal(nodeDir, '', 'no Node of its own when the machine has 24');
+  }
+});
+

@@ -47,11 +47,11 @@ describe('local environment, end to end', () => {
     } finally {
       process.umask(umask);
     }
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(async () => {
     if (!destroyed) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('issues credentials for both roles, and Postgres shows the group grants and VALID UNTIL', async () => {
     const { cfg, session } = await h.appSession(ENV);
@@ -422,7 +422,8 @@ describe('local environment, end to end', () => {
 
 /** `npm run deploy -- local`, as a user runs it (the npm script, the build check, the CLI). */
 function npmDeploy(): { status: number | null; stderr: string } {
-  const r = spawnSync('npm', ['run', '--silent', 'deploy', '--', ENV], { cwd: REPO_ROOT, env: process.env, encoding: 'utf8' });
+  const r = spawnSync('npm', ['run', '--silent', 'deploy', '--', ENV], { cwd: REPO_ROOT, env: process.env, encoding: 'utf8', timeout: 900_000, killSignal: 'SIGKILL' });
+  if (r.error) throw new Error(`npm run deploy -- ${ENV}: ${r.error.message} (killed after 900 s if ETIMEDOUT)`);
   return { status: r.status, stderr: r.stderr };
 }
 
@@ -430,7 +431,7 @@ function npmDeploy(): { status: number | null; stderr: string } {
 function terraformPlan(stack: string): number {
   const dir = localDir(ENV);
   const log = fs.openSync(process.env.PGVAULT_CDKTF_LOG!, 'a');
-  const r = spawnSync('terraform', ['plan', '-detailed-exitcode', '-input=false', '-no-color'], {
+  const r = spawnSync(process.env.TERRAFORM_BINARY_NAME || 'terraform', ['plan', '-detailed-exitcode', '-input=false', '-no-color'], {
     cwd: path.join(REPO_ROOT, 'cdktf.out', 'stacks', stack),
     env: {
       ...process.env,
@@ -438,8 +439,11 @@ function terraformPlan(stack: string): number {
       TF_VAR_vault_dev_root_token: fs.readFileSync(path.join(dir, 'vault-token'), 'utf8').trim(),
     },
     stdio: ['ignore', log, log],
+    timeout: 300_000,
+    killSignal: 'SIGKILL',
   });
   fs.closeSync(log);
+  if (r.error) throw new Error(`terraform plan of ${stack}: ${(r.error as any).code === 'ETIMEDOUT' ? 'hung, killed after 300 s' : r.error.message}`);
   return r.status ?? 1;
 }
 

@@ -112,12 +112,6 @@ async function grantsOf(env: EnvironmentConfig, user: string, password: string):
   }
 }
 
-function psqlBinary(): string {
-  const candidates = ['/usr/bin/psql', ...['17', '16', '15'].map((v) => `/usr/lib/postgresql/${v}/bin/psql`)];
-  const found = candidates.find((p) => fs.existsSync(p));
-  if (!found) throw new Error('end-to-end prerequisite missing: psql; install it: apt-get install postgresql-client');
-  return found;
-}
 
 describe('a data volume made by PostgreSQL 15', () => {
   let env: EnvironmentConfig;
@@ -132,12 +126,12 @@ describe('a data volume made by PostgreSQL 15', () => {
     h.docker('volume', 'create', volume);
     // What a PostgreSQL 15 deployment leaves: a cluster whose PG_VERSION says 15.
     h.docker('run', '--rm', '--network', 'none', '--entrypoint', 'sh', '-v', `${volume}:/data`, env.docker!.postgresImage, '-c', 'echo 15 > /data/PG_VERSION');
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(() => {
-    spawnSync('docker', ['rm', '-f', `pgvault-${ENV}-pg15-probe`]);
-    spawnSync('docker', ['volume', 'rm', volume]);
-  });
+    spawnSync('docker', ['rm', '-f', `pgvault-${ENV}-pg15-probe`], { timeout: h.DOCKER_TIMEOUT_MS });
+    spawnSync('docker', ['volume', 'rm', volume], { timeout: h.DOCKER_TIMEOUT_MS });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('fails before the deploy with an error that names the versions and the fix', () => {
     assert.throws(
@@ -161,7 +155,7 @@ describe('a data volume made by PostgreSQL 15', () => {
   });
 
   test('passes when there is no volume yet', () => {
-    spawnSync('docker', ['rm', '-f', `pgvault-${ENV}-pg15-probe`]);
+    spawnSync('docker', ['rm', '-f', `pgvault-${ENV}-pg15-probe`], { timeout: h.DOCKER_TIMEOUT_MS });
     h.docker('volume', 'rm', volume);
     checkPostgresDataVolume(env);
   });
@@ -186,12 +180,12 @@ describe('standard Vault clients on a deployed environment', () => {
     mount = env.secretsEngine.mountPath;
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-clients-work-'));
     fs.chmodSync(work, 0o700);
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(async () => {
     await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
     if (work) fs.rmSync(work, { recursive: true, force: true });
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('bao agent with AppRole auto-auth: renews, rotates at max TTL, never piles up leases', async () => {
     const out = JSON.parse(fs.readFileSync(outputsFile(ENV), 'utf8'));
@@ -290,7 +284,7 @@ describe('standard Vault clients on a deployed environment', () => {
     console.log(`# figure: bao agent: ${total} leases created in total over ${runSeconds}s for ${ROLES.length} roles (${DEFAULT_TTL}s TTL, ${MAX_TTL}s max)`);
 
     // psql with the agent's rendered service file, exactly as the README shows it.
-    const psql = psqlBinary();
+    const psql = h.psqlBinary();
     const ro = (args: string[]) => spawnSync(psql, ['service=readonly', '-v', 'ON_ERROR_STOP=1', '-X', '-At', ...args], { encoding: 'utf8', env: { ...process.env, PGSERVICEFILE: path.join(dir, 'readonly.service') } });
     const latest = readService(path.join(dir, 'readonly.service'))!;
     const who = ro(['-c', `SELECT current_user, has_table_privilege('${env.database.schema}.items', 'INSERT')`]);

@@ -23,11 +23,6 @@ const VAULT_PORT = 28260;
 const SCHEMA = stateSchema('team_state', `${ENV}-secrets`);
 const LOCK_MESSAGE = new RegExp(`another deploy of ${ENV} holds the state lock`);
 
-function pgBinDir(): string {
-  const dir = '/usr/lib/postgresql/15/bin';
-  if (!fs.existsSync(path.join(dir, 'initdb'))) throw new Error('end-to-end prerequisite missing: PostgreSQL 15 server binaries (initdb); install them: apt-get install postgresql-15');
-  return dir;
-}
 
 interface Finished {
   code: number | null;
@@ -165,7 +160,7 @@ describe('shared state in Postgres, two clones, one lock', () => {
 
   before(async () => {
     h.requireToolchain();
-    const bin = pgBinDir();
+    const bin = h.hostPostgres().bin;
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-shared-'));
     fs.chmodSync(work, 0o755);
     logs = path.join(work, 'logs');
@@ -240,7 +235,7 @@ describe('shared state in Postgres, two clones, one lock', () => {
       "the state database's password": statePassword,
       ...(keyFile ? { "Vault's TLS private key": fs.readFileSync(path.join(tls, keyFile), 'utf8').split('\n').filter((l) => l && !l.startsWith('-----'))[0] } : {}),
     };
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(async () => {
     for (const r of started) {
@@ -264,7 +259,7 @@ describe('shared state in Postgres, two clones, one lock', () => {
     await postgres?.stop();
     fs.rmSync(localDir(ENV), { recursive: true, force: true });
     if (work && !process.env.PGVAULT_KEEP_TEST_LOGS) fs.rmSync(work, { recursive: true, force: true });
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('a deploy from clone A keeps one state per stack in Postgres, holding no secret and no path of this machine', async () => {
     const f = await succeeds(run(REPO_ROOT, 'deploy', 'deploy-a'));
@@ -426,8 +421,9 @@ describe('shared state in Postgres, two clones, one lock', () => {
       cwd: path.join(cloneB, 'cdktf.out', 'stacks', `${ENV}-secrets`),
       env: { ...process.env, PG_CONN_STR: fs.readFileSync(path.join(cloneB, '.local', ENV, 'state-db'), 'utf8').trim() },
       encoding: 'utf8',
+      timeout: 120_000,
     });
-    assert.equal(forceUnlock.status, 0, forceUnlock.stderr);
+    assert.equal(forceUnlock.status, 0, `terraform force-unlock: ${forceUnlock.error?.message ?? forceUnlock.stderr}`);
     assert.equal((await lockHolders()).length, 1, "terraform force-unlock from another process does not release it (it says it did)");
     const [holder] = await lockHolders();
     assert.equal(holder.application_name, 'stuck deploy', 'the README query finds the holder');

@@ -29,7 +29,6 @@ describe('ha environment: a 3-node OpenBao Raft cluster, end to end', () => {
   let env: EnvironmentConfig;
   let cfg: AppConfig;
   let server: ChildProcess | undefined;
-  let destroyed = false;
   const adminToken = () => fs.readFileSync(env.vault.tokenFile, 'utf8').trim();
 
   /** A session over every node, the app's way. */
@@ -65,24 +64,25 @@ describe('ha environment: a 3-node OpenBao Raft cluster, end to end', () => {
     h.requireToolchain();
     delete process.env.PGVAULT_ENVIRONMENTS_DIR;
     env = h.loadEnvironment(ENV);
-    await h.destroy(ENV);
     const umask = process.umask(0o022);
     try {
-      const cold = await h.timed(() => h.deploy(ENV));
-      console.log(`# figure: cold deploy of ${ENV}: ${cold.seconds.toFixed(1)}s`);
+      // Shared with 7-replica: deployed here when it is not up, and left up under test/run.ts.
+      const first = await h.upShared(ENV);
+      console.log(`# figure: ${first.cold ? 'cold' : 'warm'} deploy of ${ENV}: ${first.seconds.toFixed(1)}s`);
       const warm = await h.timed(() => h.deploy(ENV));
       console.log(`# figure: warm deploy of ${ENV} (nothing to change; admin token renewed): ${warm.seconds.toFixed(1)}s`);
     } finally {
       process.umask(umask);
     }
     cfg = appConfigFromOutputs(readOutputs(outputsFile(ENV)), { secretId: 'unused' });
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(async () => {
     if (server && server.exitCode === null) server.kill('SIGTERM');
     for (const n of NODES) spawnQuiet('docker', ['start', n]);
-    if (!destroyed) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
-  });
+    // test/run.ts destroys it after 7-replica (whose last test is the destroy); alone, this file cleans up.
+    if (!h.keepShared()) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('raft has 3 voters and 1 leader; every node is unsealed and verified with the environment CA', async () => {
     const outputs = readOutputs(outputsFile(ENV)) as any;
@@ -282,20 +282,10 @@ describe('ha environment: a 3-node OpenBao Raft cluster, end to end', () => {
     }
   });
 
-  test('destroy leaves no pgvault-ha-* container, volume or network; a second destroy is harmless', async () => {
-    const t = await h.timed(() => h.destroy(ENV));
-    destroyed = true;
-    console.log(`# figure: destroy of ${ENV}: ${t.seconds.toFixed(1)}s`);
-    assert.equal(h.docker('ps', '-a', '--filter', 'name=pgvault-ha-', '--format', '{{.Names}}'), '');
-    assert.equal(h.docker('volume', 'ls', '--filter', 'name=pgvault-ha-', '--format', '{{.Name}}'), '');
-    assert.equal(h.docker('network', 'ls', '--filter', 'name=pgvault-ha', '--format', '{{.Name}}'), '');
-    assert.equal(fs.existsSync(localDir(ENV)), false, 'the keys and tokens under .local/ha are gone');
-    await h.destroy(ENV);
-  });
 });
 
 function spawnQuiet(cmd: string, args: string[]): { status: number | null; stdout: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: h.DOCKER_TIMEOUT_MS });
   return { status: r.status, stdout: r.stdout ?? '' };
 }
 

@@ -70,12 +70,12 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
     h.requireToolchain();
     delete process.env.PGVAULT_ENVIRONMENTS_DIR;
     env = h.loadEnvironment(ENV);
-    await h.destroy(ENV);
-    const cold = await h.timed(() => h.deploy(ENV));
-    console.log(`# figure: cold deploy of ${ENV} with its replica: ${cold.seconds.toFixed(1)}s`);
+    // Shared with 6-ha, which leaves it up under test/run.ts: deployed here only when it is not up.
+    const first = await h.upShared(ENV);
+    console.log(`# figure: ${first.cold ? 'cold' : 'warm'} deploy of ${ENV} with its replica: ${first.seconds.toFixed(1)}s`);
     cfg = await freshConfig();
     ca = fs.readFileSync(env.postgres.caCertFile!, 'utf8');
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   after(async () => {
     await rt?.close({ timeoutMillis: 5000 }).catch(() => undefined);
@@ -84,7 +84,7 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
       await replay('resume').catch(() => undefined);
       if (!destroyed) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
     }
-  });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
 
   test('readonly lands on the replica and readwrite on the primary, both over verified TLS; Vault connects with TLS too', async () => {
     const outputs = readOutputs(outputsFile(ENV)) as any;
@@ -296,20 +296,21 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
     assert.equal(readyBody.vault, 'ok');
   });
 
-  test('destroy leaves nothing of the replica (or of ha): no container, volume or network', async () => {
+  test('destroy leaves nothing of the replica (or of ha): no container, volume or network; a second destroy is harmless', async () => {
     const t = await h.timed(() => h.destroy(ENV));
     destroyed = true;
     console.log(`# figure: destroy of ${ENV} with its replica: ${t.seconds.toFixed(1)}s`);
     assert.equal(h.docker('ps', '-a', '--filter', 'name=pgvault-ha-', '--format', '{{.Names}}'), '');
     assert.equal(h.docker('volume', 'ls', '--filter', 'name=pgvault-ha-', '--format', '{{.Name}}'), '');
     assert.equal(h.docker('network', 'ls', '--filter', 'name=pgvault-ha', '--format', '{{.Name}}'), '');
-    assert.equal(fs.existsSync(localDir(ENV)), false, 'the replication password and the keys under .local/ha are gone');
+    assert.equal(fs.existsSync(localDir(ENV)), false, 'the replication password, the keys and tokens under .local/ha are gone');
+    await h.destroy(ENV);
   });
 });
 
 /** What the container wrote (Postgres logs to stderr). */
 function containerLog(name: string): string {
-  const r = spawnSync('docker', ['logs', name], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  const r = spawnSync('docker', ['logs', name], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, timeout: h.DOCKER_TIMEOUT_MS });
   return `${r.stdout}${r.stderr}`;
 }
 

@@ -130,7 +130,7 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
   });
 
   test('bad input: 400 saying what is wrong and what is expected, 413 over the size limit, 415 for another media type', async () => {
-    const post = (body: string, type = 'application/json') => fetch(`${BASE}/items`, { method: 'POST', headers: { 'content-type': type }, body });
+    const post = (body: string, type = 'application/json', headers: Record<string, string> = {}) => fetch(`${BASE}/items`, { method: 'POST', headers: { 'content-type': type, ...headers }, body });
     const cases: Array<[string, Promise<Response>, number, RegExp]> = [
       ['three spaces', post('{"name":"   "}'), 400, /"name" is "   ": only white space; expected a string of 1 to 200 characters, at least one of them not white space/],
       ['a number', post('{"name":42}'), 400, /"name" is 42, a number; expected a string/],
@@ -138,6 +138,14 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
       ['an unknown field', post('{"name":"a","extra":1}'), 400, /field "extra" is not accepted; expected only "name"/],
       ['not JSON', post('{"name":'), 400, /the body is not valid JSON .*; expected a JSON object/],
       ['a bad limit', fetch(`${BASE}/items?limit=zero`), 400, /query parameter "limit" is "zero", not a whole number; expected a whole number from 1 to 100/],
+      // Each of these once answered 200 (coerced by Ajv), or 503 for 1e309 (Infinity reached Postgres).
+      ['limit 1.0', fetch(`${BASE}/items?limit=1.0`), 400, /"limit" is "1.0", not written as a whole number \(it has a decimal point\); expected a whole number from 1 to 100/],
+      ['limit 0x10', fetch(`${BASE}/items?limit=0x10`), 400, /"limit" is "0x10", not decimal/],
+      ['limit " 5"', fetch(`${BASE}/items?limit=%205`), 400, /"limit" is " 5", white space around the number/],
+      ['limit 1e309', fetch(`${BASE}/items?limit=1e309`), 400, /"limit" is "1e309", in exponent notation/],
+      ['limit -0', fetch(`${BASE}/items?limit=-0`), 400, /"limit" is "-0", a negative zero/],
+      ['an Idempotency-Key with a space', post('{"name":"k"}', 'application/json', { 'idempotency-key': 'two words' }), 400, /^header Idempotency-Key is "two words": it holds " " \(U\+0020\), a character it may not hold; expected 1 to 255 characters/],
+      ['an Idempotency-Key too long', post('{"name":"k"}', 'application/json', { 'idempotency-key': 'k'.repeat(256) }), 400, /^header Idempotency-Key is .*: it is 256 characters long, more than 255/],
       ['over 4096 bytes', post(JSON.stringify({ name: 'x'.repeat(5000) })), 413, /larger than 4096 bytes/],
       ['text/plain', post('hello', 'text/plain'), 415, /Content-Type is "text\/plain"; expected application\/json/],
     ];
@@ -148,6 +156,24 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
       assertErrorShape(body, what);
       assert.match(body.error, message, what);
     }
+  });
+
+  test('POST /items with an Idempotency-Key: the retry answers the first answer and writes nothing; another body with the key answers 409', async () => {
+    const key = `contract-${Date.now()}`;
+    const send = (name: string) => fetch(`${BASE}/items`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify({ name }) });
+    const first = await send('keyed');
+    const firstBody = await first.text();
+    const again = await send('keyed');
+    const againBody = await again.text();
+    assert.deepEqual([first.status, again.status], [201, 201], `${firstBody} ${againBody}`);
+    assert.equal(againBody, firstBody, 'the first answer, byte for byte');
+    assert.equal(again.headers.get('idempotent-replayed'), 'true');
+    const other = await send('another');
+    const otherBody = (await other.json()) as { error: string };
+    assert.equal(other.status, 409);
+    assertErrorShape(otherBody, 'a key reused for another body');
+    const listed = (await (await fetch(`${BASE}/items?limit=100`)).json()) as { items: Array<{ id: number }> };
+    assert.equal(listed.items.filter((i) => i.id === JSON.parse(firstBody).id).length, 1, 'written once');
   });
 
   test('Cache-Control: no-store on everything that reads the database or the leases', async () => {

@@ -2,7 +2,8 @@
  * Real fault tests of the REST API and its credential runtime, against a deployed
  * environment whose roles have TTLs of a few seconds: continuous load across rotations,
  * Vault paused, Postgres restarted, a lease revoked behind the app's back, max TTL
- * reached while idle, SIGTERM, and Vault down at start. Figures are printed as `# figure:`.
+ * reached while idle, Postgres paused under load, an INSERT stuck on a lock past its deadline
+ * with its Idempotency-Key retry, SIGTERM, and Vault down at start. Figures are printed as `# figure:`.
  */
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -19,6 +20,31 @@ const BASE = `http://127.0.0.1:${PORT}`;
 const SERVE = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
 const DEFAULT_TTL = 10;
 const MAX_TTL = 24;
+/** The server's request deadline (serve's default) and the margin its answers may take past it (the cancel's 1 s bound, the backstop). */
+const REQUEST_DEADLINE_MS = 5000;
+const ANSWER_MARGIN_MS = 2500;
+
+/** One POST /items with an Idempotency-Key: status, body, how long it took, whether it was a replay. */
+async function keyedPost(name: string, key: string): Promise<{ status: number; body: any; millis: number; replayed: boolean }> {
+  const t0 = Date.now();
+  const res = await fetch(`${BASE}/items`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'idempotency-key': key },
+    body: JSON.stringify({ name }),
+    signal: AbortSignal.timeout(20_000),
+  });
+  const body = await res.json();
+  return { status: res.status, body, millis: Date.now() - t0, replayed: res.headers.get('idempotent-replayed') === 'true' };
+}
+
+async function rowsNamed(env: EnvironmentConfig, name: string): Promise<number> {
+  const admin = await h.adminClient(env);
+  try {
+    return (await admin.query('SELECT count(*)::int AS n FROM app.items WHERE name = $1', [name])).rows[0].n;
+  } finally {
+    await admin.end();
+  }
+}
 
 interface LoadResult {
   ok: number;
@@ -26,27 +52,33 @@ interface LoadResult {
   statuses: Record<string, number>;
   firstFailureAt?: number;
   lastFailureAt?: number;
+  /** The slowest answer (ms); a request without an answer counts as its 10 s client timeout. */
+  maxMillis: number;
 }
 
-/** Concurrent GET /items and POST /items until `stop()` resolves true. */
+/** Concurrent GET /items and POST /items (each with an Idempotency-Key) until `stop()` resolves true. */
 async function load(workers: number, until: () => boolean): Promise<LoadResult> {
-  const r: LoadResult = { ok: 0, failed: 0, statuses: {} };
+  const r: LoadResult = { ok: 0, failed: 0, statuses: {}, maxMillis: 0 };
+  const run = Math.random().toString(36).slice(2, 8);
   const one = async (i: number) => {
     const post = i % 2 === 0;
+    const t0 = Date.now();
     try {
       const res = await fetch(`${BASE}/items${post ? '' : '?limit=5'}`, {
         method: post ? 'POST' : 'GET',
-        headers: post ? { 'content-type': 'application/json' } : undefined,
+        headers: post ? { 'content-type': 'application/json', 'idempotency-key': `load-${run}-${i}` } : undefined,
         body: post ? JSON.stringify({ name: `load-${i}` }) : undefined,
         signal: AbortSignal.timeout(10_000),
       });
       await res.arrayBuffer();
+      r.maxMillis = Math.max(r.maxMillis, Date.now() - t0);
       r.statuses[res.status] = (r.statuses[res.status] ?? 0) + 1;
       if (res.status < 400) {
         r.ok++;
         return;
       }
     } catch (e: any) {
+      r.maxMillis = Math.max(r.maxMillis, Date.now() - t0);
       r.statuses[e.name ?? 'error'] = (r.statuses[e.name ?? 'error'] ?? 0) + 1;
     }
     r.failed++;
@@ -124,6 +156,7 @@ describe('fault tests: the API on short-lived credentials', () => {
       await exited(server, 20_000);
     }
     spawnQuiet('docker', ['unpause', `pgvault-${ENV}-vault`]);
+    spawnQuiet('docker', ['unpause', `pgvault-${ENV}-postgres`]);
     if (!destroyed) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
   });
 
@@ -229,6 +262,96 @@ describe('fault tests: the API on short-lived credentials', () => {
     const text = await (await fetch(`${BASE}/items?limit=zero`)).text();
     assert.match(JSON.parse(text).error, /"limit" is "zero", not a whole number; expected a whole number from 1 to 100/);
     assert.doesNotMatch(text, /postgres(ql)?:\/\/|password|v-approle/i);
+  });
+
+  test('Postgres paused (docker pause) under load: every request answers within its deadline plus a small margin, and it serves again within seconds after the pause', { timeout: 120_000 }, async () => {
+    let done = false;
+    const running = load(4, () => done);
+    await new Promise((r) => setTimeout(r, 1000));
+    const marked = `paused-${Date.now()}`;
+    const key = `pause-${Date.now()}`;
+    const pauseMillis = 8000;
+    const t0 = Date.now();
+    h.docker('pause', `pgvault-${ENV}-postgres`);
+    let during: Awaited<ReturnType<typeof keyedPost>>;
+    let readyDuring: number;
+    try {
+      // A paused container still acknowledges TCP: only the deadline ends these.
+      [during, readyDuring] = await Promise.all([keyedPost(marked, key), ready()]);
+      await new Promise((r) => setTimeout(r, Math.max(0, pauseMillis - (Date.now() - t0))));
+    } finally {
+      h.docker('unpause', `pgvault-${ENV}-postgres`);
+    }
+    const t1 = Date.now();
+    await h.waitFor('GET /items to answer 200 again', async () => (await fetch(`${BASE}/items?limit=1`, { signal: AbortSignal.timeout(10_000) })).status === 200, 30_000);
+    const recovered = (Date.now() - t1) / 1000;
+    await new Promise((r) => setTimeout(r, 3000));
+    done = true;
+    const r = await running;
+    // The write sent during the pause: retried with its key until it answers, it is written once.
+    let retry = await keyedPost(marked, key);
+    for (let i = 0; i < 10 && retry.status !== 201; i++) {
+      await new Promise((res) => setTimeout(res, 1000));
+      retry = await keyedPost(marked, key);
+    }
+    const again = await keyedPost(marked, key);
+    const rows = await rowsNamed(env, marked);
+    console.log(
+      `# figure: Postgres paused ${pauseMillis / 1000} s under load: ${r.ok + r.failed} requests (${JSON.stringify(r.statuses)}), slowest answer ${(r.maxMillis / 1000).toFixed(1)} s ` +
+        `(deadline ${REQUEST_DEADLINE_MS / 1000} s); the keyed write sent during the pause answered ${during.status}${during.body.outcome ? ` (outcome ${during.body.outcome})` : ''} after ${(during.millis / 1000).toFixed(1)} s, ` +
+        `its retry ${retry.status}${retry.replayed ? ' (replayed: the first attempt had been written)' : ''}; GET /items served again ${recovered.toFixed(1)} s after the unpause`,
+    );
+    assert.ok(r.maxMillis <= REQUEST_DEADLINE_MS + ANSWER_MARGIN_MS, `every request answered within ${REQUEST_DEADLINE_MS + ANSWER_MARGIN_MS} ms; the slowest took ${r.maxMillis} ms: ${JSON.stringify(r.statuses)}`);
+    assert.ok(during.millis <= REQUEST_DEADLINE_MS + ANSWER_MARGIN_MS, `the keyed write answered after ${during.millis} ms`);
+    assert.equal(readyDuring, 503, '/readyz says the database is unavailable');
+    assert.ok(
+      (during.status === 504 && during.body.outcome === 'unknown') || (during.status === 503 && /nothing was written/.test(during.body.error)),
+      `a write without an answer is 504 "outcome": "unknown", or 503 only when nothing was written: ${during.status} ${JSON.stringify(during.body)}`,
+    );
+    for (const status of Object.keys(r.statuses)) assert.ok(['200', '201', '503', '504'].includes(status), `only 503 and 504 while paused: ${JSON.stringify(r.statuses)}`);
+    assert.ok(recovered < 15, `served again ${recovered.toFixed(1)} s after the unpause`);
+    assert.equal(retry.status, 201, JSON.stringify(retry.body));
+    assert.deepEqual([again.status, again.replayed, again.body], [201, true, retry.body], 'the same key again: the first answer, nothing written');
+    assert.equal(rows, 1, `the item sent during the pause is in the table once (${rows})`);
+    await h.waitFor('the API to be ready again', async () => (await ready()) === 200, 30_000);
+  });
+
+  test('an INSERT waiting on a table lock past its deadline answers 503 only when it was rolled back (else 504 unknown), and a retry with the same Idempotency-Key writes it once', { timeout: 90_000 }, async () => {
+    const name = `locked-${Date.now()}`;
+    const key = `lock-${Date.now()}`;
+    const admin = await h.adminClient(env);
+    let first: Awaited<ReturnType<typeof keyedPost>>;
+    try {
+      // SHARE blocks INSERT, not SELECT.
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE app.items IN SHARE MODE');
+      first = await keyedPost(name, key);
+    } finally {
+      await admin.query('COMMIT').catch(() => undefined);
+      await admin.end();
+    }
+    // Had the INSERT gone on behind the answer, it would commit now that the lock is gone.
+    await new Promise((r) => setTimeout(r, 1000));
+    const rowsAfterLock = await rowsNamed(env, name);
+    const retry = await keyedPost(name, key);
+    const again = await keyedPost(name, key);
+    const other = await keyedPost(`${name}-other`, key);
+    const rows = await rowsNamed(env, name);
+    console.log(
+      `# figure: INSERT on a locked table: answered ${first.status}${first.body.outcome ? ` (outcome ${first.body.outcome})` : ''} after ${(first.millis / 1000).toFixed(1)} s ` +
+        `(deadline ${REQUEST_DEADLINE_MS / 1000} s); rows once the lock was gone: ${rowsAfterLock}; retry with the same key ${retry.status}, again ${again.status}${again.replayed ? ' (replayed)' : ''}; rows ${rows}`,
+    );
+    assert.ok(first.millis <= REQUEST_DEADLINE_MS + ANSWER_MARGIN_MS, `answered within the deadline plus ${ANSWER_MARGIN_MS} ms: ${first.millis} ms`);
+    if (first.status === 503) {
+      assert.match(first.body.error, /nothing was written/);
+      assert.equal(rowsAfterLock, 0, 'a 503 "nothing was written" means nothing was written, also once the lock is gone');
+    } else {
+      assert.deepEqual([first.status, first.body.outcome], [504, 'unknown'], JSON.stringify(first.body));
+    }
+    assert.equal(retry.status, 201, JSON.stringify(retry.body));
+    assert.deepEqual([again.status, again.replayed, again.body], [201, true, retry.body]);
+    assert.equal(other.status, 409, 'the same key for another body');
+    assert.equal(rows, 1, 'written exactly once');
   });
 
   test('SIGTERM: the server drains, revokes every lease and its token, and exits 0', async () => {

@@ -39,19 +39,20 @@ test('the shipped environments validate', () => {
   assert.deepEqual(local.vault.addresses, ['http://127.0.0.1:18200']);
 });
 
-test('a cluster: the official OpenBao image online, its data directory, and no port shared with Postgres', () => {
+test('a cluster: the project\'s OpenBao image whatever VAULT_IMAGE says, its data directory, and no port shared with Postgres', () => {
   const doc = { infrastructure: 'docker', docker: { vaultNodes: 3, vaultHostPort: 18230, postgresHostPort: 18232 }, roles: { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } } };
   assert.throws(() => resolveEnvironment('x', 'x.json', doc), /18232/);
   const saved = process.env.VAULT_IMAGE;
-  delete process.env.VAULT_IMAGE;
+  process.env.VAULT_IMAGE = 'hashicorp/vault:1.20';
   try {
-    const online = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470 } });
-    assert.match(online.docker!.vaultImage, /^openbao\/openbao:/);
-    assert.equal(online.docker!.vaultDataDir, '/openbao/file');
-    const offline = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470, vaultImage: 'pgvault/vault:openbao-2.7.2-trixie-local' } });
-    assert.equal(offline.docker!.vaultDataDir, '/vault');
+    const cluster = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470 } });
+    assert.equal(cluster.docker!.vaultImage, 'pgvault/vault:openbao-2.7.2-trixie-local');
+    assert.equal(cluster.docker!.vaultDataDir, '/vault');
+    const official = resolveEnvironment('x', 'x.json', { ...doc, docker: { ...doc.docker, postgresHostPort: 15470, vaultImage: 'openbao/openbao:2.7.2' } });
+    assert.equal(official.docker!.vaultDataDir, '/openbao/file');
   } finally {
     if (saved !== undefined) process.env.VAULT_IMAGE = saved;
+    else delete process.env.VAULT_IMAGE;
   }
 });
 
@@ -187,4 +188,25 @@ test('existing: a Postgres CA file for the app and the bootstrap, and its path w
   assert.equal(env.postgres.caCertFile, path.join(REPO_ROOT, 'certs/pg-ca.pem'));
   assert.equal(env.postgres.caCertFileOnVault, '/etc/vault/pg-ca.pem');
   assert.deepEqual(env.postgres.replica, { host: 'db-ro', port: 5432, clientHost: 'db-ro', clientPort: 5432 });
+});
+
+test('dynamic users are kept to the app\'s database on docker; existing servers opt in', () => {
+  assert.equal(loadEnvironment('local').postgres.restrictPublicConnect, true);
+  const doc = shipped('existing-example');
+  assert.equal(resolveEnvironment('e', 'e.json', doc).postgres.restrictPublicConnect, false, 'reported, not changed, unless the operator opts in');
+  assert.equal(resolveEnvironment('e', 'e.json', { ...doc, postgres: { ...doc.postgres, restrictPublicConnect: true } }).postgres.restrictPublicConnect, true);
+  rejects({ ...doc, postgres: { ...doc.postgres, restrictPublicConnect: 'yes' } }, 'ENV_SCHEMA', 'postgres.restrictPublicConnect', '"yes"');
+});
+
+test('each role bounds its users: connections, statements and idle transactions, with documented defaults', () => {
+  const local = loadEnvironment('local');
+  for (const r of local.roles) {
+    assert.deepEqual([r.connectionLimit, r.statementTimeoutSeconds, r.idleInTransactionTimeoutSeconds], [20, 300, 60], r.name);
+  }
+  const doc = shipped('local');
+  doc.roles.readonly = { ...doc.roles.readonly, connectionLimit: 12, statementTimeoutSeconds: 5, idleInTransactionTimeoutSeconds: 2 };
+  const ro = resolveEnvironment('t', 't.json', doc).roles.find((r) => r.name === 'readonly')!;
+  assert.deepEqual([ro.connectionLimit, ro.statementTimeoutSeconds, ro.idleInTransactionTimeoutSeconds], [12, 5, 2]);
+  doc.roles.readonly.connectionLimit = 0;
+  rejects(doc, 'ENV_SCHEMA', 'roles.readonly.connectionLimit', '0');
 });

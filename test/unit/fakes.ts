@@ -3,6 +3,7 @@
  * exercised by test/faults.
  */
 import * as http from 'node:http';
+import * as net from 'node:net';
 import { VaultRequestError, type AppConfig, type LeaseSession, type DatabaseCredentials } from '@pgvault/runtime';
 
 /** A fake of the calls the lease manager makes (LeaseSession): it counts them and answers as told. */
@@ -214,4 +215,183 @@ export function fakeConfig(addresses: string[], roles: string[]): AppConfig {
     roles,
     postgres: { host: '127.0.0.1', port: 1, database: 'app', sslmode: 'disable' },
   };
+}
+
+/** How FakePostgres answers a statement. */
+export type FakeStatementMode =
+  /** One row, column `x` = "1", at once. */
+  | 'answer'
+  /** Waits (as on a lock) until a cancel request for its backend comes, then fails with 57014. */
+  | 'wait-for-cancel'
+  /** Never answers; cancel requests are taken in and never answered either: a paused (docker pause) server. */
+  | 'freeze';
+
+/**
+ * A fake Postgres server on 127.0.0.1 speaking just enough of the v3 wire protocol for pg's
+ * client: startup (no TLS, no password asked), simple and extended queries, cancel requests,
+ * and a FATAL 57P01 to the backends of a user (as a revocation's pg_terminate_backend sends it).
+ * It records what it saw. For unit tests of the runtime's timing logic; the real Postgres is in
+ * test/e2e and test/faults.
+ */
+export class FakePostgres {
+  port = 0;
+  /** Logins it accepts; any other gets 28P01, as Postgres answers for a dropped or expired user. */
+  accepts: (user: string) => boolean = () => true;
+  mode: FakeStatementMode = 'answer';
+  /** In 'answer' mode, how long a statement takes (ms); a cancel request does not stop it. */
+  answerDelayMillis = 0;
+  /** Logins of these users get FATAL 57P01 right behind ReadyForQuery, in the same write (a revocation that ends the session as it starts). */
+  terminatedAtLogin: (user: string) => boolean = () => false;
+  readonly startups: Record<string, string>[] = [];
+  readonly statements: string[] = [];
+  /** Backend ids named by the cancel requests that came. */
+  readonly cancelRequests: number[] = [];
+  /** Backend ids whose connection the client closed. */
+  readonly closedByClient: number[] = [];
+  readonly #server = net.createServer((socket) => this.#serve(socket));
+  readonly #backends = new Map<number, { socket: net.Socket; user: string; onCancel?: () => void }>();
+  readonly #held = new Set<net.Socket>();
+  #nextPid = 1000;
+
+  async start(): Promise<this> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    this.port = (this.#server.address() as net.AddressInfo).port;
+    return this;
+  }
+
+  /** Connections open now. */
+  get openBackends(): number {
+    return this.#backends.size;
+  }
+
+  /** Ends every session of `user` with FATAL 57P01, as pg_terminate_backend does. */
+  terminate(user: string): void {
+    for (const [pid, b] of this.#backends) {
+      if (b.user !== user) continue;
+      b.socket.end(FakePostgres.error('FATAL', '57P01', 'terminating connection due to administrator command'));
+      this.#backends.delete(pid);
+    }
+  }
+
+  /** Drops every connection of `user` without a word, as a host that died or a cut network does. */
+  drop(user: string): void {
+    for (const [pid, b] of this.#backends) {
+      if (b.user !== user) continue;
+      b.socket.destroy();
+      this.#backends.delete(pid);
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const b of this.#backends.values()) b.socket.destroy();
+    for (const s of this.#held) s.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  static message(type: string, body: Buffer = Buffer.alloc(0)): Buffer {
+    const head = Buffer.alloc(5);
+    head.write(type, 0);
+    head.writeInt32BE(body.length + 4, 1);
+    return Buffer.concat([head, body]);
+  }
+
+  static error(severity: string, code: string, text: string): Buffer {
+    const fields = [`S${severity}`, `V${severity}`, `C${code}`, `M${text}`].map((f) => Buffer.from(`${f}\0`));
+    return FakePostgres.message('E', Buffer.concat([...fields, Buffer.from([0])]));
+  }
+
+  #serve(socket: net.Socket): void {
+    let buffer = Buffer.alloc(0);
+    let pid: number | undefined;
+    let parsed = '';
+    const int32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeInt32BE(n);
+      return b;
+    };
+    const ready = () => FakePostgres.message('Z', Buffer.from('I'));
+    const answer = (extended: boolean) => {
+      const row = FakePostgres.message('D', Buffer.concat([Buffer.from([0, 1]), int32(1), Buffer.from('1')]));
+      const description = FakePostgres.message('T', Buffer.concat([Buffer.from([0, 1]), Buffer.from('x\0'), int32(0), Buffer.from([0, 0]), int32(25), Buffer.from([0xff, 0xff]), int32(-1), Buffer.from([0, 0])]));
+      const head = extended ? [FakePostgres.message('1'), FakePostgres.message('2')] : [];
+      return Buffer.concat([...head, description, row, FakePostgres.message('C', Buffer.from('SELECT 1\0')), ready()]);
+    };
+    const run = (text: string, extended: boolean) => {
+      this.statements.push(text);
+      if (this.mode === 'freeze') return;
+      if (this.mode === 'wait-for-cancel') {
+        this.#backends.get(pid!)!.onCancel = () => {
+          const head = extended ? [FakePostgres.message('1'), FakePostgres.message('2')] : [];
+          socket.write(Buffer.concat([...head, FakePostgres.error('ERROR', '57014', 'canceling statement due to user request'), ready()]));
+        };
+        return;
+      }
+      if (this.answerDelayMillis > 0) setTimeout(() => socket.writable && socket.write(answer(extended)), this.answerDelayMillis);
+      else socket.write(answer(extended));
+    };
+    socket.on('close', () => {
+      if (pid !== undefined && this.#backends.has(pid)) {
+        this.#backends.delete(pid);
+        this.closedByClient.push(pid);
+      }
+      this.#held.delete(socket);
+    });
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      for (;;) {
+        if (pid === undefined) {
+          if (buffer.length < 8) return;
+          const length = buffer.readInt32BE(0);
+          if (buffer.length < length) return;
+          const code = buffer.readInt32BE(4);
+          const body = buffer.subarray(8, length);
+          buffer = buffer.subarray(length);
+          if (code === 80877103) {
+            socket.write('N');
+            continue;
+          }
+          if (code === 80877102) {
+            const target = body.readInt32BE(0);
+            this.cancelRequests.push(target);
+            if (this.mode === 'freeze') {
+              this.#held.add(socket);
+              return;
+            }
+            this.#backends.get(target)?.onCancel?.();
+            socket.end();
+            return;
+          }
+          const parts = body.toString('utf8').split('\0');
+          const params: Record<string, string> = {};
+          for (let i = 0; i + 1 < parts.length && parts[i]; i += 2) params[parts[i]] = parts[i + 1];
+          this.startups.push(params);
+          if (!this.accepts(params.user)) {
+            socket.end(FakePostgres.error('FATAL', '28P01', `password authentication failed for user "${params.user}"`));
+            return;
+          }
+          pid = this.#nextPid++;
+          this.#backends.set(pid, { socket, user: params.user });
+          const welcome = [FakePostgres.message('R', int32(0)), FakePostgres.message('K', Buffer.concat([int32(pid), int32(4242)])), ready()];
+          if (this.terminatedAtLogin(params.user)) {
+            socket.end(Buffer.concat([...welcome, FakePostgres.error('FATAL', '57P01', 'terminating connection due to administrator command')]));
+            this.#backends.delete(pid);
+            return;
+          }
+          socket.write(Buffer.concat(welcome));
+          continue;
+        }
+        if (buffer.length < 5) return;
+        const type = String.fromCharCode(buffer[0]);
+        const length = buffer.readInt32BE(1);
+        if (buffer.length < length + 1) return;
+        const body = buffer.subarray(5, length + 1);
+        buffer = buffer.subarray(length + 1);
+        if (type === 'Q') run(body.toString('utf8').replace(/\0$/, ''), false);
+        else if (type === 'P') parsed = body.toString('utf8').split('\0')[1];
+        else if (type === 'S') run(parsed, true);
+        else if (type === 'X') return void socket.end();
+      }
+    });
+  }
 }

@@ -61,7 +61,13 @@ test('ha infra: a TLS-only primary with a replication role and slot, and a strea
   const replica = containers.find((c) => c.name === 'pgvault-ha-postgres-replica')!;
   assert.ok(primary.command.includes('ssl=on') && primary.command.includes('log_connections=on'));
   assert.ok(primary.volumes.some((v: Json) => v.container_path === '/pgvault/postgres' && v.read_only === true && /\.local\/ha\/postgres\/primary$/.test(v.host_path)));
-  const init = Buffer.from(primary.upload[0].content_base64, 'base64').toString();
+  const upload = (c: Json, file: string) => Buffer.from(c.upload.find((u: Json) => u.file === file).content_base64, 'base64').toString();
+  const init = upload(primary, '/docker-entrypoint-initdb.d/20-pgvault-tls.sh');
+  const start = upload(primary, '/usr/local/bin/pgvault-postgres.sh');
+  assert.deepEqual(primary.entrypoint, ['bash', '/usr/local/bin/pgvault-postgres.sh']);
+  assert.match(start, /\/usr\/local\/bin\/docker-entrypoint\.sh "\$@" &/, 'the image\'s own entrypoint, unchanged');
+  assert.match(start, /pg_terminate_backend/, 'the primary\'s reaper');
+  assert.match(start, /-c reserved_connections=4/);
   assert.match(init, /hostssl/);
   assert.match(init, /CREATE ROLE :"role" WITH LOGIN REPLICATION PASSWORD :'verifier'/);
   assert.match(init, /pg_create_physical_replication_slot/);
@@ -74,6 +80,8 @@ test('ha infra: a TLS-only primary with a replication role and slot, and a strea
   assert.match(script, /sslmode=verify-full sslrootcert=\/pgvault\/postgres\/ca\.pem/);
   assert.match(script, /passfile=\/pgvault\/postgres\/pgpass/);
   assert.match(script, /pg_terminate_backend/, 'the reaper');
+  assert.match(script, /s\.description = 'pgvault:ha disarmed'/, 'disarmed roles too');
+  assert.match(script, /idle in transaction/, 'and idle transactions, which hold back vacuum on the primary through hot_standby_feedback');
   assert.ok(!/password=/i.test(script), 'no password in the script');
   assert.ok(replica.depends_on.some((d: string) => d.includes('postgres_container')));
 });

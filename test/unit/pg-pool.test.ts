@@ -26,8 +26,12 @@ class FakeClient {
 /** A fake of what the face uses of RotatingPool: checkout(), stats() and the 'idleError' event. */
 class FakeRotatingPool extends EventEmitter {
   clients: FakeClient[] = [];
+  deadlines: Array<number | undefined> = [];
   next = () => new FakeClient();
-  async checkout(): Promise<PoolClient> {
+  checkoutError?: Error;
+  async checkout(opts: { deadline?: number } = {}): Promise<PoolClient> {
+    this.deadlines.push(opts.deadline);
+    if (this.checkoutError) throw this.checkoutError;
     const c = this.next();
     this.clients.push(c);
     return c as unknown as PoolClient;
@@ -37,10 +41,24 @@ class FakeRotatingPool extends EventEmitter {
   }
 }
 
-function face(): { pool: VaultPgPool; source: FakeRotatingPool } {
+function face(opts: { connectionTimeoutMillis?: number } = {}): { pool: VaultPgPool; source: FakeRotatingPool } {
   const source = new FakeRotatingPool();
-  return { pool: new VaultPgPool(source as unknown as RotatingPool), source };
+  return { pool: new VaultPgPool(source as unknown as RotatingPool, opts), source };
 }
+
+test('connect() and query() wait for a client at most connectionTimeoutMillis (default 10 s), as pg.Pool; the deadline error says so', async () => {
+  const { pool, source } = face();
+  const t0 = Date.now();
+  await pool.query('SELECT 1');
+  (await pool.connect()).release();
+  for (const d of source.deadlines) assert.ok(d !== undefined && d >= t0 + 10_000 && d <= Date.now() + 10_000, `deadline ${d} is 10 s after the call`);
+  assert.equal(pool.options.connectionTimeoutMillis, 10_000);
+  const short = face({ connectionTimeoutMillis: 250 });
+  short.source.checkoutError = Object.assign(new Error('gave up waiting for new credentials: the deadline passed'), { code: 'REQUEST_DEADLINE' });
+  for (const call of [() => short.pool.query('SELECT 1'), () => short.pool.connect()]) {
+    await assert.rejects(call(), (e: any) => e.code === 'PG_POOL_CONNECT_TIMEOUT' && /^timeout exceeded when trying to connect: no client within 250 ms \(connectionTimeoutMillis\); gave up waiting for new credentials/.test(e.message));
+  }
+});
 
 test('query() passes every pg.Pool argument form to one client and gives it back', async () => {
   const { pool, source } = face();

@@ -7,7 +7,8 @@ import { Testing } from 'cdktf';
 import { resolveEnvironment, REPO_ROOT } from '../../stacks/config';
 import { ConfigError } from '../../stacks/errors';
 import { SecretsStack } from '../../stacks/secrets-stack';
-import { LOCK_CONFLICT, stateBackendEnv, stateLocked } from '../../scripts/state-backend';
+import { LOCK_CONFLICT, stateBackendEnv, stateLocked, stateResources } from '../../scripts/state-backend';
+import { StateTrustError, checkHookInput, checkHookState, dockerObjectsRemain, environmentNames } from '../../scripts/state-trust';
 
 const shipped = () => JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'environments', 'existing-example.json'), 'utf8'));
 const withState = (state: unknown, base = shipped()) => ({ ...base, state });
@@ -86,4 +87,107 @@ test("Terraform's pg lock errors are recognised, and the message says who holds 
   assert.match(m, /npm run destroy -- team/);
   assert.match(m, /pg_terminate_backend/);
   assert.match(m, /force-unlock/);
+});
+
+/** Runs `fn` with PGVAULT_LOCAL_DIR pointing at a scratch directory (local state lives under it). */
+async function withLocalDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-state-unit-'));
+  const saved = process.env.PGVAULT_LOCAL_DIR;
+  process.env.PGVAULT_LOCAL_DIR = dir;
+  try {
+    await fn(dir);
+  } finally {
+    if (saved === undefined) delete process.env.PGVAULT_LOCAL_DIR;
+    else process.env.PGVAULT_LOCAL_DIR = saved;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const refused = (code: string, ...fragments: (string | RegExp)[]) => (e: unknown) => {
+  assert.ok(e instanceof StateTrustError, `expected a StateTrustError, got ${e}`);
+  assert.equal(e.code, code);
+  for (const f of fragments) assert.ok(typeof f === 'string' ? e.message.includes(f) : f.test(e.message), `message lacks ${f}: ${e.message}`);
+  return true;
+};
+
+test('stateResources: no file is "nothing deployed"; a truncated, empty or foreign file is an error naming the file and the way back', { timeout: 10_000 }, async () => {
+  await withLocalDir(async (dir) => {
+    const env = resolveEnvironment('t', 't.json', shipped());
+    const file = path.join(dir, 't', 'state', 't-secrets.tfstate');
+    assert.deepEqual(await stateResources(env, 't-secrets'), [], 'no state file: nothing deployed');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const state = { version: 4, serial: 3, resources: [{ mode: 'managed', type: 'vault_mount', name: 'db', instances: [{}] }, { mode: 'data', type: 'x', name: 'y' }] };
+    fs.writeFileSync(file, JSON.stringify(state, null, 2));
+    assert.deepEqual(await stateResources(env, 't-secrets'), ['vault_mount.db']);
+
+    fs.writeFileSync(file, JSON.stringify(state, null, 2).slice(0, 40));
+    await assert.rejects(stateResources(env, 't-secrets'), refused('STATE_UNREADABLE', file, 'not valid JSON', 'Nothing was run or deleted', 'restore the state from your backup', "'npm run destroy -- t'"));
+    fs.writeFileSync(`${file}.backup`, JSON.stringify(state));
+    await assert.rejects(stateResources(env, 't-secrets'), refused('STATE_UNREADABLE', `Terraform's previous copy is ${file}.backup`));
+    fs.writeFileSync(file, '');
+    await assert.rejects(stateResources(env, 't-secrets'), refused('STATE_UNREADABLE', 'the file is empty'));
+    fs.writeFileSync(file, '{"resources": {}}');
+    await assert.rejects(stateResources(env, 't-secrets'), refused('STATE_UNREADABLE', 'not a Terraform state'));
+    fs.rmSync(file);
+    fs.mkdirSync(file);
+    await assert.rejects(stateResources(env, 't-secrets'), refused('STATE_UNREADABLE', 'EISDIR'));
+  });
+});
+
+/** A synthesized hook (as cdk.tf.json has it) and its instance in a state. */
+const HOOK = 'teardown_run_0123';
+const config = () => ({
+  resource: {
+    terraform_data: {
+      [HOOK]: { input: { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} }, provisioner: [{ 'local-exec': { when: 'destroy', command: 'trust' } }] },
+      writer_run_4567: { input: { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} }, triggers_replace: { a: 1 }, provisioner: [{ 'local-exec': { command: 'trust' } }] },
+    },
+  },
+});
+const stateOf = (input: unknown, triggers: unknown = null, name = HOOK) => ({
+  resources: [{ mode: 'managed', type: 'terraform_data', name, instances: [{ attributes: { input: { value: input }, triggers_replace: triggers } }] }],
+});
+
+test('a hook input in state that differs from the configuration is refused before Terraform runs', { timeout: 10_000 }, () => {
+  const good = { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} };
+  checkHookState('trust', 'destroy', 'trust-secrets', config(), stateOf(good), 'f.tfstate');
+  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(good, { value: { a: 2 } }, 'writer_run_4567'), 'f.tfstate');
+  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ environment: 'gone' }, null, 'not_in_config'), 'f.tfstate');
+  const payload = 'x"; touch /tmp/pwned; echo "';
+  assert.throws(
+    () => checkHookState('trust', 'destroy', 'trust-secrets', config(), stateOf({ ...good, environment: payload }), 'f.tfstate'),
+    refused('STATE_HOOK_TAMPERED', 'the state of trust-secrets (f.tfstate) was changed outside Terraform', `terraform_data.${HOOK}`, `input.environment ${JSON.stringify(payload)}`, 'configuration says "trust"', 'nothing ran', `state rm terraform_data.${HOOK}`, "'npm run destroy -- trust'"),
+  );
+  assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '-e' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "-e"'));
+  assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '/tmp/x.js' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "/tmp/x.js"'));
+  // A script moved in the repository: the deploy writes the new path in place, running nothing.
+  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '../../../dist/scripts/deploy/hooks.js' }), 'f');
+  assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(null), 'f'), refused('STATE_HOOK_TAMPERED', 'input.environment undefined'));
+  assert.throws(
+    () => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(good, { value: 'replace me', type: 'string' }), 'f'),
+    refused('STATE_HOOK_TAMPERED', 'triggers_replace "replace me"', 'configuration says null', 'deploy of trust refused'),
+  );
+});
+
+test('the hook script refuses an input (from state) that is not its own', { timeout: 10_000 }, () => {
+  const script = '../../../dist/scripts/hooks.js';
+  const input = (o: unknown) => JSON.stringify(o);
+  checkHookInput('teardown', 'trust', input({ environment: 'trust', script }));
+  assert.throws(() => checkHookInput('teardown', 'trust', undefined), refused('HOOK_INPUT_REFUSED', 'PGVAULT_HOOK_INPUT is not set', 'Nothing ran'));
+  assert.throws(() => checkHookInput('teardown', 'trust', '{'), refused('HOOK_INPUT_REFUSED', 'not JSON'));
+  assert.throws(
+    () => checkHookInput('teardown', 'trust', input({ environment: 'x"; touch /tmp/pwned; echo "', script })),
+    refused('HOOK_INPUT_REFUSED', 'hook teardown for "trust" refused', 'names the environment "x\\"; touch /tmp/pwned; echo \\""', 'Nothing ran'),
+  );
+  assert.throws(() => checkHookInput('teardown', 'trust', input({ environment: 'trust', script: '-e' })), refused('HOOK_INPUT_REFUSED', 'names the script "-e", which is not a relative path'));
+});
+
+test("Docker objects of an environment: its own names only, not those of an environment whose name extends it", { timeout: 10_000 }, () => {
+  const names = ['pgvault-trust', 'pgvault-trust-postgres', 'pgvault-trust-postgres-data', 'pgvault-trusty-postgres', 'pgvault-trust-b-postgres', 'pgvault-trust-b', 'x-pgvault-trust-y'];
+  assert.deepEqual(environmentNames('trust', names, ['trust', 'trust-b']), ['pgvault-trust', 'pgvault-trust-postgres', 'pgvault-trust-postgres-data']);
+  assert.deepEqual(environmentNames('trust', names, ['trust']), ['pgvault-trust', 'pgvault-trust-b', 'pgvault-trust-b-postgres', 'pgvault-trust-postgres', 'pgvault-trust-postgres-data'], 'unknown longer names count: fail closed');
+  const m = dockerObjectsRemain('ha', '/r/.local/ha', { containers: ['pgvault-ha-vault-0'], volumes: ['pgvault-ha-vault-0-data'], networks: [] }, 'the state of ha lists nothing deployed').message;
+  assert.match(m, /^the state of ha lists nothing deployed, but Docker still has containers pgvault-ha-vault-0; volumes pgvault-ha-vault-0-data of ha\. \/r\/\.local\/ha was kept/);
+  assert.match(m, /seal key and recovery keys/);
+  assert.match(m, /docker rm -f pgvault-ha-vault-0; docker volume rm pgvault-ha-vault-0-data\)/);
 });

@@ -3,39 +3,97 @@ import * as assert from 'node:assert/strict';
 import * as sql from '../../stacks/statements';
 import { appPolicy } from '../../stacks/constructs/app-access';
 
-const props = { groupRole: 'pgvault_local_read', retiredRole: 'pgvault_local_retired' };
+const props: sql.RoleStatementsProps = { groupRole: 'pgvault_local_read', retiredRole: 'pgvault_local_retired', mark: 'pgvault:local', access: 'read' };
+const writer: sql.RoleStatementsProps = { ...props, groupRole: 'pgvault_local_write', access: 'write' };
 
-test('creation grants the group role and expires with the lease', () => {
+test('creation grants the group role, bounds the connections and expires with the lease', () => {
   const [stmt] = sql.creationStatements(props);
   assert.match(stmt, /CREATE ROLE "\{\{name\}\}" WITH LOGIN/);
   assert.match(stmt, /PASSWORD '\{\{password\}\}'/);
   assert.match(stmt, /VALID UNTIL '\{\{expiration\}\}'/);
+  assert.match(stmt, / CONNECTION LIMIT 20 /, 'the default: the runtime pool of 10 and room for its checks');
   assert.match(stmt, /IN ROLE pgvault_local_read;$/);
   assert.doesNotMatch(stmt, /GRANT .* ON /, 'no per-table grants');
 });
 
+test('creation sets the session bounds as defaults and records them where the user cannot change them', () => {
+  const all = sql.creationStatements({ ...props, connectionLimit: 12, statementTimeoutSeconds: 5, idleInTransactionTimeoutSeconds: 3 });
+  assert.deepEqual(all.slice(1), [
+    `ALTER ROLE "{{name}}" SET statement_timeout = '5s';`,
+    `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '3s';`,
+    `COMMENT ON ROLE "{{name}}" IS 'pgvault:local user statement-ms=5000 idle-ms=3000';`,
+  ]);
+  assert.match(all[0], / CONNECTION LIMIT 12 /);
+  assert.deepEqual(sql.creationStatements(props).slice(1, 3), [
+    `ALTER ROLE "{{name}}" SET statement_timeout = '300s';`,
+    `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '60s';`,
+  ]);
+});
+
 test('every statement quotes the name and password', () => {
-  const all = [...sql.creationStatements(props), ...sql.renewStatements(), ...sql.rollbackStatements(), ...sql.revocationStatements(props)];
+  const all = [...sql.creationStatements(props), ...sql.renewStatements(), ...sql.rollbackStatements(), ...sql.revocationStatements(props), ...sql.revocationStatements(writer)];
   for (const s of all) {
     assert.doesNotMatch(s, /[^"']\{\{name\}\}[^"']/, s);
     assert.doesNotMatch(s, /[^']\{\{password\}\}/, s);
   }
 });
 
-test('revocation terminates sessions, disarms functions, reassigns to the retired role and drops owned objects, then drops the role if it exists', () => {
-  const [block, drop] = sql.revocationStatements(props);
+test('revocation is one block that disarms before anything else, then cleans up, then drops the role in a block of its own', () => {
+  const stmts = sql.revocationStatements(writer);
+  assert.equal(stmts.length, 1, 'one DO block: nothing after it can fail the transaction');
+  const [block] = stmts;
+  const at = (needle: string) => {
+    const i = block.indexOf(needle);
+    assert.ok(i >= 0, `${needle} in\n${block}`);
+    return i;
+  };
   assert.match(block, /^DO \$\$/);
-  assert.match(block, /pg_terminate_backend/);
-  assert.match(block, /REVOKE ALL ON ROUTINE %s FROM PUBLIC/, 'ROUTINE: procedures and aggregates too');
-  assert.ok(block.indexOf('REVOKE ALL ON ROUTINE') < block.indexOf('REASSIGN OWNED'), 'functions are disarmed before they change owner');
-  assert.match(block, /REASSIGN OWNED BY %I TO pgvault_local_retired/);
+  const order = [
+    "EXECUTE format('REVOKE %I FROM %I', g, '{{name}}')",
+    'NOLOGIN PASSWORD NULL VALID UNTIL',
+    "COMMENT ON ROLE %I IS %L', '{{name}}', 'pgvault:local disarmed'",
+    "EXECUTE format('GRANT %I TO %I', '{{name}}', current_user)",
+    'pg_terminate_backend',
+    'REVOKE ALL ON ROUTINE %s FROM PUBLIC',
+    'REASSIGN OWNED BY %I TO pgvault_local_retired',
+    "DROP OWNED BY %I', '{{name}}'",
+    "EXECUTE format('DROP ROLE %I', '{{name}}')",
+  ].map(at);
+  assert.deepEqual(order, [...order].sort((a, b) => a - b), 'memberships go before the user is granted to Vault\'s role; the drop is last');
+  assert.match(block.slice(order[8] - 30, order[8] + 200), /BEGIN\n\s+EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n\s+EXCEPTION WHEN OTHERS THEN/);
+  assert.match(block, /IF u IS NOT NULL THEN/, 'a role already gone is not an error');
+});
+
+test('revocation drops what a read user owns instead of handing it over', () => {
+  const [block] = sql.revocationStatements(props);
+  assert.doesNotMatch(block, /REASSIGN OWNED/);
   assert.match(block, /DROP OWNED BY %I/);
-  assert.match(block, /IF EXISTS/);
-  assert.equal(drop, 'DROP ROLE IF EXISTS "{{name}}";');
+});
+
+test('revocation tries again to drop a few roles the environment left disarmed', () => {
+  const [block] = sql.revocationStatements(props);
+  assert.match(block, /WHERE s\.description = 'pgvault:local disarmed' AND r\.rolname <> '\{\{name\}\}' AND NOT r\.rolcanlogin LIMIT 3 LOOP/);
+});
+
+test('the reaper ends sessions of dropped and disarmed roles, and of the environment\'s users past their bounds', () => {
+  const s = sql.reaperStatement('pgvault:local');
+  assert.match(s, /pg_terminate_backend/);
+  assert.match(s, /r\.oid IS NULL/);
+  assert.match(s, /s\.description = 'pgvault:local disarmed'/);
+  assert.match(s, /starts_with\(s\.description, 'pgvault:local user '\)/);
+  assert.match(s, /a\.state = 'active' AND a\.query_start < .*statement-ms=/);
+  assert.match(s, /idle in transaction \(aborted\)'\) AND a\.state_change < .*idle-ms=/);
+  assert.doesNotMatch(s, /\$\{|%\{/, 'nothing Terraform would interpolate');
+  assert.throws(() => sql.reaperStatement("pgvault:x' OR true --"), /not an environment's mark/);
 });
 
 test('fails when a group role is not a safe identifier', () => {
-  assert.throws(() => sql.creationStatements({ groupRole: 'x; DROP', retiredRole: 'o' }), /not a safe Postgres identifier/);
+  assert.throws(() => sql.creationStatements({ ...props, groupRole: 'x; DROP' }), /not a safe Postgres identifier/);
+});
+
+test('fails when a bound is not a positive integer', () => {
+  assert.throws(() => sql.creationStatements({ ...props, connectionLimit: 0 }), /connectionLimit is 0; expected an integer from 1 to 10000/);
+  assert.throws(() => sql.creationStatements({ ...props, statementTimeoutSeconds: 1.5 }), /statementTimeoutSeconds is 1.5/);
 });
 
 test('the connection URL leaves credentials to Vault', () => {

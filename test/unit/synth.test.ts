@@ -3,7 +3,8 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { App, Testing } from 'cdktf';
+import { App, TerraformStack, Testing } from 'cdktf';
+import { ScriptHook } from '../../stacks/constructs/script-hook';
 import { InfraStack } from '../../stacks/infra-stack';
 import { SecretsStack } from '../../stacks/secrets-stack';
 import { loadEnvironment, REPO_ROOT } from '../../stacks/config';
@@ -79,6 +80,8 @@ test('secrets engine: a database mount, a verified postgresql connection with a 
 const hooks = (doc: Json) => Object.entries(doc.resource.terraform_data as Record<string, Json>);
 const hookAddress = (doc: Json, id: string) => `terraform_data.${hooks(doc).find(([k]) => k.startsWith(`${id}_`))![0]}`;
 const hook = (doc: Json, id: string) => hooks(doc).find(([k]) => k.startsWith(`${id}_`))![1];
+/** The argument vector Terraform runs for a provisioner: its interpreter, then its command. */
+const argv = (p: Json): string[] => [...(p['local-exec'].interpreter ?? ['/bin/sh', '-c']), p['local-exec'].command];
 
 test('re-running the bootstrap never runs the teardown: they are separate hooks, and only the bootstrap is replaced', () => {
   const { secrets } = synthEnv('local');
@@ -89,7 +92,40 @@ test('re-running the bootstrap never runs the teardown: they are separate hooks,
   const teardown = hook(secrets, 'teardown');
   assert.equal(teardown.triggers_replace, undefined, 'nothing replaces the teardown');
   assert.deepEqual(teardown.provisioner.map((p: Json) => p['local-exec'].when), ['destroy']);
-  assert.match(teardown.provisioner[0]['local-exec'].command, / teardown /);
+  assert.deepEqual(argv(teardown.provisioner[0]), ['node', '--', '../../../dist/scripts/hooks.js', 'teardown', 'local']);
+});
+
+test('no value from state reaches a shell or node: every hook runs literals, without a shell, after --', { timeout: 30_000 }, () => {
+  for (const name of ['local', 'existing-example', 'ha']) {
+    const { secrets } = synthEnv(name);
+    const all = hooks(secrets);
+    assert.equal(all.length, 5, `${name}: five hooks`);
+    for (const [id, r] of all) {
+      for (const p of r.provisioner as Json[]) {
+        const exec = p['local-exec'];
+        assert.deepEqual(argv(p).slice(0, 3), ['node', '--', '../../../dist/scripts/hooks.js'], `${name} ${id}: node runs the script after --, with no shell`);
+        assert.equal(exec.command, name, `${name} ${id}: the environment is a literal`);
+        assert.ok(!/\$\{|%\{/.test(JSON.stringify(argv(p))), `${name} ${id}: no interpolation in ${JSON.stringify(argv(p))}`);
+        // The state's input reaches the script as data only, which it compares with its arguments.
+        assert.equal(exec.environment.PGVAULT_HOOK_INPUT, '${jsonencode(self.input)}');
+        for (const [k, v] of Object.entries(exec.environment as Record<string, string>)) assert.match(k, /^PGVAULT_HOOK_[A-Z_]+$/, `${k}=${v}`);
+      }
+      const destroys = (r.provisioner as Json[]).some((p) => p['local-exec'].when === 'destroy');
+      assert.deepEqual(r.lifecycle?.ignore_changes, destroys ? ['triggers_replace'] : undefined, `${name} ${id}: a hook with a destroy action ignores triggers_replace in state`);
+      if (destroys) assert.equal(r.triggers_replace, undefined);
+    }
+  }
+});
+
+test('fails when a hook argument could be read as an option or as shell syntax', { timeout: 10_000 }, () => {
+  for (const [prop, value] of [['script', '-e'], ['script', '--require=/tmp/x.js'], ['environment', 'x"; touch /tmp/p; echo "'], ['environment', '${self.input.x}'], ['onDestroy', 'tear down']] as const) {
+    const stack = new TerraformStack(Testing.app(), 's');
+    assert.throws(
+      () => new ScriptHook(stack, 'h', { script: '../hooks.js', environment: 'local', onDestroy: 'teardown', [prop]: value }),
+      (e: any) => e.message.includes(`${prop} is ${JSON.stringify(value)}`) && /not starting with "-"/.test(e.message),
+      `${prop}=${value}`,
+    );
+  }
 });
 
 test('destroy order: the roles go first, then every lease is revoked, then the connection, the mount and the teardown', () => {
@@ -118,8 +154,8 @@ test('the deploy writes the outputs file, and the destroy removes it', () => {
   const { secrets } = synthEnv('local');
   const writer = hook(secrets, 'outputs-writer');
   assert.ok(writer.triggers_replace.approle_role_id, 'a new role_id rewrites the file');
-  assert.match(writer.provisioner[0]['local-exec'].command, / write-outputs /);
-  assert.match(hook(secrets, 'outputs-file').provisioner[0]['local-exec'].command, / remove-outputs /);
+  assert.deepEqual(argv(writer.provisioner[0]).slice(3), ['write-outputs', 'local']);
+  assert.deepEqual(argv(hook(secrets, 'outputs-file').provisioner[0]).slice(3), ['remove-outputs', 'local']);
 });
 
 test('roles: each grants a group role, with its TTLs, and revocation statements', () => {
@@ -131,8 +167,11 @@ test('roles: each grants a group role, with its TTLs, and revocation statements'
   assert.equal(ro.max_ttl, 86400);
   assert.match(ro.creation_statements[0], /IN ROLE pgvault_local_read;/);
   assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_local_write;/);
-  assert.match(ro.revocation_statements[0], /REASSIGN OWNED BY %I TO pgvault_local_retired/);
-  assert.equal(ro.revocation_statements.length, 2);
+  assert.match(ro.creation_statements[0], / CONNECTION LIMIT 20 /);
+  assert.match(ro.creation_statements[3], /COMMENT ON ROLE "\{\{name\}\}" IS 'pgvault:local user statement-ms=300000 idle-ms=60000';/);
+  assert.doesNotMatch(ro.revocation_statements[0], /REASSIGN OWNED/, 'a read user\'s objects are dropped');
+  assert.match(roles.find((r) => r.name === 'readwrite')!.revocation_statements[0], /REASSIGN OWNED BY %I TO pgvault_local_retired/);
+  assert.equal(ro.revocation_statements.length, 1);
   assert.match(ro.db_name, /vault_database_secret_backend_connection/);
 });
 

@@ -1,0 +1,152 @@
+/**
+ * What the REST API answers when the database fails, stalls or freezes, and its Idempotency-Key
+ * header, without a real database: requests are injected into the server (no socket).
+ * The frozen and locked cases run the real rotating pool over FakePostgres (the wire protocol on
+ * 127.0.0.1) with FakeVaultSession; the SQLSTATE and key cases use a small fake runtime whose pool
+ * answers as told. The real Postgres is in test/faults/1-faults.
+ */
+import { after, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { DatabaseError, LeaseManager, RotatingPool } from '@pgvault/runtime';
+import { ApiServer } from '../../api/server';
+import { FakePostgres, FakeVaultSession } from './fakes';
+
+const closers: Array<() => Promise<unknown>> = [];
+after(async () => {
+  for (const close of closers.reverse()) await close().catch(() => undefined);
+});
+
+/** A stand-in for CredentialRuntime whose pool runs `query`. */
+function fakeRuntime(query: (sql: string, args: unknown[]) => Promise<any>): any {
+  return { leases: new Map(), pools: new Map(), vaultLogin: 'ok', session: { on() {} }, on() {}, pool: () => ({ query }) };
+}
+
+function server(runtime: any, requestTimeoutMillis?: number): ApiServer {
+  const api = new ApiServer({ runtime, requestTimeoutMillis });
+  closers.push(() => api.app.close());
+  return api;
+}
+
+const post = (api: ApiServer, name: string, headers: Record<string, string> = {}) =>
+  api.app.inject({ method: 'POST', url: '/items', headers: { 'content-type': 'application/json', ...headers }, payload: JSON.stringify({ name }) });
+
+test('database errors answer by SQLSTATE class: 08, 57P0x, 53 → 503; 22, 23 → 400; anything else → 500', async () => {
+  let state = '';
+  const api = server(fakeRuntime(async () => {
+    throw new DatabaseError('DB_QUERY', `query failed: the failure of SQLSTATE ${state}`, state);
+  }));
+  const cases: Array<[string, number, RegExp]> = [
+    ['08006', 503, /^the database is unavailable; /],
+    ['57P01', 503, /^the database is unavailable; /],
+    ['57P03', 503, /^the database is unavailable; /],
+    ['53300', 503, /^the database is unavailable; /],
+    ['22003', 400, /^the database refused the value \(SQLSTATE 22003\): the failure of SQLSTATE 22003; expected/],
+    ['23514', 400, /^the database refused the value \(SQLSTATE 23514\)/],
+    ['42501', 500, /^internal error \(SQLSTATE 42501\)$/],
+    ['XX000', 500, /^internal error \(SQLSTATE XX000\)$/],
+  ];
+  for (const [sqlState, status, message] of cases) {
+    state = sqlState;
+    for (const res of [await api.app.inject({ url: '/items' }), await post(api, 'x')]) {
+      assert.equal(res.statusCode, status, sqlState);
+      assert.deepEqual(Object.keys(res.json()), ['error']);
+      assert.match(res.json().error, message, sqlState);
+    }
+  }
+});
+
+test('fails with 400 when the Idempotency-Key header is not 1 to 255 characters of the accepted set, saying what is wrong', async () => {
+  const api = server(fakeRuntime(async () => ({ rows: [{ response: { id: 1, name: 'x', createdAt: '1970-01-01T00:00:00.000Z' } }] })));
+  const cases: Array<[string, RegExp]> = [
+    ['', /^header Idempotency-Key is empty; expected 1 to 255 characters from A-Z, a-z, 0-9/],
+    ['k'.repeat(300), /^header Idempotency-Key is 300 characters long, more than 257; expected 1 to 255 characters/],
+    ['k'.repeat(256), /^header Idempotency-Key is "k{39}\.\.\. \(256 characters\): it is 256 characters long, more than 255; expected/],
+    ['two words', /^header Idempotency-Key is "two words": it holds " " \(U\+0020\), a character it may not hold; expected 1 to 255 characters/],
+    ['a;b', /it holds ";" \(U\+003B\)/],
+    ['"unclosed', /it holds "\\"" \(U\+0022\)/],
+  ];
+  for (const [key, message] of cases) {
+    const res = await post(api, 'x', { 'idempotency-key': key });
+    assert.equal(res.statusCode, 400, key);
+    assert.match(res.json().error, message, key);
+  }
+  for (const key of ['8e03978e-40d5-43e8-bc93-6894a57f9324', '"8e03978e-40d5-43e8-bc93-6894a57f9324"', 'a', 'A.b_c~d:e+f/g=h-i']) {
+    assert.equal((await post(api, 'x', { 'idempotency-key': key })).statusCode, 201, key);
+  }
+});
+
+test('a retry with the same Idempotency-Key answers the first answer and writes nothing; another body with it answers 409', async () => {
+  // The keys table as Postgres keeps it: the keyed insert fails whole (23505) on a key it holds.
+  const keys = new Map<string, { request_sha256: string; response: unknown }>();
+  let inserts = 0;
+  const api = server(fakeRuntime(async (sql, args) => {
+    if (sql.startsWith('WITH item AS')) {
+      const [name, key, digest] = args as string[];
+      if (keys.has(key)) throw new DatabaseError('DB_QUERY', 'query failed: duplicate key value violates unique constraint "idempotency_keys_pkey"', '23505');
+      inserts++;
+      const response = { id: inserts, name, createdAt: '2026-12-02T00:00:00.000Z' };
+      keys.set(key, { request_sha256: digest, response });
+      return { rows: [{ response }] };
+    }
+    if (sql.startsWith('SELECT request_sha256')) {
+      const row = keys.get(args[0] as string);
+      return { rowCount: row ? 1 : 0, rows: row ? [{ ...row, expired: false }] : [] };
+    }
+    throw new Error(`unexpected statement ${sql}`);
+  }));
+  const first = await post(api, 'once', { 'idempotency-key': 'k-1' });
+  const again = await post(api, 'once', { 'idempotency-key': '"k-1"' });
+  assert.deepEqual([first.statusCode, again.statusCode], [201, 201]);
+  assert.equal(again.body, first.body, 'the first answer, byte for byte');
+  assert.equal(first.headers['idempotent-replayed'], undefined);
+  assert.equal(again.headers['idempotent-replayed'], 'true');
+  assert.equal(inserts, 1, 'written once');
+  const other = await post(api, 'another', { 'idempotency-key': 'k-1' });
+  assert.equal(other.statusCode, 409);
+  assert.match(other.json().error, /^header Idempotency-Key "k-1" was used within 24 h for a request with another body; expected a new key/);
+  assert.equal(inserts, 1);
+});
+
+async function realPool() {
+  const pg = await new FakePostgres().start();
+  const lease = new LeaseManager({ session: new FakeVaultSession(60), mount: 'database', role: 'readwrite' });
+  await lease.start();
+  const pool = new RotatingPool({ lease, host: '127.0.0.1', port: pg.port, database: 'app', cancelTimeoutMillis: 300 });
+  pool.on('error', () => undefined);
+  closers.push(() => pg.stop(), () => lease.stop(), () => pool.close({ timeoutMillis: 200 }));
+  const runtime = { leases: new Map(), pools: new Map(), vaultLogin: 'ok', session: { on() {} }, on() {}, pool: () => pool };
+  return { pg, pool, runtime };
+}
+
+test('fails with 504 "outcome": "unknown" when a write gets no answer from a frozen database, within the deadline plus the cancel bound; a read answers 503', { timeout: 10_000 }, async () => {
+  const { pg, pool, runtime } = await realPool();
+  const api = server(runtime, 400);
+  await pool.query('SELECT 1');
+  pg.mode = 'freeze';
+  const t0 = Date.now();
+  const write = await post(api, 'maybe');
+  const took = Date.now() - t0;
+  assert.equal(write.statusCode, 504, write.body);
+  assert.deepEqual(Object.keys(write.json()), ['error', 'outcome']);
+  assert.equal(write.json().outcome, 'unknown');
+  assert.match(write.json().error, /may or may not have been created: retry with the same Idempotency-Key/);
+  assert.doesNotMatch(write.json().error, /; try again$/);
+  assert.ok(took < 400 + 300 + 1000, `answered after ${took} ms (deadline 400 ms, cancel bound 300 ms)`);
+  assert.ok(pg.cancelRequests.length >= 1, 'a cancel request was sent');
+  const r0 = Date.now();
+  const read = await api.app.inject({ url: '/items' });
+  assert.equal(read.statusCode, 503);
+  assert.equal(read.json().outcome, undefined);
+  assert.ok(Date.now() - r0 < 400 + 300, `a read answers at its deadline: ${Date.now() - r0} ms`);
+});
+
+test('fails with 503 "nothing was written" when a write waits on a lock past the deadline and Postgres confirms its cancellation', { timeout: 10_000 }, async () => {
+  const { pg, pool, runtime } = await realPool();
+  const api = server(runtime, 400);
+  await pool.query('SELECT 1');
+  pg.mode = 'wait-for-cancel';
+  const res = await post(api, 'locked');
+  assert.equal(res.statusCode, 503, res.body);
+  assert.deepEqual(Object.keys(res.json()), ['error']);
+  assert.match(res.json().error, /nothing was written; try again$/);
+});
