@@ -107,7 +107,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }, shutdownMillis).unref();
     logger.info({ reason: why }, 'draining, revoking leases and the token');
-    await api.stop(Math.min(requestTimeoutMillis + 1000, shutdownMillis / 3));
+    // The API's own grace covers a write's cancel bound, so a 504 is sent before its connection closes.
+    await api.stop(Math.min(requestTimeoutMillis + 3000, shutdownMillis / 3));
     const r = await runtime.close({ timeoutMillis: shutdownMillis / 2 });
     if (r.unrevokedLeases > 0 || !r.tokenRevoked) {
       logger.warn({ unrevokedLeases: r.unrevokedLeases, tokenRevoked: r.tokenRevoked }, 'not everything could be revoked (Vault unreachable, or the token already expired); what is left expires with its TTL');
