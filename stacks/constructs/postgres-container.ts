@@ -109,6 +109,23 @@ export function reaperFunction(p: { adminUser: string; mark: string; intervalSec
 }
 
 /**
+ * The end of a start script that started Postgres in the background as `$pg`: passes docker's
+ * stop signal on to it, runs the reaper beside it, and exits with Postgres's status.
+ */
+export function superviseWithReaper(p: { adminUser: string; mark: string; intervalSeconds: number }): string {
+  return `trap 'kill -INT "$pg" 2>/dev/null' INT TERM
+${reaperFunction(p)}reap &
+set +e
+while :; do
+  wait "$pg"
+  status=$?
+  kill -0 "$pg" 2>/dev/null || break
+done
+exit "$status"
+`;
+}
+
+/**
  * The primary's start script, run as root: the image's own entrypoint in the background (its
  * contract unchanged: initdb, POSTGRES_*, /docker-entrypoint-initdb.d), the reaper beside it,
  * and on PostgreSQL 16+ the reserved slots. The shell stays PID 1 and passes docker's stop
@@ -123,16 +140,7 @@ major=$(postgres -V | sed -E 's/^[^0-9]*([0-9]+).*$/\\1/')
 if [ "$major" -ge 16 ]; then set -- "$@" -c reserved_connections=${p.reservedConnections}; fi
 /usr/local/bin/docker-entrypoint.sh "$@" &
 pg=$!
-trap 'kill -INT "$pg" 2>/dev/null' INT TERM
-${reaperFunction(p)}reap &
-set +e
-while :; do
-  wait "$pg"
-  status=$?
-  kill -0 "$pg" 2>/dev/null || break
-done
-exit "$status"
-`;
+${superviseWithReaper(p)}`;
 }
 
 /** Where the primary's start script is uploaded. */

@@ -2,7 +2,7 @@ import { Construct } from 'constructs';
 import { Container } from '@cdktf/provider-docker/lib/container';
 import { Network } from '@cdktf/provider-docker/lib/network';
 import { Volume } from '@cdktf/provider-docker/lib/volume';
-import { POSTGRES_FILES_DIR, PostgresContainer, reaperFunction, tlsSettings } from './postgres-container';
+import { POSTGRES_FILES_DIR, PostgresContainer, superviseWithReaper, tlsSettings } from './postgres-container';
 
 export interface PostgresReplicaProps {
   /** Container name; also its host name on the private network. */
@@ -71,16 +71,7 @@ as_postgres touch "$PGDATA/standby.signal"
 # exec: $! is postgres itself, which the stop signal must reach.
 (HOME=/var/lib/postgresql exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql ${settings} -c primary_conninfo="$conninfo") &
 pg=$!
-trap 'kill -INT "$pg" 2>/dev/null' INT TERM
-${reaperFunction({ adminUser: p.adminUser, mark: p.mark, intervalSeconds: p.interval })}reap &
-set +e
-while :; do
-  wait "$pg"
-  status=$?
-  kill -0 "$pg" 2>/dev/null || break
-done
-exit "$status"
-`;
+${superviseWithReaper({ adminUser: p.adminUser, mark: p.mark, intervalSeconds: p.interval })}`;
 }
 
 /**
