@@ -24,7 +24,7 @@ import { Client } from 'pg';
 import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
-import { disarmedComment, reaperStatement } from '../stacks/statements';
+import { disarmedComment, isDisarmedSql, reaperStatement } from '../stacks/statements';
 import { localDir } from '../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
@@ -136,20 +136,25 @@ function foreignRole(env: EnvironmentConfig, role: string, setting: string): For
  */
 async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly = false): Promise<{ name: string; access: 'read' | 'write' }[]> {
   const { groupRoles, mark } = env.database;
+  const disarmed = isDisarmedSql("pg_catalog.shobj_description(u.oid, 'pg_authid')", mark);
   const r = await client.query(
-    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer FROM pg_catalog.pg_roles u
+    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer, bool_or(g.rolname = $7) AS reader,
+            pg_catalog.shobj_description(u.oid, 'pg_authid') = $4 AS disarmed_reader
+       FROM pg_catalog.pg_roles u
        LEFT JOIN pg_catalog.pg_auth_members m ON m.member = u.oid
        LEFT JOIN pg_catalog.pg_roles g ON g.oid = m.roleid AND g.rolname = ANY($1)
        LEFT JOIN pg_catalog.pg_roles v ON v.oid = m.grantor AND v.rolname = $3
-      WHERE u.rolname <> $3 AND NOT u.rolsuper AND (NOT $6 OR pg_catalog.shobj_description(u.oid, 'pg_authid') = $4)
+      WHERE u.rolname <> $3 AND NOT u.rolsuper AND (NOT $6 OR ${disarmed})
         AND ((u.rolcanlogin AND g.oid IS NOT NULL AND v.oid IS NOT NULL)
-          OR pg_catalog.shobj_description(u.oid, 'pg_authid') = $4
+          OR ${disarmed}
           OR pg_catalog.starts_with(pg_catalog.shobj_description(u.oid, 'pg_authid'), $5))
-      GROUP BY u.rolname`,
-    [[groupRoles.read, groupRoles.write], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark), `${mark} user `, disarmedOnly],
+      GROUP BY u.rolname, u.oid`,
+    [[groupRoles.read, groupRoles.write], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark, 'read'), `${mark} user `, disarmedOnly, groupRoles.read],
   );
-  // A disarmed role has lost its membership: what it owned was already handled at its revocation.
-  return r.rows.map((x) => ({ name: x.rolname, access: x.writer ? 'write' : 'read' }));
+  // A disarmed role has lost its membership: its comment records the access. A role whose access
+  // is unknown (no membership, an older disarmed comment) is treated as a writer: its objects are
+  // handed over, never dropped.
+  return r.rows.map((x) => ({ name: x.rolname, access: x.writer || !(x.reader || x.disarmed_reader) ? 'write' : 'read' }));
 }
 
 /** Databases other than the current one where a role owns objects or holds privileges (only the superuser reaches them). */
@@ -163,6 +168,9 @@ async function otherDatabasesOf(client: Client, role: string): Promise<string[]>
   return r.rows.map((x) => x.datname);
 }
 
+/** How long the superuser's clean-up of a dynamic user waits for a lock (a reader of a writer's table) before leaving the role for the next pass. */
+const CLEAN_UP_LOCK_TIMEOUT_SECONDS = 10;
+
 /**
  * Drops dynamic users from Postgres's side (the Vault that could revoke them is gone, or a
  * revocation left them disarmed): the revocation's steps, as the superuser, in every database
@@ -174,50 +182,68 @@ export async function dropDynamicUsers(client: Client, env: EnvironmentConfig, o
   const lit = (s: string) => client.escapeLiteral(s);
   const dropped: string[] = [];
   const kept: string[] = [];
-  for (const u of await dynamicUsers(client, env, opts.disarmedOnly)) {
-    const user = q(u.name);
-    const cleanUp = async (c: Client, appDatabase = true) => {
-      if (u.access === 'write' && appDatabase) {
-        const fns = await c.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u.name]);
-        for (const { f } of fns.rows) await c.query(`REVOKE ALL ON ROUTINE ${f} FROM PUBLIC`);
-        await c.query(`REASSIGN OWNED BY ${user} TO ${q(env.database.retiredRole)}`);
-      }
-      await c.query(`DROP OWNED BY ${user}`);
-    };
-    // Disarmed first, each statement on its own (the client is not in a transaction): memberships, login, sessions.
-    const grants = await client.query(
-      `SELECT g.rolname AS role, w.rolname AS grantor FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-         JOIN pg_catalog.pg_roles x ON x.oid = m.member LEFT JOIN pg_catalog.pg_roles w ON w.oid = m.grantor WHERE x.rolname = $1`,
-      [u.name],
-    );
-    for (const g of grants.rows) await client.query(`REVOKE ${q(g.role)} FROM ${user}${g.grantor ? ` GRANTED BY ${q(g.grantor)}` : ''}`);
-    await client.query(`ALTER ROLE ${user} NOLOGIN PASSWORD NULL VALID UNTIL '1970-01-01 00:00:00+00'`);
-    await client.query(`COMMENT ON ROLE ${user} IS ${lit(disarmedComment(env.database.mark))}`);
-    await client.query('SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u.name]);
-    await cleanUp(client);
-    for (const db of await otherDatabasesOf(client, u.name)) {
-      // Another database holds only what the user made there (a large object, default privileges),
-      // never the app's data: it goes, a write user's too (the retired role would be pinned there).
-      let other: Client | undefined;
-      try {
-        other = await adminConnect(env, 10_000, db);
-        await other.query("SET statement_timeout = '60s'");
-        await cleanUp(other, false);
-      } catch (e: any) {
-        say(env, `could not clean up role ${u.name} in database ${db} (${e.message}); it stays disarmed`);
-      } finally {
-        await other?.end();
-      }
-    }
-    try {
-      await client.query(`DROP ROLE ${user}`);
-      dropped.push(u.name);
-    } catch (e: any) {
-      say(env, `kept role ${u.name} disarmed (NOLOGIN, no membership, comment '${disarmedComment(env.database.mark)}'): ${e.message}${e.detail ? ` (${e.detail.replace(/\n/g, '; ')})` : ''}`);
-      kept.push(u.name);
-    }
+  // Bounded: a reader holding a lock on a writer's table must not hold up a deploy or a teardown.
+  await client.query(`SET lock_timeout = '${CLEAN_UP_LOCK_TIMEOUT_SECONDS}s'`);
+  try {
+    await dropEach();
+  } finally {
+    await client.query('RESET lock_timeout');
   }
   return { dropped, kept };
+
+  async function dropEach(): Promise<void> {
+    for (const u of await dynamicUsers(client, env, opts.disarmedOnly)) {
+      const user = q(u.name);
+      // A writer's objects go to the retired role (a migration's tables keep their data), in every
+      // database; only a reader's are dropped. The retired role may then own something in another
+      // database: the teardown reports it rather than dropping it.
+      const cleanUp = async (c: Client) => {
+        if (u.access === 'write') {
+          const fns = await c.query('SELECT p.oid::regprocedure::text AS f FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE r.rolname = $1', [u.name]);
+          for (const { f } of fns.rows) await c.query(`REVOKE ALL ON ROUTINE ${f} FROM PUBLIC`);
+          await c.query(`REASSIGN OWNED BY ${user} TO ${q(env.database.retiredRole)}`);
+        }
+        await c.query(`DROP OWNED BY ${user}`);
+      };
+      // Disarmed first, each statement on its own (the client is not in a transaction): memberships, login, sessions.
+      const grants = await client.query(
+        `SELECT g.rolname AS role, w.rolname AS grantor FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+           JOIN pg_catalog.pg_roles x ON x.oid = m.member LEFT JOIN pg_catalog.pg_roles w ON w.oid = m.grantor WHERE x.rolname = $1`,
+        [u.name],
+      );
+      for (const g of grants.rows) await client.query(`REVOKE ${q(g.role)} FROM ${user}${g.grantor ? ` GRANTED BY ${q(g.grantor)}` : ''}`);
+      await client.query(`ALTER ROLE ${user} NOLOGIN PASSWORD NULL VALID UNTIL '1970-01-01 00:00:00+00'`);
+      await client.query(`COMMENT ON ROLE ${user} IS ${lit(disarmedComment(env.database.mark, u.access))}`);
+      await client.query('SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [u.name]);
+      try {
+        await cleanUp(client);
+      } catch (e: any) {
+        // A lock held past the timeout (a long reader of a writer's table): the role stays disarmed, with its access recorded, for the next pass.
+        say(env, `kept role ${u.name} disarmed: its objects in database ${env.postgres.database} could not be handed over or dropped now (${e.message}); the next bootstrap or teardown tries again`);
+        kept.push(u.name);
+        continue;
+      }
+      for (const db of await otherDatabasesOf(client, u.name)) {
+        let other: Client | undefined;
+        try {
+          other = await adminConnect(env, 10_000, db);
+          await other.query("SET statement_timeout = '60s'");
+          await cleanUp(other);
+        } catch (e: any) {
+          say(env, `could not clean up role ${u.name} in database ${db} (${e.message}); it stays disarmed`);
+        } finally {
+          await other?.end();
+        }
+      }
+      try {
+        await client.query(`DROP ROLE ${user}`);
+        dropped.push(u.name);
+      } catch (e: any) {
+        say(env, `kept role ${u.name} disarmed (NOLOGIN, no membership, comment '${disarmedComment(env.database.mark, u.access)}'): ${e.message}${e.detail ? ` (${e.detail.replace(/\n/g, '; ')})` : ''}`);
+        kept.push(u.name);
+      }
+    }
+  }
 }
 
 /** The server's version as server_version_num (170002 for 17.2). */
@@ -240,7 +266,7 @@ export function warnOldServer(env: EnvironmentConfig, num: number): void {
 
 /** Drops the roles revocations left disarmed (by the superuser, in every database where they own something). */
 async function dropDisarmed(client: Client, env: EnvironmentConfig): Promise<{ dropped: string[]; kept: string[] }> {
-  const r = await client.query(`SELECT 1 FROM pg_catalog.pg_roles WHERE pg_catalog.shobj_description(oid, 'pg_authid') = $1 LIMIT 1`, [disarmedComment(env.database.mark)]);
+  const r = await client.query(`SELECT 1 FROM pg_catalog.pg_roles WHERE ${isDisarmedSql("pg_catalog.shobj_description(oid, 'pg_authid')", env.database.mark)} LIMIT 1`);
   return r.rowCount ? dropDynamicUsers(client, env, { disarmedOnly: true }) : { dropped: [], kept: [] };
 }
 

@@ -19,7 +19,7 @@ export interface RoleStatementsProps {
   /**
    * The environment's mark, `pgvault:<env>`: each user is commented `<mark> user …` (its bounds,
    * which the reaper reads: a user cannot comment on itself), and a user whose role cannot be
-   * dropped at revocation is left commented `<mark> disarmed`.
+   * dropped at revocation is left commented `<mark> disarmed <access>`.
    */
   readonly mark: string;
   /**
@@ -60,9 +60,20 @@ function bound(kind: string, value: number | undefined, fallback: number, max: n
   return v;
 }
 
-/** The comment on a disarmed role: its revocation could not drop it (an object elsewhere holds it). */
-export function disarmedComment(envMark: string): string {
-  return `${mark(envMark)} disarmed`;
+/**
+ * The comment on a disarmed role: its revocation could not drop it (an object elsewhere holds it,
+ * or a lock stopped the hand-over). It records the access the role had, which its lost membership
+ * no longer shows: the superuser's clean-up hands a writer's objects over rather than dropping them.
+ * Without an access, the mark that every disarmed comment starts with.
+ */
+export function disarmedComment(envMark: string, access?: 'read' | 'write'): string {
+  return `${mark(envMark)} disarmed${access ? ` ${access}` : ''}`;
+}
+
+/** SQL: whether the comment `column` is one of the environment's disarmed comments (with or without the access). */
+export function isDisarmedSql(column: string, envMark: string): string {
+  const d = disarmedComment(envMark);
+  return `(${column} = '${d}' OR pg_catalog.starts_with(${column}, '${d} '))`;
 }
 
 /** The comment each dynamic user is created with: who made it and the bounds the reaper enforces. */
@@ -104,18 +115,23 @@ export function rollbackStatements(): string[] {
  * Revocation that always disarms, in the one transaction Vault runs it in:
  *  1. disarm: take every group membership away (before the user is granted to Vault's role, so
  *     that role never inherits a group's privileges through the user), NOLOGIN, no password, an
- *     expired VALID UNTIL, the disarmed mark; then grant the user to Vault's role (terminating its
- *     sessions and taking over its objects need the user's privileges) and terminate its sessions,
- *     all at once, then wait (up to 2 s in all) for those to exit: a dying session's temporary
- *     tables would otherwise stop REASSIGN OWNED ("cannot alter temporary tables of other sessions").
- *     A login that lands after (NOLOGIN commits with the transaction) is the reaper's;
- *  2. clean up in this database: take EXECUTE on its routines away from PUBLIC; a write user's
- *     objects go to the retired role (which holds no privilege); a read user's are dropped, large
- *     objects included; DROP OWNED takes what is left (privileges, default privileges). In a block
- *     of its own: whatever fails here, the disarm above commits;
- *  3. DROP ROLE in a block of its own: when an object in another database holds the role, the
- *     drop fails, and the role stays disarmed and marked, for the bootstrap or the teardown (as the
- *     superuser, the only one that reaches other databases) to drop. The revocation succeeds.
+ *     expired VALID UNTIL, the disarmed mark with the access (`<mark> disarmed write`);
+ *  2. with a 2 s lock_timeout from here on (a wait past Vault's request timeout would roll the
+ *     disarm back), in a block of its own: grant the user to Vault's role (terminating its sessions
+ *     and taking over its objects need the user's privileges), terminate its sessions, then wait
+ *     (up to 2 s in all) for those to exit: a dying session's temporary tables would otherwise stop
+ *     REASSIGN OWNED ("cannot alter temporary tables of other sessions"). Skipped, with a warning,
+ *     when a membership survived the revoke (another grantor's, which PostgreSQL 16+ only warns
+ *     about). A login that lands after (NOLOGIN commits with the transaction) is the reaper's;
+ *  3. only when 2 succeeded, clean up in this database: take EXECUTE on its routines away from
+ *     PUBLIC (each on its own); a write user's objects go to the retired role (which holds no
+ *     privilege); a read user's are dropped, large objects included; DROP OWNED takes what is left
+ *     (privileges, default privileges). In a block of its own: whatever fails here (a lock held past
+ *     the timeout), the disarm above commits;
+ *  4. DROP ROLE in a block of its own: when an object (here, or in another database) holds the
+ *     role, the drop fails, and the role stays disarmed and marked, for the bootstrap or the
+ *     teardown (as the superuser, the only one that reaches other databases) to clean up: a
+ *     writer's objects are handed over there too, never dropped. The revocation succeeds.
  * A role that is already gone is not an error. Other disarmed roles of the environment are tried
  * again (a few per revocation): one whose blocking object is gone is dropped.
  *
@@ -123,11 +139,16 @@ export function rollbackStatements(): string[] {
  */
 export function revocationStatements(props: RoleStatementsProps): string[] {
   const retired = ident('retiredRole', props.retiredRole);
-  const disarmed = disarmedComment(props.mark);
+  const disarmed = disarmedComment(props.mark, props.access);
   const handOver = props.access === 'write'
     ? [
+        // Each on its own: a routine in a schema Vault's role cannot use must not stop the REASSIGN.
         `    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.proowner = u LOOP`,
-        `      EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);`,
+        '      BEGIN',
+        `        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);`,
+        '      EXCEPTION WHEN OTHERS THEN',
+        `        RAISE WARNING 'pgvault: EXECUTE on % kept for PUBLIC: %', f, SQLERRM;`,
+        '      END;',
         '    END LOOP;',
         `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
       ]
@@ -135,7 +156,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
   return [
     [
       'DO $$',
-      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[];',
+      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;',
       'BEGIN',
       `  SELECT oid INTO u FROM pg_catalog.pg_roles WHERE rolname = '{{name}}';`,
       '  IF u IS NOT NULL THEN',
@@ -147,20 +168,35 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       '    END LOOP;',
       `    EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL VALID UNTIL %L', '{{name}}', '1970-01-01 00:00:00+00');`,
       `    EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
-      `    EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
-      `    SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
-      '    PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
-      '    FOR i IN 1..200 LOOP',
-      '      PERFORM pg_catalog.pg_stat_clear_snapshot();',
-      '      EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
-      '      PERFORM pg_catalog.pg_sleep(0.01);',
-      '    END LOOP;',
-      '    BEGIN',
-      ...handOver.map((l) => `  ${l}`),
-      `      EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
-      '    EXCEPTION WHEN OTHERS THEN',
-      `      RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
-      '    END;',
+      // Nothing below may outlast Vault's request: its timeout would roll the disarm back.
+      `    PERFORM pg_catalog.set_config('lock_timeout', '2s', true);`,
+      '    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.member = u) THEN',
+      // A revoke that only warned (another grantor, PostgreSQL 16+): granting the user to Vault's
+      // role would let that role inherit the group through it.
+      `      RAISE WARNING 'pgvault: role % still holds a membership; it is not granted to %, its objects are left for the superuser', '{{name}}', current_user;`,
+      '    ELSE',
+      '      BEGIN',
+      `        EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
+      `        SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
+      '        PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
+      '        FOR i IN 1..200 LOOP',
+      '          PERFORM pg_catalog.pg_stat_clear_snapshot();',
+      '          EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
+      '          PERFORM pg_catalog.pg_sleep(0.01);',
+      '        END LOOP;',
+      '        granted := true;',
+      '      EXCEPTION WHEN OTHERS THEN',
+      `        RAISE WARNING 'pgvault: role % not taken over (the reaper ends its sessions): %', '{{name}}', SQLERRM;`,
+      '      END;',
+      '    END IF;',
+      '    IF granted THEN',
+      '      BEGIN',
+      ...handOver.map((l) => `    ${l}`),
+      `        EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+      '      EXCEPTION WHEN OTHERS THEN',
+      `        RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
+      '      END;',
+      '    END IF;',
       '    BEGIN',
       `      EXECUTE format('DROP ROLE %I', '{{name}}');`,
       '    EXCEPTION WHEN OTHERS THEN',
@@ -168,7 +204,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       '    END;',
       '  END IF;',
       `  FOR d IN SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_shdescription s ON s.objoid = r.oid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass`,
-      `           WHERE s.description = '${disarmed}' AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,
+      `           WHERE ${isDisarmedSql('s.description', props.mark)} AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,
       '    BEGIN',
       `      EXECUTE format('DROP ROLE %I', d);`,
       '    EXCEPTION WHEN OTHERS THEN NULL;',
@@ -196,7 +232,7 @@ export function reaperStatement(envMark: string): string {
     ` LEFT JOIN pg_catalog.pg_shdescription s ON s.objoid = a.usesysid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass` +
     " WHERE a.backend_type = 'client backend' AND a.usesysid IS NOT NULL AND a.pid <> pg_catalog.pg_backend_pid() AND (" +
     'r.oid IS NULL' +
-    ` OR s.description = '${m} disarmed'` +
+    ` OR ${isDisarmedSql('s.description', m)}` +
     ` OR (pg_catalog.starts_with(s.description, '${m} user ') AND (` +
     `(a.state = 'active' AND a.query_start < pg_catalog.clock_timestamp() - ${ms('statement-ms')})` +
     ` OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') AND a.state_change < pg_catalog.clock_timestamp() - ${ms('idle-ms')}))));`

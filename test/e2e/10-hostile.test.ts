@@ -174,7 +174,7 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     assert.ok(after, 'the role is kept: an object in another database holds it');
     assert.equal(after.canlogin, false);
     assert.equal(after.memberships, 0, 'no group membership');
-    assert.equal(after.comment, `${env.database.mark} disarmed`);
+    assert.equal(after.comment, `${env.database.mark} disarmed read`);
     assert.notEqual(await h.tryLogin(env, creds.username, creds.password), 'ok', 'no login');
     await h.waitFor('the sessions to end', async () => (await sessions(pids)) === 0, 5000);
     const los = await admin.query('SELECT count(*)::int AS n FROM pg_largeobject_metadata WHERE oid = $1', [lo.rows[0].oid]);
@@ -222,6 +222,43 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     const defaults = await admin.query("SELECT count(*)::int AS n FROM pg_default_acl WHERE pg_get_userbyid(defaclrole) NOT LIKE 'pgvault_%'");
     assert.equal(defaults.rows[0].n, 0, 'its default privileges are gone');
     await admin.query('DROP TABLE app.hostile_kept; DROP FUNCTION app.hostile_f(); DROP PROCEDURE app.hostile_p()');
+  });
+
+  test('a readwrite user whose hand-over is stopped by a lock is still disarmed; the superuser later hands its table over, rows intact', { timeout: 120_000 }, async () => {
+    const creds = await session.issue(mount, 'readwrite');
+    const c = await connect(creds);
+    await c.query('CREATE TABLE app.hostile_migrated (x int)');
+    await c.query('INSERT INTO app.hostile_migrated SELECT generate_series(1, 100)');
+    // A reader past the revocation's lock_timeout (2 s): a backup holds ACCESS SHARE on every table it dumps.
+    const backup = await h.adminClient(env);
+    try {
+      await backup.query('BEGIN');
+      await backup.query('LOCK TABLE app.hostile_migrated IN ACCESS SHARE MODE');
+      const { seconds } = await h.timed(() => session.revoke(creds.leaseId));
+      console.log(`# figure: revocation of a writer whose table a reader locks took ${seconds.toFixed(2)}s (lock_timeout 2 s)`);
+      const after = await role(creds.username);
+      assert.ok(after, 'kept: the lock stopped the hand-over, so its table holds it');
+      assert.deepEqual({ canlogin: after.canlogin, memberships: after.memberships, comment: after.comment }, { canlogin: false, memberships: 0, comment: `${env.database.mark} disarmed write` });
+      assert.notEqual(await h.tryLogin(env, creds.username, creds.password), 'ok', 'no login');
+      // The superuser's clean-up waits for the lock a bounded time too, then leaves the role for the next pass.
+      const { value: early, seconds: cleanUpSeconds } = await h.timed(() => dropDynamicUsers(admin, env, { disarmedOnly: true }));
+      console.log(`# figure: the superuser's clean-up of that writer, its table still locked, gave up after ${cleanUpSeconds.toFixed(2)}s`);
+      assert.deepEqual(early, { dropped: [], kept: [creds.username] });
+      assert.equal((await role(creds.username))?.comment, `${env.database.mark} disarmed write`);
+    } finally {
+      await backup.query('ROLLBACK').catch(() => undefined);
+      await backup.end().catch(() => undefined);
+    }
+
+    // The bootstrap's (and the teardown's) clean-up: its table must survive.
+    const { dropped, kept } = await dropDynamicUsers(admin, env, { disarmedOnly: true });
+    assert.deepEqual({ dropped, kept }, { dropped: [creds.username], kept: [] });
+    const t = await admin.query(
+      `SELECT pg_get_userbyid(c.relowner) AS owner, (SELECT count(*)::int FROM app.hostile_migrated) AS rows, (SELECT sum(x)::int FROM app.hostile_migrated) AS total
+         FROM pg_class c WHERE c.oid = 'app.hostile_migrated'::regclass`,
+    );
+    assert.deepEqual(t.rows[0], { owner: env.database.retiredRole, rows: 100, total: 5050 }, 'handed to the retired role, never dropped');
+    await admin.query('DROP TABLE app.hostile_migrated');
   });
 
   test('SET statement_timeout = 0 does not escape the statement bound: the reaper ends the statement', { timeout: 60_000 }, async () => {

@@ -51,35 +51,80 @@ test('revocation is one block that disarms before anything else, then cleans up,
   const order = [
     "EXECUTE format('REVOKE %I FROM %I', g, '{{name}}')",
     'NOLOGIN PASSWORD NULL VALID UNTIL',
-    "COMMENT ON ROLE %I IS %L', '{{name}}', 'pgvault:local disarmed'",
+    "COMMENT ON ROLE %I IS %L', '{{name}}', 'pgvault:local disarmed write'",
+    "PERFORM pg_catalog.set_config('lock_timeout', '2s', true);",
+    'IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.member = u) THEN',
     "EXECUTE format('GRANT %I TO %I', '{{name}}', current_user)",
     'pg_terminate_backend',
+    'granted := true;',
+    'IF granted THEN',
     'REVOKE ALL ON ROUTINE %s FROM PUBLIC',
     'REASSIGN OWNED BY %I TO pgvault_local_retired',
     "DROP OWNED BY %I', '{{name}}'",
     "EXECUTE format('DROP ROLE %I', '{{name}}')",
   ].map(at);
   assert.deepEqual(order, [...order].sort((a, b) => a - b), 'memberships go before the user is granted to Vault\'s role; the drop is last');
-  assert.match(block.slice(order[8] - 30, order[8] + 200), /BEGIN\n\s+EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n\s+EXCEPTION WHEN OTHERS THEN/);
+  assert.match(block.slice(order[12] - 30, order[12] + 200), /BEGIN\n\s+EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n\s+EXCEPTION WHEN OTHERS THEN/);
   assert.match(block, /IF u IS NOT NULL THEN/, 'a role already gone is not an error');
 });
 
-test('revocation drops what a read user owns instead of handing it over', () => {
+test('nothing after the disarm can roll it back: each later step is in a block of its own, under a lock timeout', () => {
+  const [block] = sql.revocationStatements(writer);
+  const lines = block.split('\n');
+  /** The line numbers of the innermost BEGIN and its EXCEPTION around the line holding `needle`. */
+  const enclosing = (needle: string) => {
+    const i = lines.findIndex((l) => l.includes(needle));
+    assert.ok(i >= 0, needle);
+    const indent = lines[i].search(/\S/);
+    let b = i;
+    while (b > 0 && !(lines[b].trim() === 'BEGIN' && lines[b].search(/\S/) < indent)) b--;
+    const depth = lines[b].search(/\S/);
+    let e = i;
+    while (e < lines.length && !(lines[e].trim().startsWith('EXCEPTION WHEN OTHERS THEN') && lines[e].search(/\S/) === depth)) e++;
+    assert.ok(b > 0 && e < lines.length, `${needle} is inside BEGIN ... EXCEPTION WHEN OTHERS`);
+    return [b, e];
+  };
+  const grant = enclosing("EXECUTE format('GRANT %I TO %I'");
+  assert.deepEqual(enclosing('pg_terminate_backend'), grant, 'the grant, the terminations and the wait share one block');
+  assert.deepEqual(enclosing('pg_stat_clear_snapshot'), grant);
+  const revoke = enclosing('REVOKE ALL ON ROUTINE');
+  const reassign = enclosing('REASSIGN OWNED');
+  assert.ok(revoke[0] > reassign[0] && revoke[1] < reassign[1], 'each routine\'s REVOKE in a block of its own, inside the hand-over block');
+  assert.ok(lines.findIndex((l) => l.includes('lock_timeout')) < grant[0], 'the lock timeout is set before the grant');
+  assert.ok(lines.findIndex((l) => l.includes('disarmed write')) < lines.findIndex((l) => l.includes('lock_timeout')), 'the disarm itself is not under it');
+});
+
+test('revocation skips the grant to Vault\'s role when a membership survived the revoke', () => {
+  const [block] = sql.revocationStatements(writer);
+  assert.match(
+    block,
+    /IF EXISTS \(SELECT 1 FROM pg_catalog\.pg_auth_members m WHERE m\.member = u\) THEN\n\s+RAISE WARNING 'pgvault: role % still holds a membership[^\n]*\n\s+ELSE\n\s+BEGIN\n\s+EXECUTE format\('GRANT %I TO %I'/,
+  );
+});
+
+test('revocation drops what a read user owns instead of handing it over, and records its access', () => {
   const [block] = sql.revocationStatements(props);
   assert.doesNotMatch(block, /REASSIGN OWNED/);
   assert.match(block, /DROP OWNED BY %I/);
+  assert.match(block, /COMMENT ON ROLE %I IS %L', '\{\{name\}\}', 'pgvault:local disarmed read'/);
+});
+
+test('the disarmed comment records the access; every form of it is recognised', () => {
+  assert.equal(sql.disarmedComment('pgvault:local'), 'pgvault:local disarmed');
+  assert.equal(sql.disarmedComment('pgvault:local', 'write'), 'pgvault:local disarmed write');
+  assert.equal(sql.isDisarmedSql('c', 'pgvault:local'), "(c = 'pgvault:local disarmed' OR pg_catalog.starts_with(c, 'pgvault:local disarmed '))");
 });
 
 test('revocation tries again to drop a few roles the environment left disarmed', () => {
   const [block] = sql.revocationStatements(props);
-  assert.match(block, /WHERE s\.description = 'pgvault:local disarmed' AND r\.rolname <> '\{\{name\}\}' AND NOT r\.rolcanlogin LIMIT 3 LOOP/);
+  assert.match(block, /WHERE \(s\.description = 'pgvault:local disarmed' OR pg_catalog\.starts_with\(s\.description, 'pgvault:local disarmed '\)\) AND r\.rolname <> '\{\{name\}\}' AND NOT r\.rolcanlogin LIMIT 3 LOOP/);
 });
 
 test('the reaper ends sessions of dropped and disarmed roles, and of the environment\'s users past their bounds', () => {
   const s = sql.reaperStatement('pgvault:local');
   assert.match(s, /pg_terminate_backend/);
   assert.match(s, /r\.oid IS NULL/);
-  assert.match(s, /s\.description = 'pgvault:local disarmed'/);
+  assert.match(s, /s\.description = 'pgvault:local disarmed' OR pg_catalog\.starts_with\(s\.description, 'pgvault:local disarmed '\)/);
   assert.match(s, /starts_with\(s\.description, 'pgvault:local user '\)/);
   assert.match(s, /a\.state = 'active' AND a\.query_start < .*statement-ms=/);
   assert.match(s, /idle in transaction \(aborted\)'\) AND a\.state_change < .*idle-ms=/);
