@@ -77,7 +77,18 @@ function idempotencyKey(value: string | string[] | undefined): string | undefine
 }
 
 /**
- * A database error by SQLSTATE class: the connection (08), an operator or a crash (57P0x), or
+ * Whether a write whose statement was sent is known not to have taken effect: a cancel
+ * Postgres confirmed (57014), a transaction it rolled back (class 40), or a value it refused
+ * (classes 22, 23). Anything else may follow a COMMIT (57P01 from a terminated session, a socket
+ * that broke, an error without a SQLSTATE), so its outcome is unknown.
+ */
+function writeNotApplied(err: DatabaseError): boolean {
+  return /^(57014$|40|22|23)/.test(err.sqlState ?? '');
+}
+
+/**
+ * A database error by SQLSTATE class (for a write that was sent, only after writeNotApplied; the
+ * rest is 504 outcome unknown): the connection (08), an operator or a crash (57P0x), or
  * resources (53) → 503; this API's own deadline or statement_timeout (57014), a refused login
  * (28) and a transaction rolled back for a conflict (40) → 503 too, for a retry helps; bad data
  * (22) or a constraint (23) → 400; anything else → 500. Without a SQLSTATE the database could
@@ -434,8 +445,12 @@ export class ApiServer {
         const written = req.method === 'GET' ? '' : 'nothing was written; ';
         return send(503, err.code === 'REQUEST_DEADLINE' ? `no answer within ${this.requestTimeoutMillis / 1000} s (credentials or the database are unavailable); ${written}try again` : `credentials are unavailable; ${written}try again`);
       }
-      if (queryOutcome(err) === 'unknown' && req.method !== 'GET') {
-        const e = this.unknownOutcome();
+      // DB_CONNECT: no connection, so nothing of the write was sent.
+      const dbError: DatabaseError = err;
+      const sent = dbError.code !== 'DB_CONNECT';
+      if (req.method !== 'GET' && (queryOutcome(dbError) === 'unknown' || (sent && !writeNotApplied(dbError)))) {
+        const failure = dbError.sqlState ? `SQLSTATE ${dbError.sqlState}` : 'no SQLSTATE: the connection failed';
+        const e = this.unknownOutcome(queryOutcome(dbError) === 'unknown' ? undefined : `the database failed after the write was sent (${failure})`);
         return reply.code(e.status).send({ error: e.message, ...e.extra });
       }
       const [status, message] = databaseAnswer(err, req.method !== 'GET');
@@ -532,11 +547,15 @@ export class ApiServer {
     return r.rowCount ?? 0;
   }
 
-  /** 504 for a write that was sent and not answered: it may have been written. */
-  private unknownOutcome(): HttpError {
+  /**
+   * 504 for a write that was sent and not answered, or answered with an error that may follow
+   * its COMMIT (`failure` says which): it may have been written.
+   */
+  private unknownOutcome(failure?: string): HttpError {
+    const what = failure ?? `no answer from the database within ${this.requestTimeoutMillis / 1000} s`;
     return new HttpError(
       504,
-      `no answer from the database within ${this.requestTimeoutMillis / 1000} s; the item may or may not have been created: retry with the same Idempotency-Key header (the item is then written at most once), or check GET /items before sending it again`,
+      `${what}; the item may or may not have been created: retry with the same Idempotency-Key header (the item is then written at most once), or check GET /items before sending it again`,
       { outcome: 'unknown' },
     );
   }

@@ -12,6 +12,7 @@ import { EnvironmentConfig } from '../stacks/config';
 import { pgBackendAttributes, stateFile, stateSchema } from '../stacks/state-location';
 import { readSecretFile } from './local-secrets';
 import { stateUnreadable } from './state-trust';
+import { killAtTimeout, runTimeoutSeconds, StackRunError, TIMED_OUT } from './terraform-runner';
 
 /** Another deploy or destroy of the environment holds the state lock; nothing was changed. */
 export class StateLockedError extends Error {
@@ -68,17 +69,27 @@ function applicationName(env: EnvironmentConfig, command: string): string {
   return `pgvault ${command} ${env.name} pid ${process.pid} ${os.userInfo().username}@${os.hostname()}`.slice(0, 63);
 }
 
-/** Runs Terraform in `dir`; returns its stdout. Its output never holds the connection string. */
-function terraform(env: EnvironmentConfig, dir: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/**
+ * Runs Terraform in `dir`; returns its stdout. Its output never holds the connection string.
+ * Past PGVAULT_TERRAFORM_TIMEOUT_S (a state backend that accepts the connection and never
+ * answers) it is stopped, and this fails with a StackRunError naming `what` hung.
+ */
+function terraform(env: EnvironmentConfig, dir: string, args: string[], what: string): Promise<{ code: number; stdout: string; stderr: string }> {
   const bin = process.env.TERRAFORM_BINARY_NAME || 'terraform';
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     const child = spawn(bin, args, { cwd: dir, env: { ...process.env, ...stateBackendEnv(env, 'state'), TF_IN_AUTOMATION: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const deadline = killAtTimeout(child, process.env);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    child.on('exit', (code) => resolve({ code: code ?? 1, stdout, stderr }));
-    child.on('error', (e) => resolve({ code: 127, stdout, stderr: e.message }));
+    const done = (code: number, message?: string) => {
+      deadline.clear();
+      if (deadline.timedOut()) reject(new StackRunError(what, TIMED_OUT, runTimeoutSeconds(process.env)));
+      else resolve({ code, stdout, stderr: message ?? stderr });
+    };
+    child.on('exit', (code) => done(code ?? 1));
+    child.on('error', (e) => done(127, e.message));
   });
 }
 
@@ -92,7 +103,7 @@ async function inBackendDir<T>(env: EnvironmentConfig, stackId: string, fn: (dir
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-state-'));
   try {
     fs.writeFileSync(path.join(dir, 'backend.tf.json'), JSON.stringify({ terraform: { backend: { pg: pgBackendAttributes(env.state.schemaPrefix, stackId) } } }));
-    const init = await terraform(env, dir, ['init', '-input=false', '-no-color']);
+    const init = await terraform(env, dir, ['init', '-input=false', '-no-color'], `terraform init of ${stackId}'s state backend (pg, schema ${stateSchema(env.state.schemaPrefix, stackId)})`);
     if (init.code !== 0) throw new Error(`terraform init of ${stackId}'s state backend (pg, schema ${stateSchema(env.state.schemaPrefix, stackId)}) failed: ${lastError(init.stderr)}`);
     return await fn(dir);
   } finally {
@@ -129,7 +140,8 @@ export async function readState(env: EnvironmentConfig, stackId: string): Promis
     }
     if (!text.trim()) throw stateUnreadable(env.name, stackId, where, 'the file is empty', backupOf(file));
   } else {
-    const pulled = await inBackendDir(env, stackId, (dir) => terraform(env, dir, ['state', 'pull']));
+    const what = `terraform state pull of ${stackId} (pg, schema ${stateSchema(env.state.schemaPrefix, stackId)})`;
+    const pulled = await inBackendDir(env, stackId, (dir) => terraform(env, dir, ['state', 'pull'], what));
     if (pulled.code !== 0) throw new Error(`terraform state pull of ${stackId} failed: ${lastError(pulled.stderr)}`);
     if (!pulled.stdout.trim()) return undefined;
     text = pulled.stdout;

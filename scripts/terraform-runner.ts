@@ -16,7 +16,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT } from '../stacks/config';
 
 /** Where cdktf (cdktf.json's default) and this runner write the synthesized stacks. */
@@ -55,6 +55,24 @@ export const TIMED_OUT = 124;
 export function runTimeoutSeconds(env: NodeJS.ProcessEnv = process.env): number {
   const v = Number(env.PGVAULT_TERRAFORM_TIMEOUT_S);
   return Number.isFinite(v) && v > 0 ? v : 900;
+}
+
+/**
+ * Stops `child` once runTimeoutSeconds (of `env`) have passed: SIGTERM, then SIGKILL 10 s later.
+ * `onTimeout` runs as it is stopped. Call `clear()` when the child has ended; `timedOut()` says
+ * whether it was stopped.
+ */
+export function killAtTimeout(child: ChildProcess, env: NodeJS.ProcessEnv, onTimeout: (seconds: number) => void = () => undefined): { timedOut(): boolean; clear(): void } {
+  let timedOut = false;
+  const seconds = runTimeoutSeconds(env);
+  const deadline = setTimeout(() => {
+    timedOut = true;
+    onTimeout(seconds);
+    child.kill('SIGTERM');
+    setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+  }, seconds * 1000);
+  deadline.unref();
+  return { timedOut: () => timedOut, clear: () => clearTimeout(deadline) };
 }
 
 /** The error for a failed run: a timeout says so, anything else gives the exit code. */
@@ -160,14 +178,9 @@ function freshSynth(env: EnvironmentConfig, key: string): SynthesizedStack[] | u
 function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; sink: Sink; prefix: string }): Promise<number> {
   return new Promise<number>((resolve) => {
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let timedOut = false;
-    const deadline = setTimeout(() => {
-      timedOut = true;
-      opts.sink(`${opts.prefix}[pgvault] ${path.basename(cmd)} ${args[0] ?? ''} did not finish within ${runTimeoutSeconds(opts.env)} s: stopping it\n`, 'stderr');
-      child.kill('SIGTERM');
-      setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
-    }, runTimeoutSeconds(opts.env) * 1000);
-    deadline.unref();
+    const deadline = killAtTimeout(child, opts.env, (seconds) =>
+      opts.sink(`${opts.prefix}[pgvault] ${path.basename(cmd)} ${args[0] ?? ''} did not finish within ${seconds} s: stopping it\n`, 'stderr'),
+    );
     const relay = (stream: 'stdout' | 'stderr') => {
       let partial = '';
       return {
@@ -187,10 +200,10 @@ function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.Proce
     child.stdout.on('data', out.data);
     child.stderr.on('data', err.data);
     const done = (code: number) => {
-      clearTimeout(deadline);
+      deadline.clear();
       out.end();
       err.end();
-      resolve(timedOut ? TIMED_OUT : code);
+      resolve(deadline.timedOut() ? TIMED_OUT : code);
     };
     // Output still held open by a leftover grandchild (a hook's process) must not hang the run.
     child.on('exit', (c, signal) => setTimeout(() => done(c ?? (signal ? 128 : 1)), 2000).unref());

@@ -50,7 +50,13 @@ export interface RotatingPoolOptions {
   /**
    * Postgres ends any statement running longer (`statement_timeout`, set in the connection's
    * startup options, so it costs no round trip). It backs up the deadline's cancel request, for
-   * a cancel that cannot reach the server. 0: no limit. @default 30000
+   * a cancel that cannot reach the server. It also bounds, on the client side, every statement
+   * sent without a deadline of its own (query(), withClient() and the pg.Pool face's clients): a
+   * frozen server (docker pause) still acknowledges TCP, so neither keepalive nor its own
+   * statement_timeout ends the wait. Such a statement still running statementTimeoutMillis +
+   * cancelTimeoutMillis after it was sent gets a cancel request; without an answer within
+   * cancelTimeoutMillis more, its connection is destroyed and it fails with OutcomeUnknownError.
+   * 0: no limit, on either side. @default 30000
    */
   readonly statementTimeoutMillis?: number;
   /**
@@ -84,8 +90,8 @@ export interface CallOptions {
    * fails with AppError REQUEST_DEADLINE (nothing was sent). A statement still running at it is
    * cancelled: Postgres confirming the cancel fails it with QueryDeadlineError (it did not
    * happen); no answer within cancelTimeoutMillis destroys the connection and fails it with
-   * OutcomeUnknownError. @default waiting for a connection is bounded by acquireTimeoutMillis; a
-   * statement only by statementTimeoutMillis
+   * OutcomeUnknownError. @default waiting for a connection is bounded by acquireTimeoutMillis;
+   * each statement by statementTimeoutMillis + cancelTimeoutMillis after it was sent (see there)
    */
   readonly deadline?: number;
 }
@@ -132,6 +138,14 @@ class GuardedClient extends Client {
     super(config);
     this.on('error', () => undefined);
   }
+}
+
+/**
+ * Closes the socket at once: a frozen server never answers the Terminate that client.end()
+ * sends. pg then fails the client's queries ("Connection terminated") and pg-pool drops it on release.
+ */
+function destroyConnection(client: PoolClient): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
 /** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
@@ -204,7 +218,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       failure = e instanceof Error ? e : new Error(String(e));
       throw this.fail(e, 'query');
     } finally {
-      client.release(failure);
+      client.release(failure ?? this.spoiled(client));
       this.done(owner);
     }
   }
@@ -223,7 +237,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     client.release = (error?: Error | boolean) => {
       if (released) throw new AppError('POOL_DOUBLE_RELEASE', 'release() was called twice for one checkout; call it once per connect()');
       released = true;
-      giveBack(error);
+      giveBack(error || this.spoiled(client));
       this.done(owner);
     };
     return client;
@@ -349,6 +363,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       grace.stop();
       if (!result) {
         this.count('outcome_unknown');
+        // The caller may give the client back without an error (the pg.Pool face): it must not be reused.
+        destroyConnection(client);
         throw new OutcomeUnknownError(
           'DB_OUTCOME_UNKNOWN',
           `no answer from Postgres by the deadline, nor within ${waitMillis} ms of the cancel request sent then (a frozen or unreachable server); the connection is closed, and whether the statement took effect is unknown`,
@@ -422,6 +438,33 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
 
   private readonly byPool = new WeakMap<Pool, Generation>();
   private readonly clientOwner = new WeakMap<PoolClient, Generation>();
+  /** Clients a cancel request was sent on: a cancel that reaches the backend late would hit the next user's statement. */
+  private readonly cancelSent = new WeakSet<PoolClient>();
+
+  /** An error that makes release() destroy `client` rather than keep it, when a cancel was sent on it. */
+  private spoiled(client: PoolClient): Error | undefined {
+    return this.cancelSent.has(client) ? new AppError('DB_CANCEL_SENT', 'a cancel request was sent on this connection') : undefined;
+  }
+
+  /**
+   * Bounds each promise-style `client.query` by statementTimeoutMillis + cancelTimeoutMillis from
+   * when it is called (see there). Callback and Submittable (cursor, stream) forms are left as
+   * they are: their callers own their waits.
+   */
+  private boundStatements(client: PoolClient): void {
+    const statementTimeoutMillis = this.opts.statementTimeoutMillis ?? 30_000;
+    if (statementTimeoutMillis <= 0) return;
+    const boundMillis = statementTimeoutMillis + (this.opts.cancelTimeoutMillis ?? 1000);
+    const query = client.query as (...args: unknown[]) => unknown;
+    const pool = this;
+    client.query = function boundedQuery(this: PoolClient, ...args: unknown[]) {
+      const first = args[0] as { submit?: unknown; callback?: unknown } | undefined;
+      const viaCallback = typeof args[args.length - 1] === 'function' || typeof first?.submit === 'function' || typeof first?.callback === 'function';
+      const result = query.apply(client, args);
+      if (viaCallback || typeof (result as Promise<unknown> | undefined)?.then !== 'function') return result;
+      return pool.bounded(client, result as Promise<unknown>, Date.now() + boundMillis, () => pool.cancelSent.add(client));
+    } as PoolClient['query'];
+  }
 
   private async acquire(gen: Generation): Promise<PoolClient> {
     gen.inFlight++;
@@ -431,6 +474,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
         // A checked-out client whose backend dies (restart, revocation) emits 'error' besides
         // failing its query: without a listener that would crash the process.
         client.on('error', (e: any) => this.count(e?.code === '57P01' ? 'terminated' : 'connection_lost'));
+        this.boundStatements(client);
       }
       this.clientOwner.set(client, gen);
       return client;

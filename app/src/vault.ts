@@ -189,7 +189,9 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     const sentMono = monotonic();
     let res: any;
     try {
-      res = await this.call(path, (o) => this.client.write(path, { role_id: roleId, secret_id: id }, o));
+      // Not idempotent: a login that timed out may have completed on its node (a secret_id use
+      // spent, a token nobody will revoke), so it moves on only when that node surely did not serve it.
+      res = await this.call(path, (o) => this.client.write(path, { role_id: roleId, secret_id: id }, o), { idempotent: false });
     } catch (e) {
       if (loginRefused(e)) this.#refusedSecretId = digest;
       throw e;

@@ -44,7 +44,7 @@ const SAFE_ARGUMENT = /^[A-Za-z0-9._/][A-Za-z0-9._/-]*$/;
  * and the environment are literals of the configuration, run without a shell (`interpreter`),
  * after `--`. A destroy provisioner reads `self` from the state, which whoever can write the
  * state controls; the state's input only reaches the script as data (PGVAULT_HOOK_INPUT),
- * which it compares with its arguments and refuses when they differ (scripts/hook-input.ts).
+ * which it compares with its arguments and refuses when they differ (scripts/state-trust.ts).
  */
 export class ScriptHook extends Construct {
   public readonly resource: DataResource;

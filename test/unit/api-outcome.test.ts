@@ -30,13 +30,13 @@ function server(runtime: any, requestTimeoutMillis?: number): ApiServer {
 const post = (api: ApiServer, name: string, headers: Record<string, string> = {}) =>
   api.app.inject({ method: 'POST', url: '/items', headers: { 'content-type': 'application/json', ...headers }, payload: JSON.stringify({ name }) });
 
-test('database errors answer by SQLSTATE class: 08, 57P0x, 53 → 503; 22, 23 → 400; anything else → 500', async () => {
+test('database errors answer by SQLSTATE class: a read 08, 57P0x, 53 → 503; 22, 23 → 400; anything else → 500', async () => {
   let state = '';
   const api = server(fakeRuntime(async () => {
     throw new DatabaseError('DB_QUERY', `query failed: the failure of SQLSTATE ${state}`, state);
   }));
   const cases: Array<[string, number, RegExp]> = [
-    ['08006', 503, /^the database is unavailable; /],
+    ['08006', 503, /^the database is unavailable; try again$/],
     ['57P01', 503, /^the database is unavailable; /],
     ['57P03', 503, /^the database is unavailable; /],
     ['53300', 503, /^the database is unavailable; /],
@@ -47,11 +47,54 @@ test('database errors answer by SQLSTATE class: 08, 57P0x, 53 → 503; 22, 23 �
   ];
   for (const [sqlState, status, message] of cases) {
     state = sqlState;
-    for (const res of [await api.app.inject({ url: '/items' }), await post(api, 'x')]) {
-      assert.equal(res.statusCode, status, sqlState);
-      assert.deepEqual(Object.keys(res.json()), ['error']);
-      assert.match(res.json().error, message, sqlState);
-    }
+    const res = await api.app.inject({ url: '/items' });
+    assert.equal(res.statusCode, status, sqlState);
+    assert.deepEqual(Object.keys(res.json()), ['error']);
+    assert.match(res.json().error, message, sqlState);
+  }
+});
+
+test('a write whose statement was sent answers "nothing was written" only when that is known (57014, class 40 → 503; 22, 23 → 400); any other failure may follow its COMMIT → 504 "outcome": "unknown"', async () => {
+  let failure: () => Error = () => new Error('unset');
+  const api = server(fakeRuntime(async () => {
+    throw failure();
+  }));
+  const sent = (state: string | undefined, message = `query failed: the failure of SQLSTATE ${state}`) => () => new DatabaseError('DB_QUERY', message, state);
+  const known: Array<[string, () => Error, number, RegExp]> = [
+    ['57014', sent('57014'), 503, /^the database is unavailable; nothing was written; try again$/],
+    ['40001', sent('40001'), 503, /nothing was written; try again$/],
+    ['40P01', sent('40P01'), 503, /nothing was written; try again$/],
+    ['22003', sent('22003'), 400, /^the database refused the value \(SQLSTATE 22003\)/],
+    ['23514', sent('23514'), 400, /^the database refused the value \(SQLSTATE 23514\)/],
+    // Not sent: the connection could not be had, so nothing was written.
+    ['DB_CONNECT 08006', () => new DatabaseError('DB_CONNECT', 'connect failed: refused', '08006'), 503, /nothing was written; try again$/],
+    ['DB_CONNECT ECONNREFUSED', () => new DatabaseError('DB_CONNECT', 'connect failed: connect ECONNREFUSED'), 503, /nothing was written; try again$/],
+  ];
+  for (const [what, make, status, message] of known) {
+    failure = make;
+    const res = await post(api, 'x');
+    assert.equal(res.statusCode, status, what);
+    assert.deepEqual(Object.keys(res.json()), ['error'], what);
+    assert.match(res.json().error, message, what);
+  }
+  const unknown: Array<[string, () => Error, RegExp]> = [
+    ['57P01 (a session terminated, possibly after COMMIT)', sent('57P01'), /SQLSTATE 57P01/],
+    ['57P02', sent('57P02'), /SQLSTATE 57P02/],
+    ['08006', sent('08006'), /SQLSTATE 08006/],
+    ['53300', sent('53300'), /SQLSTATE 53300/],
+    ['42501', sent('42501'), /SQLSTATE 42501/],
+    ['XX000', sent('XX000'), /SQLSTATE XX000/],
+    ['EHOSTUNREACH without a SQLSTATE', sent(undefined, 'query failed: read EHOSTUNREACH'), /no SQLSTATE: the connection failed/],
+  ];
+  for (const [what, make, cause] of unknown) {
+    failure = make;
+    const res = await post(api, 'x');
+    assert.equal(res.statusCode, 504, what);
+    assert.deepEqual(Object.keys(res.json()), ['error', 'outcome'], what);
+    assert.equal(res.json().outcome, 'unknown', what);
+    assert.match(res.json().error, cause, what);
+    assert.match(res.json().error, /the item may or may not have been created: retry with the same Idempotency-Key/, what);
+    assert.doesNotMatch(res.json().error, /nothing was written|try again$/, what);
   }
 });
 

@@ -79,6 +79,7 @@ export class FakeVaultClient {
     if (r instanceof Error) {
       const e: any = new Error(r.message);
       if ((r as any).statusCode) e.response = { statusCode: (r as any).statusCode };
+      if ((r as any).code) e.code = (r as any).code;
       throw e;
     }
     if (path.endsWith('/login')) this.logins++;

@@ -84,7 +84,7 @@ test('a toolchain step longer than PGVAULT_PROGRESS_S prints what it does and th
     const progress = r.stderr.split('\n').filter((l) => l.includes('still running'));
     assert.ok(progress.length >= 2, r.stderr);
     assert.match(progress[0], /^\[toolchain\] building something slow: still running, \d+s elapsed \(compiling part 1\)$/);
-    assert.match(r.stderr, /\[toolchain\] building something slow: done in [34]s/);
+    assert.match(r.stderr, /\[toolchain\] building something slow: done in [3-6]s/); // [3-6]: a loaded machine adds seconds
   } finally {
     fs.rmSync(cache, { recursive: true, force: true });
   }

@@ -16,7 +16,7 @@ after(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
 });
 
-async function setup(poolOpts: { cancelTimeoutMillis?: number; acquireTimeoutMillis?: number; statementTimeoutMillis?: number } = {}) {
+async function setup(poolOpts: { cancelTimeoutMillis?: number; acquireTimeoutMillis?: number; statementTimeoutMillis?: number; max?: number } = {}) {
   const pg = await new FakePostgres().start();
   const vault = new FakeVaultSession(60);
   const lease = new LeaseManager({ session: vault, mount: 'database', role: 'readwrite', backoff: { initialMillis: 20, maxMillis: 100 } });
@@ -148,6 +148,39 @@ test('fails with an unknown outcome when the connection breaks under a sent stat
   pg.drop(pool.currentUser);
   const lost = (await cut).error;
   assert.ok(lost instanceof OutcomeUnknownError, `the connection cut without an answer: ${lost}`);
+});
+
+test('fails when the server freezes under a statement sent without a deadline (query(), the pg.Pool face, a checked-out client): statementTimeoutMillis + cancelTimeoutMillis after it was sent, a cancel, then outcome unknown, and ten such calls do not wedge the pool', { timeout: 15_000 }, async () => {
+  // statement_timeout never fires on a frozen server, and a paused container still ACKs TCP (keepalive sees nothing).
+  const { pg, pool } = await setup({ statementTimeoutMillis: 300, cancelTimeoutMillis: 200, max: 10 });
+  const face = new VaultPgPool(pool, { connectionTimeoutMillis: 1000 });
+  await pool.query('SELECT 1');
+  pg.mode = 'freeze';
+  const calls = [
+    ...Array.from({ length: 8 }, (_, i) => ['pool.query()', () => pool.query('INSERT INTO app.items (name) VALUES ($1)', [`r${i}`])] as const),
+    ['face.query()', () => face.query('INSERT INTO app.items (name) VALUES ($1)', ['f'])] as const,
+    ['face client.query()', async () => {
+      const client = await face.connect();
+      try {
+        return await client.query('INSERT INTO app.items (name) VALUES ($1)', ['c']);
+      } finally {
+        client.release();
+      }
+    }] as const,
+  ];
+  const t0 = Date.now();
+  const outcomes = await Promise.all(calls.map(async ([what, call]) => ({ what, ...(await settle(call() as Promise<unknown>)), took: Date.now() - t0 })));
+  for (const { what, error, took } of outcomes) {
+    assert.ok(error instanceof OutcomeUnknownError, `${what}: an OutcomeUnknownError, got ${error}`);
+    assert.equal(queryOutcome(error), 'unknown');
+    // 300 + 200 to the cancel, 200 more for its answer.
+    assert.ok(took >= 650 && took < 3000, `${what} failed after ${took} ms (bound 300 + 200 + 200 ms)`);
+  }
+  assert.equal(pg.cancelRequests.length, 10, 'a cancel request for each statement');
+  await waitUntil(() => pg.openBackends === 0, 2000, 'every frozen connection to be closed by the client');
+  assert.equal(pool.stats().total, 0, 'the pool holds none of them');
+  pg.mode = 'answer';
+  assert.equal((await face.query('SELECT 1')).rows[0].x, '1', 'the pool serves again once the server does');
 });
 
 test('fails when a session is ended (57P01) in the same read as its login completes: the query fails, the process does not', { timeout: 5000 }, async () => {

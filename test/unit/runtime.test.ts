@@ -296,7 +296,8 @@ test('logins asked for by many callers during a backoff do not reach Vault', asy
 
 test('a cluster session skips a node that is sealed or unreachable, stays on the node that answered, and keeps its token', async () => {
   const sealed = new FakeVaultClient(() => httpError(503, 'Vault is sealed'));
-  const down = new FakeVaultClient(() => new Error('connect ECONNREFUSED'));
+  // A refused connection (as node-vault's error carries it): the login surely did not reach that node.
+  const down = new FakeVaultClient(() => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
   const up = new FakeVaultClient((path) => {
     if (path.endsWith('/login')) return { auth: { client_token: 't', lease_duration: 60, policies: [] } };
     return { lease_id: 'database/creds/ro/1', lease_duration: 10, renewable: true, data: { username: 'u', password: 'p' } };

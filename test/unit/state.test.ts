@@ -191,3 +191,31 @@ test("Docker objects of an environment: its own names only, not those of an envi
   assert.match(m, /seal key and recovery keys/);
   assert.match(m, /docker rm -f pgvault-ha-vault-0; docker volume rm pgvault-ha-vault-0-data\)/);
 });
+
+test('fails when the terraform run for the pg state backend hangs (a state database that never answers): it is stopped at PGVAULT_TERRAFORM_TIMEOUT_S, and the error names what hung', { timeout: 15_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-state-unit-'));
+  const saved = { bin: process.env.TERRAFORM_BINARY_NAME, timeout: process.env.PGVAULT_TERRAFORM_TIMEOUT_S };
+  try {
+    const file = path.join(dir, 'state-db');
+    fs.writeFileSync(file, 'postgres://u:pw@db:5432/state\n', { mode: 0o600 });
+    // A fake terraform that hangs as one waiting on a frozen state database does.
+    const fakeTerraform = path.join(dir, 'fake-terraform');
+    fs.writeFileSync(fakeTerraform, '#!/bin/sh\nexec sleep 30\n', { mode: 0o755 });
+    process.env.TERRAFORM_BINARY_NAME = fakeTerraform;
+    process.env.PGVAULT_TERRAFORM_TIMEOUT_S = '1';
+    const env = resolveEnvironment('t', 't.json', withState({ backend: 'pg', connectionFile: file }));
+    const t0 = Date.now();
+    await assert.rejects(stateResources(env, 't-secrets'), (e: any) => {
+      assert.match(e.message, /^terraform init of t-secrets's state backend \(pg, schema pgvault_state_t_secrets\) did not finish within 1 s and was killed \(PGVAULT_TERRAFORM_TIMEOUT_S sets the bound\)$/);
+      assert.ok(!e.message.includes('pw@'), 'no connection string in the error');
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 5000, `failed after ${Date.now() - t0} ms (bound 1 s)`);
+  } finally {
+    for (const [key, value] of [['TERRAFORM_BINARY_NAME', saved.bin], ['PGVAULT_TERRAFORM_TIMEOUT_S', saved.timeout]] as const) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

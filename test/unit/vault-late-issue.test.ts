@@ -52,3 +52,27 @@ test('a read of credentials that timed out is not sent to the next node (it may 
   await a.close();
   await b.close();
 });
+
+test('an AppRole login that timed out is not sent to the next node (it may have spent a secret_id use and left a token); a refused connection is', { timeout: 20_000 }, async () => {
+  const a = await new FakeVaultServer().listen();
+  const b = await new FakeVaultServer(a).listen();
+  const session = new VaultSession({ address: a.address, addresses: [a.address, b.address], timeoutMillis: 200 });
+  session.on('error', () => undefined);
+  // Node a logs in (a token is created) and answers too late.
+  a.override = (path) => (path.endsWith('/login') ? { status: 200, body: { auth: { client_token: 'late-token', lease_duration: 3600, policies: [] } }, delayMillis: 600 } : undefined);
+  const e = await session.login('approle', 'role-id', 'secret-id').catch((x) => x);
+  assert.ok(e instanceof Error, 'the login failed on the timeout');
+  assert.equal(b.count(/\/login$/), 0, 'the other node was not asked to log in');
+  // A node that refuses the connection did not serve it: the login moves on.
+  const c = await new FakeVaultServer().listen();
+  const d = await new FakeVaultServer(c).listen();
+  await c.close();
+  const other = new VaultSession({ address: c.address, addresses: [c.address, d.address], timeoutMillis: 200 });
+  other.on('error', () => undefined);
+  await other.login('approle', 'role-id', 'secret-id');
+  assert.equal(d.count(/\/login$/), 1);
+  await other.revokeSelf();
+  await a.close();
+  await b.close();
+  await d.close();
+});
