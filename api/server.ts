@@ -91,12 +91,16 @@ function writeNotApplied(err: DatabaseError): boolean {
  * rest is 504 outcome unknown): the connection (08), an operator or a crash (57P0x), or
  * resources (53) → 503; this API's own deadline or statement_timeout (57014), a refused login
  * (28) and a transaction rolled back for a conflict (40) → 503 too, for a retry helps; bad data
- * (22) or a constraint (23) → 400; anything else → 500. Without a SQLSTATE the database could
+ * (22) or a constraint (23) → 400; permission denied (42501, a session whose credentials are being
+ * revoked) → 503; anything else → 500. Without a SQLSTATE the database could
  * not be reached → 503.
  */
 function databaseAnswer(err: DatabaseError, write: boolean): [number, string] {
   const state = err.sqlState ?? '';
   if (state === '' || /^(08|53|57P0|28|40)/.test(state) || state === '57014') return [503, `the database is unavailable; ${write ? 'nothing was written; ' : ''}try again`];
+  // Permission denied on a session whose credentials are being revoked (the revocation takes the
+  // group membership away before it ends the sessions): new credentials answer, so retry.
+  if (state === '42501') return [503, `the database refused this request's credentials (SQLSTATE 42501: they were being revoked or rotated); ${write ? 'nothing was written; ' : ''}try again`];
   if (/^(22|23)/.test(state)) return [400, `the database refused the value (SQLSTATE ${state}): ${err.message.replace(/^query failed: /, '').slice(0, 200)}; expected a value the column accepts`];
   return [500, `internal error (SQLSTATE ${state})`];
 }

@@ -42,7 +42,8 @@ test('database errors answer by SQLSTATE class: a read 08, 57P0x, 53 → 503; 22
     ['53300', 503, /^the database is unavailable; /],
     ['22003', 400, /^the database refused the value \(SQLSTATE 22003\): the failure of SQLSTATE 22003; expected/],
     ['23514', 400, /^the database refused the value \(SQLSTATE 23514\)/],
-    ['42501', 500, /^internal error \(SQLSTATE 42501\)$/],
+    ['42501', 503, /^the database refused this request's credentials \(SQLSTATE 42501: they were being revoked or rotated\); try again$/],
+    ['42P01', 500, /^internal error \(SQLSTATE 42P01\)$/],
     ['XX000', 500, /^internal error \(SQLSTATE XX000\)$/],
   ];
   for (const [sqlState, status, message] of cases) {
