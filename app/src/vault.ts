@@ -179,7 +179,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     // Vault locks a role_id out (403 for every instance, 15 min by default) after a few failed
     // logins: a refused secret is never sent again; the next login waits for a new one.
     if (req.digest === this.#refusedSecret) {
-      throw new AppConfigError(method.refusedAgainCode, `Vault refused this ${method.name}'s secret before; waiting for a new one from ${method.from}`);
+      throw new AppConfigError(method.refusedAgainCode, `Vault refused this secret before (${method.name}); waiting for a new one from ${method.from}`);
     }
     const sentAt = Date.now();
     const sentMono = monotonic();

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { VaultSession } from '@pgvault/runtime';
+import { jwtLogin, VaultSession } from '@pgvault/runtime';
 import { REPO_ROOT } from '../../stacks/config';
 import { destroySecretIdAccessor, secretIdAccessors } from '../../scripts/vault-admin';
 import { outputsFile } from '../../scripts/ops';
@@ -158,7 +158,7 @@ describe('secret zero: JWT, wrapped secret_ids, secret_id hygiene', () => {
       const bad = mint({}, other);
       written.push(bad);
       fs.writeFileSync(file, bad);
-      await h.waitFor('a re-login refused with the bad token', async () => /re-login failed.*JWT login/.test(s.output()), TOKEN_MAX_TTL * 2000);
+      await h.waitFor('a re-login refused with the bad token', async () => /re-login failed: VAULT_HTTP: Vault auth\/jwt\/login failed \(HTTP 400: [^)]*signature/.test(s.output()), TOKEN_MAX_TTL * 2000);
       // The rotated good token: the next re-login uses it.
       const rotated = mint({});
       written.push(rotated);
@@ -199,6 +199,7 @@ describe('secret zero: JWT, wrapped secret_ids, secret_id hygiene', () => {
     assert.match(issued.stderr, /wrapping token accessor: \S+/);
     assert.ok(!issued.stderr.includes(token), 'the token is not on stderr');
     const file = writeSecret('wrapped', token);
+    const tokens = [token];
     const a = serve('wrapped-a', { PGVAULT_SECRET_ID_WRAPPED_FILE: file });
     try {
       await serving(a);
@@ -206,10 +207,21 @@ describe('secret zero: JWT, wrapped secret_ids, secret_id hygiene', () => {
       const line = await refusedToStart(b);
       assert.match(line, /APP_WRAPPED_INVALID: .*used or expired; if not by you, it may have been stolen; check the audit log for its accessor/);
       noSecretIn(b.output(), [token]);
+      // At its next re-login the first server finds the token it used itself: waiting, not theft.
+      await h.waitFor('the first server waiting for a new wrapped file', async () => a.output().includes('APP_WRAPPED_WAITING'), TOKEN_MAX_TTL * 3000);
+      assert.doesNotMatch(a.output(), /stolen/);
+      // The orchestrator writes a fresh wrapped secret_id: the next re-login unwraps and uses it.
+      const fresh = secretIdCommand('--wrap-ttl', '60');
+      assert.equal(fresh.status, 0, fresh.stderr);
+      tokens.push(fresh.stdout.trim());
+      const before = a.output().length;
+      fs.writeFileSync(file, fresh.stdout);
+      await h.waitFor('a re-login with the fresh wrapped secret_id', async () => a.output().slice(before).includes('Vault token replaced'), 20_000);
+      assert.equal(await items(a.port), 200);
     } finally {
       await a.stop();
     }
-    noSecretIn(a.output(), [token]);
+    noSecretIn(a.output(), tokens);
     assert.equal(secretIdCommand('--app', 'someone-else').status, 2, '--app names the one app of the environment');
 
     const short = secretIdCommand('--wrap-ttl', '1');
@@ -288,9 +300,40 @@ describe('secret zero: JWT, wrapped secret_ids, secret_id hygiene', () => {
       await new Promise((r) => setTimeout(r, (TOKEN_MAX_TTL + 2) * 1000));
       assert.ok(fs.existsSync(jwtFile), 'the JWT file is kept (remove_jwt_after_reading = false)');
       assert.equal(agent.child.exitCode, null, `bao agent exited; see ${logFile}`);
-      assert.match(fs.readFileSync(logFile, 'utf8'), /authentication successful/);
+      const logins = fs.readFileSync(logFile, 'utf8').match(/authentication successful/g)?.length ?? 0;
+      console.log(`# figure: bao agent jwt logins over ${TOKEN_MAX_TTL + 2}s past the first render: ${logins}`);
+      assert.ok(logins >= 2, `the agent logged in again with the kept file (${logins} logins); see ${logFile}`);
     } finally {
       await agent.stop();
     }
+  });
+
+  test('hygiene: with the role bound to addresses this machine does not have (secretIdBoundCidrs, tokenBoundCidrs), AppRole and JWT logins are refused', T(240), async () => {
+    // Redeploy with the role-level bindings narrowed to TEST-NET-1: the host's requests reach Vault
+    // from the Docker network's gateway, outside it.
+    const envFile = path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${ENV}.json`);
+    const doc = JSON.parse(fs.readFileSync(envFile, 'utf8'));
+    doc.appAccess.secretIdBoundCidrs = ['192.0.2.0/24'];
+    doc.appAccess.tokenBoundCidrs = ['192.0.2.0/24'];
+    // The last test: the environment stays narrowed until the destroy.
+    fs.writeFileSync(envFile, JSON.stringify(doc, null, 2));
+    const d = await h.timed(() => h.deploy(ENV));
+    console.log(`# figure: redeploy of ${ENV} with narrowed CIDRs: ${d.seconds.toFixed(1)}s`);
+    const out = JSON.parse(fs.readFileSync(outputsFile(ENV), 'utf8'));
+    const issued = secretIdCommand();
+    assert.equal(issued.status, 0, issued.stderr);
+    await assert.rejects(new VaultSession({ address: VAULT }).login(out.approle_mount, out.approle_role_id, issued.stdout.trim()), (e: any) => {
+      console.log(`# AppRole, role bound elsewhere: ${e.message}`);
+      return e.status === 400 || e.status === 403;
+    });
+    const jwtFile = writeSecret('jwt-cidr', mint({}));
+    const s = new VaultSession({ address: VAULT });
+    const refused = await s.loginWith(jwtLogin({ mount: out.jwt_mount, role: out.jwt_role_name, file: jwtFile })).then(
+      // Bound token CIDRs may be checked at the token's use rather than at login.
+      () => s.read(`${out.mount_path}/creds/readonly`).then(() => undefined, (e: any) => e),
+      (e: any) => e,
+    );
+    assert.ok(refused && refused.status >= 400 && refused.status < 500, 'a JWT login (or its token) from outside tokenBoundCidrs is refused');
+    console.log(`# JWT, tokens bound elsewhere: ${refused.message}`);
   });
 });
