@@ -62,3 +62,16 @@ test('a private key named as a public key file is refused at synth', T, () => {
   const env = resolveEnvironment('e', 'e.json', base({ jwt: { ...jwt, publicKeyFiles: [priv] } }));
   assert.throws(() => new SecretsStack(Testing.app(), 'e-secrets', { env }), (e: any) => e.code === 'ENV_SCHEMA' && e.message.includes('never a private key'));
 });
+
+test('secret-id arguments: an environment, --app and --wrap-ttl; anything else is a usage error naming the value', T, () => {
+  // Imported, not run: the command runs only as the process's own script.
+  const { parseSecretIdArgs } = require('../../scripts/secret-id') as typeof import('../../scripts/secret-id');
+  assert.deepEqual(parseSecretIdArgs(['local']), { env: 'local', app: undefined, wrapTtlSeconds: undefined });
+  assert.deepEqual(parseSecretIdArgs(['local', '--app', 'pgvault-app', '--wrap-ttl', '120']), { env: 'local', app: 'pgvault-app', wrapTtlSeconds: 120 });
+  assert.throws(() => parseSecretIdArgs([]), /no environment given; usage:/);
+  assert.throws(() => parseSecretIdArgs(['local', '--wrap-ttl', '0']), /--wrap-ttl is "0"; expected a whole number of seconds/);
+  assert.throws(() => parseSecretIdArgs(['local', '--wrap-ttl', '1m']), /--wrap-ttl is "1m"/);
+  assert.throws(() => parseSecretIdArgs(['local', '--wrap-ttl']), /--wrap-ttl needs a value/);
+  assert.throws(() => parseSecretIdArgs(['local', '--wrap']), /unknown option "--wrap"/);
+  assert.throws(() => parseSecretIdArgs(['local', 'ha']), /unexpected argument "ha"/);
+});
