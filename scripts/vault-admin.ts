@@ -78,7 +78,12 @@ export interface IssuedSecretId {
 /** The AppRole's secret-id path of a deployed environment, from its outputs. */
 export function secretIdPath(name: string): { env: EnvironmentConfig; mount: string; role: string } {
   const env = loadEnvironment(name);
-  const outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
+  let outputs: any;
+  try {
+    outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
+  } catch (e: any) {
+    throw new Error(`cannot read the deploy outputs of ${name} from ${outputsFile(env.name)} (${e.code ?? e.message}); deploy it first: npm run deploy -- ${name}`);
+  }
   return { env, mount: outputs.approle_mount, role: outputs.approle_role_name };
 }
 
