@@ -3,9 +3,11 @@
  * The REST API against a deployed environment:
  *   npm run serve -- <env>            (builds first; npm passes SIGTERM/SIGINT on)
  *   node dist/scripts/serve.js <env>  (containers, systemd: no npm in between)
- * The AppRole secret_id comes from PGVAULT_SECRET_ID_FILE (read again at every login, so an
- * orchestrator can refresh it) or PGVAULT_SECRET_ID. Only for a docker environment, when
- * neither is set, one is issued with the environment's admin token for each login.
+ * The login: PGVAULT_AUTH=jwt with PGVAULT_JWT_FILE (read again at every login); or an AppRole
+ * secret_id from PGVAULT_SECRET_ID_WRAPPED_FILE (response-wrapped, unwrapped at login),
+ * PGVAULT_SECRET_ID_FILE (read again at every login, so an orchestrator can refresh it) or
+ * PGVAULT_SECRET_ID. Only for a docker environment, when none is set, one secret_id is issued
+ * with the environment's admin token for each login, and destroyed once that login used it.
  * PORT (default 8080). PGVAULT_START_TIMEOUT_SECONDS bounds the start-up retries (default 30).
  * PGVAULT_REQUEST_TIMEOUT_SECONDS: each request's deadline (default 5).
  * PGVAULT_SHUTDOWN_TIMEOUT_SECONDS: the bound on a shutdown (default 20).
@@ -13,10 +15,11 @@
  * server exits 1 (default 60).
  * SIGTERM / SIGINT: stop taking work, drain, revoke every lease and the token, exit 0.
  */
-import { appConfigFromOutputs, AppConfigError, CredentialRuntime, readOutputs, safeMessage, backoffDelay, sleep, createLogger } from '@pgvault/runtime';
+import { appConfigFromOutputs, appRoleLogin, AppConfigError, CredentialRuntime, readOutputs, safeMessage, backoffDelay, sleep, createLogger } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
-import { issueSecretId, outputsFile } from './ops';
+import { outputsFile } from './ops';
+import { destroySecretIdAccessor, issueSecretIdWithAccessor, IssuedSecretId } from './vault-admin';
 
 const logger = createLogger('pgvault-serve');
 
@@ -28,10 +31,10 @@ function seconds(name: string, fallback: number): number {
 }
 
 /** For docker environments only: a secret_id issued with the admin token, retried until `deadline`. */
-async function adminSecretId(envName: string, deadline: number): Promise<string> {
+async function adminSecretId(envName: string, deadline: number): Promise<IssuedSecretId> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await issueSecretId(envName, Math.min(3000, Math.max(500, deadline - Date.now())));
+      return await issueSecretIdWithAccessor(envName, { timeoutMillis: Math.min(3000, Math.max(500, deadline - Date.now())) });
     } catch (e: any) {
       const delay = backoffDelay(attempt);
       if (Date.now() + delay > deadline) {
@@ -63,19 +66,39 @@ async function main(): Promise<void> {
   const env = loadEnvironment(envName);
   const outputs = readOutputs(outputsFile(envName));
   let cfg;
-  if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) {
+  const e = process.env;
+  if (e.PGVAULT_SECRET_ID_FILE || e.PGVAULT_SECRET_ID || e.PGVAULT_SECRET_ID_WRAPPED_FILE || (e.PGVAULT_AUTH && e.PGVAULT_AUTH !== 'approle')) {
     cfg = appConfigFromOutputs(outputs);
   } else if (env.infrastructure === 'docker') {
-    cfg = appConfigFromOutputs(outputs, {
-      secretId: await adminSecretId(envName, deadline),
-      secretIdSource: () => issueSecretId(envName, 5000),
-      secretIdFrom: `the admin token of the docker environment ${envName}`,
+    // One secret_id per login, destroyed (by its accessor) once the login has used it: none is left lying around.
+    let issued: IssuedSecretId | undefined = await adminSecretId(envName, deadline);
+    const first = issued.value;
+    const login = appRoleLogin({
+      mount: outputs.approle_mount,
+      roleId: outputs.approle_role_id,
+      first,
+      secretId: async () => {
+        issued = await issueSecretIdWithAccessor(envName, { timeoutMillis: 5000 });
+        return issued.value;
+      },
+      from: `the admin token of the docker environment ${envName}`,
+      settled: async () => {
+        const used = issued;
+        issued = undefined;
+        if (!used) return;
+        try {
+          await destroySecretIdAccessor(envName, used.accessor);
+        } catch (err) {
+          logger.warn({ accessor: used.accessor }, `could not destroy the used secret_id (${safeMessage(err)}); it expires with its TTL`);
+        }
+      },
     });
+    cfg = appConfigFromOutputs(outputs, { secretId: first, login, secretIdFrom: login.from });
   } else {
     throw new AppConfigError(
       'APP_SECRET_ID',
       `environment ${envName} is "infrastructure": "${env.infrastructure}": the server does not use the admin token there. ` +
-        `Set PGVAULT_SECRET_ID_FILE to a file (mode 0600) holding an AppRole secret_id, issued by whoever holds the admin token: ` +
+        `Set PGVAULT_AUTH=jwt with PGVAULT_JWT_FILE, PGVAULT_SECRET_ID_WRAPPED_FILE to a file holding a wrapped secret_id, or PGVAULT_SECRET_ID_FILE to a file (mode 0600) holding an AppRole secret_id, issued by whoever holds the admin token: ` +
         `vault write -f -field=secret_id auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`,
     );
   }
@@ -93,8 +116,8 @@ async function main(): Promise<void> {
     lease.on('lost', (c, why) => logger.warn({ role, user: c.username }, `lease lost: ${why}`));
     lease.on('error', (e, op) => logger.warn({ role, operation: op, code: e.code }, `${op} failed: ${safeMessage(e)}`));
   }
-  runtime.session.on('relogin', () => logger.info('Vault token replaced by a new AppRole login'));
-  runtime.session.on('loginFailed', (e, refused) => logger.warn({ code: e.code, refused }, `AppRole re-login failed: ${safeMessage(e)}`));
+  runtime.session.on('relogin', () => logger.info(`Vault token replaced by a new ${cfg.login?.name ?? 'AppRole login'}`));
+  runtime.session.on('loginFailed', (e, refused) => logger.warn({ code: e.code, refused }, `re-login failed: ${safeMessage(e)}`));
   runtime.session.on('lateLease', (role, revoked) => logger.warn({ role, revoked }, revoked ? 'credentials Vault sent after their request gave up were revoked' : 'credentials Vault sent after their request gave up could not be revoked; they expire with their TTL'));
 
   let stopping = false;

@@ -14,13 +14,13 @@ export class VaultAdminError extends Error {
 }
 
 /** A minimal admin call to Vault with the environment's CA. */
-export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000): Promise<any> {
+export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000, headers: Record<string, string> = {}): Promise<any> {
   const u = new URL(url);
   const ca = env.vault.caCertFile ? fs.readFileSync(env.vault.caCertFile) : undefined;
   return new Promise((resolve, reject) => {
     const req = (u.protocol === 'https:' ? https : http).request(
       u,
-      { method, headers: { 'X-Vault-Token': token, 'Content-Type': 'application/json' }, ca, servername: env.vault.tlsServerName } as any,
+      { method, headers: { ...headers, 'X-Vault-Token': token, 'Content-Type': 'application/json' }, ca, servername: env.vault.tlsServerName } as any,
       (res) => {
         let data = '';
         res.on('data', (c) => (data += c));
@@ -48,13 +48,13 @@ export async function vaultFetch(env: EnvironmentConfig, url: string, token: str
 }
 
 /** An admin call with the environment's admin token, to its configured address. */
-export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath: string, body?: unknown, timeoutMillis?: number): Promise<any> {
+export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath: string, body?: unknown, timeoutMillis?: number, headers?: Record<string, string>): Promise<any> {
   const token = readSecretFile(env.vault.tokenFile, 'the Vault admin token');
   // A cluster: a node that does not answer or is sealed (503) is skipped for the next.
   const addresses = env.vault.addresses ?? [env.vault.address];
   for (let i = 0; ; i++) {
     try {
-      return await vaultFetch(env, `${addresses[i]}/v1/${apiPath}`, token, method, body, timeoutMillis);
+      return await vaultFetch(env, `${addresses[i]}/v1/${apiPath}`, token, method, body, timeoutMillis, headers);
     } catch (e) {
       const skip = !(e instanceof VaultAdminError) || e.status === 503;
       if (!skip || i === addresses.length - 1) throw e;
@@ -64,10 +64,56 @@ export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath
 
 /** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */
 export async function issueSecretId(name: string, timeoutMillis = 10_000): Promise<string> {
+  return (await issueSecretIdWithAccessor(name, { timeoutMillis })).value;
+}
+
+/** A secret_id and its accessor (to destroy it, or find it in the audit log), or a wrapping token and the wrapping token's accessor. */
+export interface IssuedSecretId {
+  /** The secret_id, or with `wrapTtlSeconds` the wrapping token. Never logged. */
+  readonly value: string;
+  readonly accessor: string;
+  readonly wrapped: boolean;
+}
+
+/** The AppRole's secret-id path of a deployed environment, from its outputs. */
+export function secretIdPath(name: string): { env: EnvironmentConfig; mount: string; role: string } {
   const env = loadEnvironment(name);
-  const outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
-  const res = await vaultAdmin(env, 'POST', `auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`, {}, timeoutMillis);
-  return res.data.secret_id;
+  let outputs: any;
+  try {
+    outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
+  } catch (e: any) {
+    throw new Error(`cannot read the deploy outputs of ${name} from ${outputsFile(env.name)} (${e.code ?? e.message}); deploy it first: npm run deploy -- ${name}`);
+  }
+  return { env, mount: outputs.approle_mount, role: outputs.approle_role_name };
+}
+
+/**
+ * Issues a secret_id with the environment's admin token; with `wrapTtlSeconds`, response-wrapped
+ * (Vault answers with a single-use wrapping token that expires after that many seconds).
+ */
+export async function issueSecretIdWithAccessor(name: string, opts: { wrapTtlSeconds?: number; timeoutMillis?: number } = {}): Promise<IssuedSecretId> {
+  const { env, mount, role } = secretIdPath(name);
+  const wrap = opts.wrapTtlSeconds ? { 'X-Vault-Wrap-TTL': `${opts.wrapTtlSeconds}s` } : undefined;
+  const res = await vaultAdmin(env, 'POST', `auth/${mount}/role/${role}/secret-id`, {}, opts.timeoutMillis ?? 10_000, wrap);
+  if (wrap) return { value: res.wrap_info.token, accessor: res.wrap_info.accessor, wrapped: true };
+  return { value: res.data.secret_id, accessor: res.data.secret_id_accessor, wrapped: false };
+}
+
+/** Destroys one secret_id by its accessor (the secret_id itself is not needed). */
+export async function destroySecretIdAccessor(name: string, accessor: string, timeoutMillis = 5000): Promise<void> {
+  const { env, mount, role } = secretIdPath(name);
+  await vaultAdmin(env, 'POST', `auth/${mount}/role/${role}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }, timeoutMillis);
+}
+
+/** The accessors of the AppRole's live secret_ids. */
+export async function secretIdAccessors(name: string): Promise<string[]> {
+  const { env, mount, role } = secretIdPath(name);
+  try {
+    return (await vaultAdmin(env, 'GET', `auth/${mount}/role/${role}/secret-id?list=true`)).data?.keys ?? [];
+  } catch (e) {
+    if (e instanceof VaultAdminError && e.status === 404) return [];
+    throw e;
+  }
 }
 
 /** What state the environment's database mount is in, as seen by the admin token. */

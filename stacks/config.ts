@@ -123,6 +123,13 @@ export interface EnvironmentConfig {
     readonly tokenTtlSeconds: number;
     readonly tokenMaxTtlSeconds: number;
     readonly secretIdTtlSeconds: number;
+    /** Logins one secret_id serves; 0: unlimited. */
+    readonly secretIdNumUses: number;
+    /** Where secret_ids may log in from, and where tokens may be used from; empty: anywhere. */
+    readonly secretIdBoundCidrs: readonly string[];
+    readonly tokenBoundCidrs: readonly string[];
+    /** Workload-identity login; undefined: none. */
+    readonly jwt?: JwtAccessConfig;
   };
   /**
    * Names of the Postgres objects the bootstrap creates, per environment so that several
@@ -142,6 +149,20 @@ export interface EnvironmentConfig {
     /** The COMMENT that marks an object as created by this environment: `pgvault:<env>`. */
     readonly mark: string;
   };
+}
+
+/** appAccess.jwt, resolved: the issuer's key files, or its JWKS or discovery URL. */
+export interface JwtAccessConfig {
+  readonly mount: string;
+  readonly roleName: string;
+  /** Exactly one of the three. The files (absolute) are read at synth (stacks/jwt-access.ts). */
+  readonly publicKeyFiles?: readonly string[];
+  readonly jwksUrl?: string;
+  readonly oidcDiscoveryUrl?: string;
+  readonly boundIssuer?: string;
+  readonly boundAudiences: readonly string[];
+  readonly boundSubject: string;
+  readonly userClaim: string;
 }
 
 /**
@@ -387,9 +408,55 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       tokenTtlSeconds,
       tokenMaxTtlSeconds,
       secretIdTtlSeconds: aa.secretIdTtlSeconds ?? 86400,
+      secretIdNumUses: aa.secretIdNumUses ?? 0,
+      secretIdBoundCidrs: aa.secretIdBoundCidrs ?? [],
+      tokenBoundCidrs: aa.tokenBoundCidrs ?? [],
+      jwt: aa.jwt ? resolveJwt(file, aa.jwt, aa.roleName ?? 'pgvault-app') : undefined,
     },
     database,
   };
+}
+
+/** appAccess.jwt: exactly one way to check signatures; key files are relative to the repository root. */
+function resolveJwt(file: string, j: any, defaultRoleName: string): JwtAccessConfig {
+  const given = (['publicKeyFiles', 'jwksUrl', 'oidcDiscoveryUrl'] as const).filter((k) => j[k] !== undefined);
+  if (given.length !== 1) {
+    throw errors.schemaViolation(
+      file,
+      'appAccess.jwt',
+      Object.fromEntries(given.map((k) => [k, j[k]])),
+      `exactly one of "publicKeyFiles", "jwksUrl" or "oidcDiscoveryUrl" (${given.length ? `${given.length} are given: ${given.join(', ')}` : 'none is given'}); keys work offline, the URLs need the issuer reachable from Vault`,
+    );
+  }
+  const publicKeyFiles = (j.publicKeyFiles as string[] | undefined)?.map((f) => path.resolve(REPO_ROOT, f));
+  return {
+    mount: j.mount ?? 'jwt',
+    roleName: j.roleName ?? defaultRoleName,
+    publicKeyFiles,
+    jwksUrl: j.jwksUrl,
+    oidcDiscoveryUrl: j.oidcDiscoveryUrl,
+    boundIssuer: j.boundIssuer,
+    boundAudiences: j.boundAudiences,
+    boundSubject: j.boundSubject,
+    userClaim: j.userClaim ?? 'sub',
+  };
+}
+
+/** The PEM public keys of appAccess.jwt.publicKeyFiles, read at synth; a missing or private key is a ConfigError. */
+export function readJwtPublicKeys(env: EnvironmentConfig): string[] | undefined {
+  return env.appAccess.jwt?.publicKeyFiles?.map((f, i) => {
+    const setting = `appAccess.jwt.publicKeyFiles.${i}`;
+    let pem: string;
+    try {
+      pem = fs.readFileSync(f, 'utf8');
+    } catch (e: any) {
+      throw errors.schemaViolation(env.file, setting, f, `a readable PEM public key file, relative to the repository root (${e.code ?? e.message})`);
+    }
+    if (/PRIVATE KEY/.test(pem) || !/-----BEGIN (RSA )?PUBLIC KEY-----/.test(pem)) {
+      throw errors.schemaViolation(env.file, setting, f, 'a PEM public key ("-----BEGIN PUBLIC KEY-----"); never a private key, which only the issuer keeps');
+    }
+    return pem.trim() + '\n';
+  });
 }
 
 function resolveState(file: string, doc: any): StateConfig {

@@ -2,10 +2,11 @@ import * as path from 'node:path';
 import { Construct } from 'constructs';
 import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
-import { EnvironmentConfig, REPO_ROOT } from './config';
+import { EnvironmentConfig, readJwtPublicKeys, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
+import { JwtAccess } from './constructs/jwt-access';
 import { ScriptHook, ScriptHookProps } from './constructs/script-hook';
 import { InfraStack } from './infra-stack';
 import { pinProviders, stateBackend } from './common';
@@ -21,6 +22,8 @@ export class SecretsStack extends TerraformStack {
   public readonly engine: DatabaseSecretsEngine;
   public readonly roles: DatabaseRole[];
   public readonly access: AppAccess;
+  /** Workload-identity login, when the environment sets appAccess.jwt. */
+  public readonly jwt?: JwtAccess;
 
   constructor(scope: Construct, id: string, props: SecretsStackProps) {
     super(scope, id);
@@ -117,7 +120,28 @@ export class SecretsStack extends TerraformStack {
       tokenTtlSeconds: env.appAccess.tokenTtlSeconds,
       tokenMaxTtlSeconds: env.appAccess.tokenMaxTtlSeconds,
       secretIdTtlSeconds: env.appAccess.secretIdTtlSeconds,
+      secretIdNumUses: env.appAccess.secretIdNumUses,
+      secretIdBoundCidrs: env.appAccess.secretIdBoundCidrs,
+      tokenBoundCidrs: env.appAccess.tokenBoundCidrs,
     });
+    const jwt = env.appAccess.jwt;
+    if (jwt) {
+      this.jwt = new JwtAccess(this, 'jwt-access', {
+        policy: this.access.policy,
+        mount: jwt.mount,
+        roleName: jwt.roleName,
+        publicKeys: readJwtPublicKeys(env),
+        jwksUrl: jwt.jwksUrl,
+        oidcDiscoveryUrl: jwt.oidcDiscoveryUrl,
+        boundIssuer: jwt.boundIssuer,
+        boundAudiences: jwt.boundAudiences,
+        boundSubject: jwt.boundSubject,
+        userClaim: jwt.userClaim,
+        tokenTtlSeconds: env.appAccess.tokenTtlSeconds,
+        tokenMaxTtlSeconds: env.appAccess.tokenMaxTtlSeconds,
+        tokenBoundCidrs: env.appAccess.tokenBoundCidrs,
+      });
+    }
 
     const outputs: Record<string, unknown> = {
       vault_address: infra ? infra.vault.address : env.vault.address,
@@ -141,6 +165,10 @@ export class SecretsStack extends TerraformStack {
       approle_role_id: this.access.roleId,
       policy_name: this.access.policy.name,
     };
+    if (this.jwt) {
+      outputs.jwt_mount = this.jwt.backend.path;
+      outputs.jwt_role_name = this.jwt.role.roleName;
+    }
     // Several addresses (a cluster): the app fails over between them.
     if (env.vault.addresses.length > 1) outputs.vault_addresses = env.vault.addresses;
     for (const [name, value] of Object.entries(outputs)) new TerraformOutput(this, name, { value, staticId: true });

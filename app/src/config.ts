@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
 import { AppConfigError } from './errors';
-import type { SecretIdSource } from './vault';
+import { jwtLogin, LoginMethod, readSecretSetting, SecretIdSource, wrappedSecretIdLogin } from './login';
 
 /** What the app needs, from a deployed environment's outputs.json plus its secret_id. */
 export interface AppConfig {
@@ -18,6 +18,11 @@ export interface AppConfig {
   readonly secretIdSource?: SecretIdSource;
   /** Where the secret_id comes from, for messages (never the value). */
   readonly secretIdFrom?: string;
+  /**
+   * How to log in, when not with the secret_id above: a JWT file (PGVAULT_AUTH=jwt) or a
+   * response-wrapped secret_id (PGVAULT_SECRET_ID_WRAPPED_FILE). @default AppRole with secretId
+   */
+  readonly login?: LoginMethod;
   readonly mountPath: string;
   readonly roles: readonly string[];
   /** Each role's max TTL, so leases rotate before they reach it. */
@@ -60,6 +65,9 @@ export interface DeployOutputs {
   readonly approle_mount: string;
   readonly approle_role_name: string;
   readonly approle_role_id: string;
+  /** The JWT auth mount and role, when the environment sets appAccess.jwt. */
+  readonly jwt_mount?: string;
+  readonly jwt_role_name?: string;
   readonly vault_ca_cert_file?: string;
   readonly postgres_ca_cert_file?: string;
   readonly role_endpoints?: Record<string, RoleEndpoint>;
@@ -82,16 +90,29 @@ export function readOutputs(file: string): DeployOutputs {
 
 /** A secret_id source that reads `file` at every login, so an orchestrator can refresh it. */
 export function secretIdFile(file: string): SecretIdSource {
-  return () => {
-    let value: string;
-    try {
-      value = fs.readFileSync(file, 'utf8').trim();
-    } catch (e: any) {
-      throw new AppConfigError('APP_SECRET_ID', `PGVAULT_SECRET_ID_FILE names ${file}, which cannot be read (${e.code}); point it at a file holding the AppRole secret_id`);
+  return () => readSecretSetting('PGVAULT_SECRET_ID_FILE', file, 'the AppRole secret_id', 'APP_SECRET_ID');
+}
+
+/** The login methods other than AppRole with a plain secret_id, chosen by PGVAULT_AUTH and PGVAULT_SECRET_ID_WRAPPED_FILE. */
+function loginFromEnv(outputs: DeployOutputs, env: NodeJS.ProcessEnv): LoginMethod | undefined {
+  const auth = env.PGVAULT_AUTH || 'approle';
+  if (auth !== 'approle' && auth !== 'jwt') {
+    throw new AppConfigError('APP_AUTH', `PGVAULT_AUTH is "${auth}"; expected "approle" (the default) or "jwt" (with PGVAULT_JWT_FILE)`);
+  }
+  if (auth === 'jwt') {
+    if (!env.PGVAULT_JWT_FILE) throw new AppConfigError('APP_JWT', 'PGVAULT_AUTH is "jwt" but PGVAULT_JWT_FILE is not set; set it to the file holding the workload\'s identity token (read again at every login)');
+    if (!outputs.jwt_mount || !outputs.jwt_role_name) {
+      throw new AppConfigError('APP_JWT', 'PGVAULT_AUTH is "jwt" but the deploy outputs have no jwt_mount/jwt_role_name: set "appAccess.jwt" in the environment file and deploy again (npm run deploy -- <env>)');
     }
-    if (!value) throw new AppConfigError('APP_SECRET_ID', `PGVAULT_SECRET_ID_FILE names ${file}, which is empty; write the AppRole secret_id into it`);
-    return value;
-  };
+    return jwtLogin({ mount: outputs.jwt_mount, role: outputs.jwt_role_name, file: env.PGVAULT_JWT_FILE });
+  }
+  if (env.PGVAULT_SECRET_ID_WRAPPED_FILE) {
+    for (const other of ['PGVAULT_SECRET_ID_FILE', 'PGVAULT_SECRET_ID']) {
+      if (env[other]) throw new AppConfigError('APP_SECRET_ID', `both PGVAULT_SECRET_ID_WRAPPED_FILE and ${other} are set; expected one source of the secret_id: unset ${other}`);
+    }
+    return wrappedSecretIdLogin({ mount: outputs.approle_mount, roleId: outputs.approle_role_id, roleName: outputs.approle_role_name, file: env.PGVAULT_SECRET_ID_WRAPPED_FILE });
+  }
+  return undefined;
 }
 
 /**
@@ -101,23 +122,28 @@ export function secretIdFile(file: string): SecretIdSource {
  */
 export function appConfigFromOutputs(
   outputs: DeployOutputs,
-  opts: { secretId?: string; secretIdSource?: SecretIdSource; secretIdFrom?: string; env?: NodeJS.ProcessEnv } = {},
+  opts: { secretId?: string; secretIdSource?: SecretIdSource; secretIdFrom?: string; login?: LoginMethod; env?: NodeJS.ProcessEnv } = {},
 ): AppConfig {
   const env = opts.env ?? process.env;
   let secretId = opts.secretId;
   let secretIdSource = opts.secretIdSource;
   let secretIdFrom = opts.secretIdFrom ?? (secretId ? 'the caller' : undefined);
-  if (!secretId && env.PGVAULT_SECRET_ID_FILE) {
+  const login = opts.login ?? (secretId ? undefined : loginFromEnv(outputs, env));
+  if (login) {
+    secretId = '';
+    secretIdFrom = login.from;
+  }
+  if (!login && !secretId && env.PGVAULT_SECRET_ID_FILE) {
     secretIdSource ??= secretIdFile(env.PGVAULT_SECRET_ID_FILE);
     secretId = secretIdFile(env.PGVAULT_SECRET_ID_FILE)() as string;
     secretIdFrom = `PGVAULT_SECRET_ID_FILE (${env.PGVAULT_SECRET_ID_FILE})`;
   }
-  if (!secretId && env.PGVAULT_SECRET_ID) {
+  if (!login && !secretId && env.PGVAULT_SECRET_ID) {
     secretId = env.PGVAULT_SECRET_ID;
     secretIdFrom = 'PGVAULT_SECRET_ID';
   }
-  if (!secretId) {
-    throw new AppConfigError('APP_SECRET_ID', 'no AppRole secret_id: set PGVAULT_SECRET_ID_FILE (a file holding it) or PGVAULT_SECRET_ID');
+  if (!login && !secretId) {
+    throw new AppConfigError('APP_SECRET_ID', 'no AppRole secret_id: set PGVAULT_SECRET_ID_FILE (a file holding it), PGVAULT_SECRET_ID_WRAPPED_FILE (a response-wrapped one), or PGVAULT_AUTH=jwt with PGVAULT_JWT_FILE');
   }
   let vaultCaCert: string | undefined;
   const caFile = env.PGVAULT_VAULT_CACERT || outputs.vault_ca_cert_file;
@@ -143,9 +169,10 @@ export function appConfigFromOutputs(
     vaultCaCert,
     approleMount: outputs.approle_mount,
     roleId: outputs.approle_role_id,
-    secretId,
+    secretId: secretId ?? '',
     secretIdSource,
     secretIdFrom,
+    login,
     mountPath: outputs.mount_path,
     roles: outputs.roles,
     roleMaxTtlSeconds: outputs.role_max_ttl_seconds,
@@ -161,7 +188,7 @@ export function appConfigFromOutputs(
       : undefined,
   };
   // The secret_id must not show when the config is logged or inspected.
-  Object.defineProperty(cfg, 'secretId', { value: secretId, enumerable: false });
+  Object.defineProperty(cfg, 'secretId', { value: secretId ?? '', enumerable: false });
   return cfg;
 }
 

@@ -2,6 +2,7 @@ export * from './errors';
 export * from './config';
 export * from './backoff';
 export * from './vault';
+export * from './login';
 export * from './lease';
 export * from './pool';
 export * from './pg-pool';

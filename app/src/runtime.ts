@@ -6,6 +6,14 @@ import { LeaseManager } from './lease';
 import { RotatingPool } from './pool';
 import { VaultPgPool } from './pg-pool';
 import { VaultSession } from './vault';
+import { appRoleLogin, LoginMethod } from './login';
+
+/** The configured login method, else AppRole with the config's secret_id (first) and its source (later logins). */
+export function loginMethod(cfg: AppConfig): LoginMethod {
+  if (cfg.login) return cfg.login;
+  const fixed = cfg.secretId;
+  return appRoleLogin({ mount: cfg.approleMount, roleId: cfg.roleId, first: fixed, secretId: cfg.secretIdSource ?? (() => fixed), from: cfg.secretIdFrom });
+}
 
 /** How long after issuance a refused login on a replica is taken for replication lag. */
 export const DEFAULT_REPLICA_LAG_WINDOW_MILLIS = 3000;
@@ -77,16 +85,16 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
   static async start(cfg: AppConfig, opts: RuntimeOptions = {}): Promise<CredentialRuntime> {
     const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
     const deadline = Date.now() + (opts.startTimeoutMillis ?? 30_000);
+    const method = loginMethod(cfg);
     for (let attempt = 1; ; attempt++) {
       try {
-        await session.login(cfg.approleMount, cfg.roleId, attempt === 1 ? cfg.secretId : (cfg.secretIdSource ?? cfg.secretId), cfg.secretIdSource);
+        await session.loginWith(method);
         break;
       } catch (e: any) {
+        // A wrapped token that is not valid, or taken for another path, is refused as it is (its message says why).
+        if (e instanceof AppError && /^APP_WRAPPED_/.test(e.code)) throw e;
         if (loginRefused(e)) {
-          throw new AppError(
-            'VAULT_LOGIN_REFUSED',
-            `Vault at ${cfg.vaultAddress} refused the AppRole login (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong, expired or of another role: issue a new one and start again`,
-          );
+          throw new AppError('VAULT_LOGIN_REFUSED', `Vault at ${cfg.vaultAddress} refused the ${method.name} (${e.message}); ${method.refusedHint}`);
         }
         const delay = backoffDelay(attempt, opts.backoff);
         if (Date.now() + delay > deadline) {
@@ -147,7 +155,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
         if (!refused || rt.fatalEmitted || session.loginFailingSince === undefined) return;
         if (session.loginFailingForMillis >= fatalAfter) {
           rt.fatalEmitted = true;
-          rt.emit('fatal', new AppError('VAULT_LOGIN_REFUSED', `Vault has refused every AppRole login for ${Math.round(session.loginFailingForMillis / 1000)} s (${e.message}); the secret_id from ${cfg.secretIdFrom ?? 'the configuration'} is wrong or expired: provide a fresh one`));
+          rt.emit('fatal', new AppError('VAULT_LOGIN_REFUSED', `Vault has refused every ${method.name} for ${Math.round(session.loginFailingForMillis / 1000)} s (${e.message}); the secret from ${method.from} is wrong or expired: provide a fresh one`));
         }
       });
     } catch (e) {

@@ -1,4 +1,3 @@
-import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -6,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 import nodeVault from 'node-vault';
 import { AppConfigError, AppError, loginRefused, VaultRequestError } from './errors';
 import { BackoffOptions, backoffDelay, cappedDelay, renewalDelayMillis, sleep } from './backoff';
+import { appRoleLogin, LoginMethod, SecretIdSource } from './login';
 
 export interface VaultSessionOptions {
   readonly address: string;
@@ -54,12 +54,6 @@ export interface DatabaseCredentials {
 }
 
 /**
- * Where the AppRole secret_id comes from. It is called for every login, so a secret_id
- * that an orchestrator refreshes (a file written again) is picked up at the next login.
- */
-export type SecretIdSource = () => string | Promise<string>;
-
-/**
  * A Vault session that logs in with AppRole. It never takes a token from the
  * environment (node-vault would read VAULT_TOKEN) and never disables TLS checks.
  */
@@ -92,7 +86,7 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   #loginFailingSinceMono?: number;
   /** Reads of credentials still open, by path: the next caller waits for one rather than sending another. */
   readonly #openIssues = new Map<string, OpenIssue>();
-  #login?: { mount: string; roleId: string; secretId: SecretIdSource };
+  #login?: LoginMethod;
   #timer?: NodeJS.Timeout;
   #keepAlive = false;
   #backoff?: BackoffOptions;
@@ -100,8 +94,8 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
   #reloginAttempt = 0;
   #nextLoginAt = 0;
   #lastLoginError?: AppError;
-  /** A digest of the last secret_id Vault refused: it is not sent again (see login()). */
-  #refusedSecretId?: string;
+  /** A digest of the last secret (secret_id, JWT) Vault refused: it is not sent again (see loginWith()). */
+  #refusedSecret?: string;
   #tokenIssuedTtl = 0;
   public readonly address: string;
   /** The login's token TTL and policies, once logged in. */
@@ -172,18 +166,20 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
    */
   async login(mount: string, roleId: string, secretId: string | SecretIdSource, later?: SecretIdSource): Promise<void> {
     const source: SecretIdSource = typeof secretId === 'function' ? secretId : () => secretId;
-    let id: string;
-    try {
-      id = await source();
-    } catch (e: any) {
-      throw e instanceof AppError ? e : new AppError('APP_SECRET_ID', `cannot obtain the AppRole secret_id: ${e?.message ?? e}`);
-    }
-    const path = `auth/${mount}/login`;
+    await this.loginWith(appRoleLogin({ mount, roleId, secretId: source }));
+    if (later) this.#login = appRoleLogin({ mount, roleId, secretId: later });
+  }
+
+  /** Logs in with `method` (AppRole, wrapped secret_id, JWT); re-logins use the same method. */
+  async loginWith(method: LoginMethod): Promise<void> {
+    const req = await method.prepare({
+      write: (path, body, o) =>
+        this.call(path, (ro) => this.client.write(path, body, o?.token ? { ...ro, headers: { 'X-Vault-Token': o.token } } : ro), { idempotent: false }),
+    });
     // Vault locks a role_id out (403 for every instance, 15 min by default) after a few failed
-    // logins: a refused secret_id is never sent again; the next login waits for a new one.
-    const digest = crypto.createHash('sha256').update(id).digest('hex');
-    if (digest === this.#refusedSecretId) {
-      throw new AppConfigError('APP_SECRET_ID_REFUSED', 'Vault refused this secret_id before; waiting for a new one from its source');
+    // logins: a refused secret is never sent again; the next login waits for a new one.
+    if (req.digest === this.#refusedSecret) {
+      throw new AppConfigError(method.refusedAgainCode, `Vault refused this secret before (${method.name}); waiting for a new one from ${method.from}`);
     }
     const sentAt = Date.now();
     const sentMono = monotonic();
@@ -191,12 +187,13 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     try {
       // Not idempotent: a login that timed out may have completed on its node (a secret_id use
       // spent, a token nobody will revoke), so it moves on only when that node surely did not serve it.
-      res = await this.call(path, (o) => this.client.write(path, { role_id: roleId, secret_id: id }, o), { idempotent: false });
+      res = await this.call(req.path, (o) => this.client.write(req.path, req.body, o), { idempotent: false });
     } catch (e) {
-      if (loginRefused(e)) this.#refusedSecretId = digest;
+      if (loginRefused(e)) this.#refusedSecret = req.digest;
+      await this.#settle(method, 'failed');
       throw e;
     }
-    this.#refusedSecretId = undefined;
+    this.#refusedSecret = undefined;
     if (this.client.token) this.#superseded.set(this.tokenGeneration, this.client.token);
     this.token = res.auth.client_token;
     this.tokenGeneration++;
@@ -205,7 +202,17 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     this.#tokenExpiresAtMono = sentMono + res.auth.lease_duration * 1000;
     this.#tokenIssuedTtl = res.auth.lease_duration;
     this.policies = res.auth.policies ?? [];
-    this.#login = { mount, roleId, secretId: later ?? source };
+    this.#login = method;
+    await this.#settle(method, 'ok');
+  }
+
+  /** The method's clean-up after a login; its failure never fails the login. */
+  async #settle(method: LoginMethod, outcome: 'ok' | 'failed'): Promise<void> {
+    try {
+      await method.settled?.(outcome);
+    } catch (e: any) {
+      if (this.listenerCount('error') > 0) this.emit('error', e instanceof AppError ? e : new AppError('VAULT_LOGIN_SETTLE', String(e?.message ?? e)), 'login_settle');
+    }
   }
 
   /**
@@ -219,10 +226,10 @@ export class VaultSession extends EventEmitter<VaultSessionEvents> {
     // After a failed login, the next waits for its backoff, whoever asks: no burst of logins.
     if (this.#lastLoginError && monotonic() + 50 < this.#nextLoginAt) return Promise.reject(this.#lastLoginError);
     const l = this.#login;
-    if (!l) return Promise.reject(new AppError('VAULT_NOT_LOGGED_IN', 'no AppRole login to repeat; call login() first'));
+    if (!l) return Promise.reject(new AppError('VAULT_NOT_LOGGED_IN', 'no login to repeat; call login() or loginWith() first'));
     this.#relogin = (async () => {
       try {
-        await this.login(l.mount, l.roleId, l.secretId);
+        await this.loginWith(l);
         this.#reloginAttempt = 0;
         this.#lastLoginError = undefined;
         this.loginFailingSince = undefined;

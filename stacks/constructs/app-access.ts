@@ -17,6 +17,12 @@ export interface AppAccessProps {
   readonly tokenMaxTtlSeconds?: number;
   /** 0: secret_ids never expire. @default 86400 */
   readonly secretIdTtlSeconds?: number;
+  /** Logins one secret_id serves; 0: unlimited. @default 0 */
+  readonly secretIdNumUses?: number;
+  /** Where secret_ids may log in from (CIDR). @default anywhere */
+  readonly secretIdBoundCidrs?: readonly string[];
+  /** Where the role's tokens may be used from (CIDR). @default anywhere */
+  readonly tokenBoundCidrs?: readonly string[];
 }
 
 /**
@@ -75,6 +81,9 @@ export class AppAccess extends Construct {
       tokenTtl: props.tokenTtlSeconds ?? 3600,
       tokenMaxTtl: props.tokenMaxTtlSeconds ?? 86400,
       secretIdTtl: props.secretIdTtlSeconds ?? 86400,
+      secretIdNumUses: props.secretIdNumUses || undefined,
+      secretIdBoundCidrs: props.secretIdBoundCidrs?.length ? [...props.secretIdBoundCidrs] : undefined,
+      tokenBoundCidrs: props.tokenBoundCidrs?.length ? [...props.tokenBoundCidrs] : undefined,
       bindSecretId: true,
       tokenType: 'service',
     });
