@@ -64,6 +64,8 @@ export interface StateLockFacts {
   readonly since?: string;
   /** pg: the backend pid holding the advisory lock. */
   readonly pid?: number;
+  /** local: Terraform's lock info file. */
+  readonly file?: string;
 }
 
 export interface StateFacts {
@@ -167,7 +169,7 @@ export function problemsOf(f: StatusFacts, t: StatusThresholds = {}): string[] {
     p.push(
       f.state.backend === 'pg'
         ? `the state lock of ${l.stack} has been held for ${minutes} min by "${l.holder}" (pid ${l.pid}): if no deploy runs any more, end that session with SELECT pg_terminate_backend(${l.pid})`
-        : `the state lock of ${l.stack} has been held for ${minutes} min by ${l.holder}: if no terraform or deploy runs any more, remove the lock info file named in docs/operators.md, "State"`,
+        : `the state lock of ${l.stack} has been held for ${minutes} min by ${l.holder}: if no terraform or deploy runs any more, remove ${l.file ?? 'the lock info file beside the state file'}`,
     );
   }
   return p;

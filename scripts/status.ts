@@ -19,7 +19,7 @@ import { adminConnect } from './db-bootstrap';
 import { outputsFile } from './outputs';
 import { readSecretFile } from './local-secrets';
 import { connectionString } from './state-backend';
-import { vaultAdmin, VaultAdminError, vaultFetch } from './vault-admin';
+import { VaultAdminError, vaultFetch } from './vault-admin';
 import {
   CertificateFacts,
   PostgresFacts,
@@ -39,18 +39,38 @@ const CALL_TIMEOUT_MILLIS = 5000;
 /** At most this many lease look-ups per role (each is one call to Vault). */
 const MAX_LEASE_LOOKUPS = 500;
 const LOOKUP_CONCURRENCY = 8;
+/** The whole of one role's listing and look-ups (a cluster's first nodes may not answer). */
+const LEASES_BOUND_MILLIS = 30_000;
 
 const stackIds = (env: EnvironmentConfig): string[] => (env.infrastructure === 'docker' ? [`${env.name}-infra`, `${env.name}-secrets`] : [`${env.name}-secrets`]);
+
+/**
+ * `work`, or `late()` once `millis` have passed, whatever the socket does: a paused server
+ * accepts the connection and never answers. (The process exits when the report is printed.)
+ */
+function bounded<T>(work: Promise<T>, millis: number, late: () => T | Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve, reject) => {
+    timer = setTimeout(() => Promise.resolve().then(late).then(resolve, reject), millis);
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+function nodeGet(env: EnvironmentConfig, address: string, apiPath: string): Promise<any> {
+  return bounded(vaultFetch(env, `${address}/v1/${apiPath}`, '', 'GET', undefined, CALL_TIMEOUT_MILLIS), CALL_TIMEOUT_MILLIS, () => {
+    throw new Error(`Vault GET /v1/${apiPath.split('?')[0]}: no answer within ${CALL_TIMEOUT_MILLIS / 1000} s`);
+  });
+}
 
 async function vaultNode(env: EnvironmentConfig, address: string): Promise<VaultNodeFacts> {
   try {
     // Every state answers 200 with these, so that a sealed or standby node shows as such.
-    const h = await vaultFetch(env, `${address}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200`, '', 'GET', undefined, CALL_TIMEOUT_MILLIS);
+    const h = await nodeGet(env, address, 'sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200');
     let haRole: VaultNodeFacts['haRole'];
     if (!h.sealed && h.initialized) {
       if (h.standby) haRole = 'standby';
       else {
-        const leader = await vaultFetch(env, `${address}/v1/sys/leader`, '', 'GET', undefined, CALL_TIMEOUT_MILLIS).catch(() => undefined);
+        const leader = await nodeGet(env, address, 'sys/leader').catch(() => undefined);
         haRole = leader?.ha_enabled === false ? 'single' : 'leader';
       }
     }
@@ -61,10 +81,10 @@ async function vaultNode(env: EnvironmentConfig, address: string): Promise<Vault
 }
 
 /** The Raft peers by node id: autopilot's view (health), or the configuration's without its grant. */
-async function raftPeers(env: EnvironmentConfig): Promise<Map<string, RaftPeer>> {
+async function raftPeers(admin: Admin): Promise<Map<string, RaftPeer>> {
   const peers = new Map<string, RaftPeer>();
   try {
-    const s = await vaultAdmin(env, 'GET', 'sys/storage/raft/autopilot/state', undefined, CALL_TIMEOUT_MILLIS);
+    const s = await admin('GET', 'sys/storage/raft/autopilot/state');
     for (const p of Object.values<any>(s.data?.servers ?? {})) {
       peers.set(p.id, { nodeId: p.id, status: p.status, healthy: Boolean(p.healthy), lastContact: p.last_contact });
     }
@@ -73,22 +93,50 @@ async function raftPeers(env: EnvironmentConfig): Promise<Map<string, RaftPeer>>
     // A deployment made before the admin policy granted autopilot's state: the configuration.
     if (!(e instanceof VaultAdminError && e.status === 403)) throw e;
   }
-  const c = await vaultAdmin(env, 'GET', 'sys/storage/raft/configuration', undefined, CALL_TIMEOUT_MILLIS);
+  const c = await admin('GET', 'sys/storage/raft/configuration');
   for (const p of c.data?.config?.servers ?? []) peers.set(p.node_id, { nodeId: p.node_id, status: p.leader ? 'leader' : p.voter ? 'voter' : 'non-voter' });
   return peers;
 }
 
-async function vaultFacts(env: EnvironmentConfig): Promise<{ nodes: VaultNodeFacts[]; cluster: boolean; raftError?: string }> {
-  const nodes = await Promise.all(env.vault.addresses.map((a) => vaultNode(env, a)));
+/** An admin call to one node, bounded. */
+type Admin = (method: string, apiPath: string, body?: unknown) => Promise<any>;
+
+/**
+ * The nodes, then, through the leader (or any unsealed node: standbys forward), the Raft peers
+ * and each role's leases. Admin calls go to a node that answered, so a node that does not
+ * costs its one health check only.
+ */
+async function vaultFacts(env: EnvironmentConfig, token: string | undefined, tokenError: string | undefined): Promise<{ nodes: VaultNodeFacts[]; cluster: boolean; raftError?: string; roles: Record<string, RoleLeaseFacts> }> {
+  let nodes = await Promise.all(env.vault.addresses.map((a) => vaultNode(env, a)));
   const cluster = Boolean(env.docker?.vaultNodes) || env.vault.addresses.length > 1;
-  if (!cluster || !nodes.some((n) => n.reachable && !n.sealed)) return { nodes, cluster };
-  try {
-    const peers = await raftPeers(env);
-    // Docker clusters name their nodes; node i listens on the i-th address.
-    return { nodes: nodes.map((n, i) => ({ ...n, raft: env.docker ? peers.get(nodeName(env, i)) : undefined })), cluster };
-  } catch (e) {
-    return { nodes, cluster, raftError: safeMessage(e) };
+  const target = nodes.find((n) => n.haRole === 'leader') ?? nodes.find((n) => n.reachable && !n.sealed);
+  const admin: Admin | undefined =
+    target && token
+      ? (method, apiPath, body) =>
+          bounded(vaultFetch(env, `${target.address}/v1/${apiPath}`, token, method, body, CALL_TIMEOUT_MILLIS), CALL_TIMEOUT_MILLIS, () => {
+            throw new Error(`Vault ${method} /v1/${apiPath.split('?')[0]}: no answer within ${CALL_TIMEOUT_MILLIS / 1000} s`);
+          })
+      : undefined;
+  let raftError: string | undefined;
+  if (cluster && admin) {
+    try {
+      const peers = await raftPeers(admin);
+      // Docker clusters name their nodes; node i listens on the i-th address.
+      nodes = nodes.map((n, i) => ({ ...n, raft: env.docker ? peers.get(nodeName(env, i)) : undefined }));
+    } catch (e) {
+      raftError = safeMessage(e);
+    }
   }
+  const roles: Record<string, RoleLeaseFacts> = {};
+  await Promise.all(
+    env.roles.map(async (r) => {
+      roles[r.name] = !admin
+        ? { liveLeases: 0, error: tokenError ?? 'no Vault node answers' }
+        : await bounded(roleLeases(admin, `${env.secretsEngine.mountPath}/creds/${r.name}`), LEASES_BOUND_MILLIS, () => ({ liveLeases: 0, error: `Vault did not list the leases within ${LEASES_BOUND_MILLIS / 1000} s` }));
+    }),
+  );
+  // In the environment's order of roles.
+  return { nodes, cluster, raftError, roles: Object.fromEntries(env.roles.map((r) => [r.name, roles[r.name]])) };
 }
 
 /** One server's facts; a primary also tells the most WAL bytes a replica has not replayed (its view is the fuller one). */
@@ -128,8 +176,11 @@ async function postgresServer(env: EnvironmentConfig, at: { clientHost: string; 
 }
 
 async function postgresFacts(env: EnvironmentConfig): Promise<PostgresFacts[]> {
-  const servers = [postgresServer(env, env.postgres, 'primary')];
-  if (env.postgres.replica) servers.push(postgresServer(env, env.postgres.replica, 'replica'));
+  // Connecting takes up to 10 s (adminConnect's bound), each statement up to CALL_TIMEOUT_MILLIS.
+  const server = (at: { clientHost: string; clientPort: number }, role: 'primary' | 'replica') =>
+    bounded(postgresServer(env, at, role), 10_000 + 3 * CALL_TIMEOUT_MILLIS, () => ({ endpoint: `${at.clientHost}:${at.clientPort}`, expectedRole: role, reachable: false, error: `no answer within ${(10_000 + 3 * CALL_TIMEOUT_MILLIS) / 1000} s` }));
+  const servers = [server(env.postgres, 'primary')];
+  if (env.postgres.replica) servers.push(server(env.postgres.replica, 'replica'));
   const [primary, replica] = await Promise.all(servers);
   const { unreplayedBytes, ...p } = primary;
   if (!replica) return [p];
@@ -146,11 +197,10 @@ async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => P
 }
 
 /** Live leases of one role under the mount's creds/<role>/ prefix, and the earliest expiry among them. */
-async function roleLeases(env: EnvironmentConfig, role: string): Promise<RoleLeaseFacts> {
-  const prefix = `${env.secretsEngine.mountPath}/creds/${role}`;
+async function roleLeases(admin: Admin, prefix: string): Promise<RoleLeaseFacts> {
   let keys: string[];
   try {
-    keys = (await vaultAdmin(env, 'GET', `sys/leases/lookup/${prefix}?list=true`, undefined, CALL_TIMEOUT_MILLIS)).data?.keys ?? [];
+    keys = (await admin('GET', `sys/leases/lookup/${prefix}?list=true`)).data?.keys ?? [];
   } catch (e) {
     if (e instanceof VaultAdminError && e.status === 404) return { liveLeases: 0 };
     return { liveLeases: 0, error: safeMessage(e) };
@@ -160,7 +210,7 @@ async function roleLeases(env: EnvironmentConfig, role: string): Promise<RoleLea
   let lookupError: string | undefined;
   await eachLimited(ids, LOOKUP_CONCURRENCY, async (k) => {
     try {
-      const l = await vaultAdmin(env, 'PUT', 'sys/leases/lookup', { lease_id: `${prefix}/${k}` }, CALL_TIMEOUT_MILLIS);
+      const l = await admin('PUT', 'sys/leases/lookup', { lease_id: `${prefix}/${k}` });
       const t = l.data?.expire_time ? Date.parse(l.data.expire_time) : NaN;
       if (Number.isFinite(t) && (earliest === undefined || t < earliest)) earliest = t;
     } catch (e) {
@@ -192,8 +242,9 @@ function certificateFacts(env: EnvironmentConfig, now: number): CertificateFacts
       else if (e.isFile() && /\.(pem|crt)$/.test(e.name) && !/key/i.test(e.name)) files.push(p);
     }
   };
-  walk(localDir(env.name));
+  // The environment's CA files first: the CA is then shown under its own name, not a node's copy.
   for (const f of [env.vault.caCertFile, env.postgres.caCertFile]) if (f && !files.includes(f)) files.push(f);
+  walk(localDir(env.name));
   const seen = new Set<string>();
   const out: CertificateFacts[] = [];
   for (const file of files) {
@@ -237,14 +288,16 @@ async function stateFacts(env: EnvironmentConfig): Promise<StateFacts> {
   const locks: StateLockFacts[] = [];
   if (env.state.backend === 'local') {
     for (const stack of stackIds(env)) {
+      const file = localLockInfoFile(env, stack);
       let info: any;
       try {
-        info = JSON.parse(fs.readFileSync(localLockInfoFile(env, stack), 'utf8'));
+        info = JSON.parse(fs.readFileSync(file, 'utf8'));
       } catch (e: any) {
         if (e.code === 'ENOENT') continue;
         info = {};
       }
-      locks.push({ stack, holder: `${info.Who ?? 'unknown'}${info.Operation ? ` (${info.Operation})` : ''}`, since: info.Created });
+      const rel = path.relative(REPO_ROOT, file);
+      locks.push({ stack, holder: `${info.Who ?? 'unknown'}${info.Operation ? ` (${info.Operation})` : ''}`, since: info.Created, file: rel.startsWith('..') ? file : rel });
     }
     return { backend: 'local', locks };
   }
@@ -292,17 +345,17 @@ async function gatherStatus(env: EnvironmentConfig): Promise<StatusFacts> {
   const now = Date.now();
   const deployed = fs.existsSync(outputsFile(env.name));
   // Without an admin token nothing can be listed; that is one problem, not one per role.
+  let token: string | undefined;
   let tokenError: string | undefined;
   try {
-    readSecretFile(env.vault.tokenFile, 'the Vault admin token');
+    token = readSecretFile(env.vault.tokenFile, 'the Vault admin token');
   } catch (e) {
     tokenError = safeMessage(e);
   }
-  const [vault, postgres, roleList, state] = await Promise.all([
-    vaultFacts(env),
+  const [vault, postgres, state] = await Promise.all([
+    vaultFacts(env, token, tokenError),
     postgresFacts(env),
-    Promise.all(env.roles.map(async (r) => [r.name, tokenError ? { liveLeases: 0, error: tokenError } : await roleLeases(env, r.name)] as const)),
-    stateFacts(env),
+    bounded(stateFacts(env), 3 * CALL_TIMEOUT_MILLIS, (): StateFacts => ({ backend: env.state.backend, locks: [], error: `no answer within ${(3 * CALL_TIMEOUT_MILLIS) / 1000} s` })),
   ]);
   return {
     environment: env.name,
@@ -313,7 +366,7 @@ async function gatherStatus(env: EnvironmentConfig): Promise<StatusFacts> {
     vaultCluster: vault.cluster,
     raftError: vault.raftError,
     postgres,
-    roles: Object.fromEntries(roleList),
+    roles: vault.roles,
     certificates: certificateFacts(env, now),
     state,
     now,
