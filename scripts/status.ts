@@ -215,7 +215,8 @@ async function roleLeases(admin: Admin, prefix: string): Promise<RoleLeaseFacts>
       if (Number.isFinite(t) && (earliest === undefined || t < earliest)) earliest = t;
     } catch (e) {
       // Expired or revoked between the list and the look-up: it is simply gone.
-      if (!(e instanceof VaultAdminError && e.status === 400)) lookupError ??= safeMessage(e);
+      if (e instanceof VaultAdminError && e.status === 403) lookupError ??= 'the admin token may not look leases up (403): its policy needs path "sys/leases/lookup" { capabilities = ["update"] }';
+      else if (!(e instanceof VaultAdminError && e.status === 400)) lookupError ??= safeMessage(e);
     }
   });
   return {
