@@ -323,7 +323,7 @@ async function stateFacts(env: EnvironmentConfig): Promise<StateFacts> {
       // Terraform's pg backend locks with pg_try_advisory_lock(<the state row's id>): a bigint key,
       // shown in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1.
       const held = await client.query(
-        `SELECT a.pid, a.application_name, a.usename, a.client_addr::text AS client, a.backend_start
+        `SELECT a.pid, a.application_name, a.usename, host(a.client_addr) AS client, a.backend_start
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid`,

@@ -5,14 +5,20 @@
  * scratch config) that scrapes the served runtime's /metrics, evaluates the shipped rules
  * (app/alerts/pgvault-alerts.yml), and fires PgvaultCredentialsNearExpiry once Vault is paused
  * past a fifth of the lease's TTL. Time-compressed: 1 s scrapes and evaluations.
+ * Then an `existing` environment (`status-pg`: a host Postgres on 15595, an OpenBao dev server
+ * with TLS on 18395) whose state is in Terraform's pg backend: status names the holder of the
+ * backend's advisory lock while Terraform itself holds it (`terraform console` locks the state).
  */
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { Client } from 'pg';
 import { localDir, REPO_ROOT } from '../../stacks/config';
+import { stateSchema } from '../../stacks/state-location';
 import * as h from '../harness';
 
 const ENV = 'status';
@@ -33,11 +39,13 @@ function prometheusBinary(): string {
 }
 
 /** `status <env> [--json]` as an operator runs it; stdout, stderr and the exit code. */
-function status(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [STATUS, ENV, ...args], { encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL' });
+function statusOf(envName: string, ...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [STATUS, envName, ...args], { encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL' });
   if (r.error) throw new Error(`status ${args.join(' ')}: ${r.error.message}`);
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+const status = (...args: string[]) => statusOf(ENV, ...args);
 
 /** The environment's secret files (passwords, the admin token), which no output may show. */
 function secrets(): { file: string; value: string }[] {
@@ -182,5 +190,115 @@ describe('npm run status, and the alert rules in a real Prometheus', () => {
     }
     // Vault back: the runtime rotates, and the alert resolves.
     await h.waitFor('PgvaultCredentialsNearExpiry resolved', async () => !(await alerts()).some((a) => a.labels.alertname === 'PgvaultCredentialsNearExpiry'), 60_000);
+  });
+});
+
+describe('npm run status: an existing environment whose state is in the pg backend', () => {
+  const PG_ENV = 'status-pg';
+  const HOST_PG_PORT = 15595;
+  const HOST_VAULT_PORT = 18395;
+  const SCHEMA_PREFIX = 'status_state';
+  let work: string;
+  let postgres: h.HostProcess | undefined;
+  let vault: h.HostProcess | undefined;
+  let superuser: Client | undefined;
+  let deployed = false;
+
+  before(async () => {
+    h.requireToolchain();
+    const bin = h.hostPostgres().bin;
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-status-pg-'));
+    fs.chmodSync(work, 0o755); // the postgres user reaches its data directory
+    const secretsDir = fs.mkdtempSync(path.join(work, 'private-')); // mode 0700
+    const pgPassword = crypto.randomBytes(18).toString('base64url');
+    const statePassword = crypto.randomBytes(18).toString('base64url');
+    const rootToken = crypto.randomBytes(16).toString('hex');
+    const pg = await h.startHostPostgres({ bin, work, port: HOST_PG_PORT, password: pgPassword });
+    postgres = pg.server;
+    superuser = pg.superuser;
+    await superuser.query('CREATE DATABASE app');
+    await superuser.query(`CREATE ROLE pgvault_state LOGIN PASSWORD '${statePassword}'`);
+    await superuser.query('CREATE DATABASE pgvault_state OWNER pgvault_state');
+    const tls = path.join(work, 'vault-tls');
+    fs.mkdirSync(tls);
+    vault = h.startProcess(process.env.VAULT_SERVER_BIN!, ['server', '-dev', '-dev-tls', `-dev-tls-cert-dir=${tls}`, `-dev-listen-address=127.0.0.1:${HOST_VAULT_PORT}`], {
+      env: { BAO_DEV_ROOT_TOKEN_ID: rootToken, VAULT_DEV_ROOT_TOKEN_ID: rootToken, HOME: work },
+      logFile: path.join(secretsDir, 'vault.log'), // holds the root token
+    });
+    await h.waitFor('Vault to write its CA', async () => fs.existsSync(path.join(tls, 'vault-ca.pem')));
+    const file = (name: string, text: string) => {
+      fs.writeFileSync(path.join(secretsDir, name), text, { mode: 0o600 });
+      return path.join(secretsDir, name);
+    };
+    h.scratchEnvironment('existing-example', (doc) => {
+      doc.postgres = { ...doc.postgres, host: '127.0.0.1', port: HOST_PG_PORT, sslmode: 'disable', adminPasswordFile: file('postgres-admin-password', pgPassword) };
+      doc.vault = { ...doc.vault, address: `https://127.0.0.1:${HOST_VAULT_PORT}`, caCertFile: file('vault-ca.pem', fs.readFileSync(path.join(tls, 'vault-ca.pem'), 'utf8')), tokenFile: file('vault-token', rootToken) };
+      doc.state = { backend: 'pg', connectionFile: file('state-db', `postgres://pgvault_state:${statePassword}@127.0.0.1:${HOST_PG_PORT}/pgvault_state?sslmode=disable`), schemaPrefix: SCHEMA_PREFIX };
+    }, PG_ENV);
+    fs.rmSync(localDir(PG_ENV), { recursive: true, force: true }); // an interrupted earlier run's files describe servers that are gone
+    const env = h.loadEnvironment(PG_ENV);
+    await h.waitFor('Vault to answer over TLS', async () => Boolean(await h.vaultAdmin(env, 'GET', 'sys/health')));
+    await h.deploy(PG_ENV);
+    deployed = true;
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
+
+  after(async () => {
+    if (deployed) await h.destroy(PG_ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
+    await superuser?.end().catch(() => undefined);
+    await vault?.stop();
+    await postgres?.stop();
+    fs.rmSync(localDir(PG_ENV), { recursive: true, force: true });
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+  }, { timeout: h.DEPLOY_HOOK_TIMEOUT_MS });
+
+  test('ok: a TLS dev server, the host Postgres, the pg backend not locked, and the Vault CA with its days left', { timeout: 120_000 }, () => {
+    const r = statusOf(PG_ENV, '--json');
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.ok, true, j.problems.join('\n'));
+    assert.deepEqual(j.vault.map((v: any) => [v.address, v.sealed, v.haRole]), [[`https://127.0.0.1:${HOST_VAULT_PORT}`, false, 'single']]);
+    assert.deepEqual(j.postgres.map((p: any) => [p.endpoint, p.role]), [[`127.0.0.1:${HOST_PG_PORT}`, 'primary']]);
+    assert.deepEqual(j.state, { backend: 'pg', locked: false });
+    assert.equal(j.certificates.length, 1, JSON.stringify(j.certificates));
+    assert.match(j.certificates[0].file, /vault-ca\.pem$/);
+    assert.ok(j.certificates[0].daysLeft > 0);
+  });
+
+  test("while Terraform holds the pg backend's lock (terraform console), status names the holder; released, it is unlocked", { timeout: 180_000 }, async () => {
+    const env = h.loadEnvironment(PG_ENV);
+    const stack = `${PG_ENV}-secrets`;
+    const dir = fs.mkdtempSync(path.join(work, 'backend-'));
+    fs.writeFileSync(path.join(dir, 'backend.tf.json'), JSON.stringify({ terraform: { backend: { pg: { schema_name: stateSchema(SCHEMA_PREFIX, stack) } } } }));
+    const tfEnv = { ...process.env, PG_CONN_STR: fs.readFileSync((env.state as any).connectionFile, 'utf8').trim(), PGAPPNAME: `terraform console ${PG_ENV} (17-status)`, TF_IN_AUTOMATION: '1' };
+    const terraform = process.env.TERRAFORM_BINARY_NAME || 'terraform';
+    const init = spawnSync(terraform, ['init', '-input=false', '-no-color'], { cwd: dir, env: tfEnv, encoding: 'utf8', timeout: 120_000, killSignal: 'SIGKILL' });
+    assert.equal(init.status, 0, `terraform init of the pg backend: ${init.stderr}`);
+    // The console holds the state lock until its input ends.
+    const console_ = spawn(terraform, ['console'], { cwd: dir, env: tfEnv, stdio: ['pipe', 'ignore', 'ignore'] });
+    try {
+      let seen: any;
+      await h.waitFor('status to show the lock held', async () => {
+        seen = JSON.parse(statusOf(PG_ENV, '--json').stdout);
+        return seen.state.locked === true;
+      }, 60_000);
+      assert.equal(seen.state.backend, 'pg');
+      assert.match(seen.state.holder, new RegExp(`^terraform console ${PG_ENV} \\(17-status\\) as pgvault_state from 127\\.0\\.0\\.1 \\(${stack}\\)$`));
+      const text = statusOf(PG_ENV).stdout;
+      assert.match(text, new RegExp(`pg +LOCKED: ${stack} by terraform console ${PG_ENV} \\(17-status\\)`));
+    } finally {
+      console_.stdin.end();
+      await new Promise<void>((resolve) => {
+        if (console_.exitCode !== null) return resolve();
+        const t = setTimeout(() => {
+          console_.kill('SIGKILL');
+          resolve();
+        }, 30_000);
+        console_.once('exit', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    await h.waitFor('status to show the lock released', async () => JSON.parse(statusOf(PG_ENV, '--json').stdout).state.locked === false, 30_000);
   });
 });
