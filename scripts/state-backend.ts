@@ -33,7 +33,7 @@ export function stateLocked(env: EnvironmentConfig, command: string): StateLocke
 }
 
 /** The state database's connection string, from the operator's file (mode 0600, a postgres:// URL). */
-function connectionString(env: EnvironmentConfig): string {
+export function connectionString(env: EnvironmentConfig): string {
   if (env.state.backend !== 'pg') throw new Error(`${env.name} keeps its state locally`);
   const file = env.state.connectionFile;
   let mode: number;

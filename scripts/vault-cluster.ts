@@ -195,6 +195,9 @@ path "sys/leases/revoke-force/*" { capabilities = ["update", "sudo"] }
 path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
 path "sys/storage/raft/configuration" { capabilities = ["read"] }
+# npm run status: each lease's expiry, and the Raft peers' health.
+path "sys/leases/lookup" { capabilities = ["update"] }
+path "sys/storage/raft/autopilot/state" { capabilities = ["read"] }
 `;
 }
 

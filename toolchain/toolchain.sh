@@ -93,6 +93,8 @@ ensure_host_tools() {
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+  # promtool tests the alert rules (npm test); the e2e runs prometheus itself as a plain process.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   # A host PostgreSQL server for 3-existing and 5-shared-state: Debian's current major.
   if [ -z "$(host_postgres_bindir)" ]; then
     # Only the binaries: no cluster created or started on the machine's port 5432.
@@ -107,6 +109,7 @@ ensure_host_tools() {
   [ -n "$HOST_PG_BINDIR" ] || fail "ls /usr/lib/postgresql/*/bin/initdb" "install Debian's postgresql package"
   summary "host postgres" "$("$HOST_PG_BINDIR/postgres" --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')" "Debian package" "$HOST_PG_BINDIR"
   summary "psql" "$(psql --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')" "Debian package" "$(command -v psql)"
+  summary "promtool" "$(promtool --version 2>&1 | sed -n 's/^promtool, version \([0-9.]*\).*/\1/p')" "Debian package prometheus" "$(command -v promtool)"
   summary "python3" "$(python3 --version | awk '{print $NF}')" "venv, pip" "$(command -v python3)"
 }
 

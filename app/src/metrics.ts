@@ -41,6 +41,32 @@ export class RuntimeMetrics {
       },
     });
     new Gauge({
+      name: 'pgvault_lease_duration_seconds',
+      help: 'The TTL Vault gave the current lease when it was issued (the scale of pgvault_lease_ttl_remaining_seconds)',
+      labelNames: ['role'],
+      registers: [r],
+      collect() {
+        for (const [role, l] of rt.leases) this.set({ role }, l.leaseDurationSeconds);
+      },
+    });
+    new Gauge({
+      name: 'pgvault_token_ttl_seconds',
+      help: 'The TTL of the Vault token at its login',
+      registers: [r],
+      collect() {
+        this.set(rt.session.tokenTtlSeconds);
+      },
+    });
+    new Gauge({
+      name: 'pgvault_token_ttl_remaining_seconds',
+      help: 'Seconds until the Vault token expires unless renewed (renewals stop at its max TTL; then a re-login replaces it)',
+      registers: [r],
+      collect() {
+        const at = rt.session.tokenExpiresAt;
+        this.set(at > 0 ? Math.max(0, Math.round((at - Date.now()) / 1000)) : 0);
+      },
+    });
+    new Gauge({
       name: 'pgvault_pool_connections',
       help: 'Pool connections by state (retiring pools included)',
       labelNames: ['role', 'state'],
