@@ -58,7 +58,7 @@ async function attempt(client: Client, sql: string): Promise<{ ok: boolean; deta
  * read roles SELECT and nothing else; write roles also INSERT, UPDATE, DELETE and CREATE.
  * Writes run in a transaction that is rolled back. The lease is revoked at the end.
  */
-export async function verifyRole(session: VaultSession, cfg: AppConfig, role: string, access: 'read' | 'write'): Promise<RoleReport> {
+export async function verifyRole(session: VaultSession, cfg: AppConfig, role: string, access: 'read' | 'write' | 'migrate' | 'grants'): Promise<RoleReport> {
   const creds = await session.issue(cfg.mountPath, role);
   const checks: CheckResult[] = [];
   const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
@@ -73,7 +73,8 @@ export async function verifyRole(session: VaultSession, cfg: AppConfig, role: st
       check('VALID UNTIL matches the lease', driftSeconds < 60, validUntil ? `valid until ${validUntil.toISOString()} (${driftSeconds.toFixed(0)}s from lease expiry)` : 'no expiry set');
       await client.query('BEGIN');
       const want = access === 'write';
-      const probes: [string, string, boolean][] = [
+      // The table-by-table shapes (grants) and the migrator are shown by the containment probes below.
+      const probes: [string, string, boolean][] = access === 'grants' || access === 'migrate' ? [] : [
         ['SELECT', 'SELECT count(*) FROM app.items', true],
         ['INSERT', "INSERT INTO app.items (name) VALUES ('pgvault-verify')", want],
         ['UPDATE', "UPDATE app.items SET name = name WHERE name = 'pgvault-verify'", want],

@@ -97,10 +97,13 @@ export class SecretsStack extends TerraformStack {
         new DatabaseRole(this, `role-${r.name}`, {
           engine: this.engine,
           name: r.name,
-          groupRole: env.database.groupRoles[r.access],
+          groupRole: r.groupRole,
           retiredRole: env.database.retiredRole,
           mark: env.database.mark,
-          access: r.access,
+          // Only a writer can create what is worth keeping: the others' objects (temporary ones,
+          // large objects) are dropped, and a migrator's tables are the owner role's already.
+          access: r.access === 'write' ? 'write' : 'read',
+          setRole: r.access === 'migrate' ? env.database.ownerRole : undefined,
           connectionLimit: r.connectionLimit,
           statementTimeoutSeconds: r.statementTimeoutSeconds,
           idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds,
