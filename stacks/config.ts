@@ -491,7 +491,7 @@ function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.Config
       expected =
         base[base.length - 1] === 'grants'
           ? 'a table as "<schema>.<table>", or "<schema>.*" for every table of the schema, in lower-case letters, digits and "_" (safe Postgres identifiers)'
-          : base[base.length - 3] === 'grants'
+          : base[base.length - 2] === 'grants'
             ? 'a table privilege with a column list: "SELECT", "INSERT", "UPDATE" or "REFERENCES"'
             : 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
       break;

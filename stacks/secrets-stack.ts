@@ -84,6 +84,8 @@ export class SecretsStack extends TerraformStack {
             database: env.postgres.database,
             postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
             vault_mount: mount.accessor,
+            // A role's shape changed: its group role and grants are brought to the file (npm run deploy does it every time).
+            role_shapes: JSON.stringify(env.roles.map((r) => [r.name, r.access, r.grants])),
           },
         }).resource,
     });
