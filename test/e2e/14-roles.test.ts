@@ -10,6 +10,7 @@ import { Client } from 'pg';
 import { DatabaseCredentials, VaultSession } from '@pgvault/runtime';
 import { EnvironmentConfig } from '../../stacks/config';
 import { postgresSsl } from '../../scripts/db-bootstrap';
+import { verifyRole } from '../../scripts/verify';
 import * as h from '../harness';
 
 const ENV = 'roles';
@@ -195,6 +196,17 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
       assert.equal(await attempt(c, 'SELECT app.wipe_secrets()'), '42501', role);
     }
     assert.equal((await admin.query('SELECT count(*)::int AS n FROM app.secrets')).rows[0].n, 1);
+  });
+
+  test('the demo\'s report: each role\'s permitted statement runs, and its injected one is refused', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const { cfg } = await h.appSession(ENV);
+    for (const role of env.roles) {
+      const report = await verifyRole(session, cfg, role.name, role.access, role.grants);
+      const names = report.checks.map((c) => c.name);
+      assert.ok(names.some((n) => n.startsWith('injection: ')), `${role.name}: ${names.join(', ')}`);
+      assert.deepEqual(report.checks.filter((c) => !c.ok), [], role.name);
+      for (const c of report.checks.filter((x) => x.name.startsWith('injection: '))) assert.match(c.detail, /refused \(42501/, `${role.name}: ${c.detail}`);
+    }
   });
 
   test('revoking a user of each new role leaves nothing: no role, no login, no dependency', { timeout: TEST_TIMEOUT_MS }, async () => {

@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as sql from '../../stacks/statements';
+import { containment } from '../../scripts/verify';
 
 // --- grantPlan: read like a table -----------------------------------------------------------
 
@@ -116,4 +117,16 @@ test('migrate: the user holds the owner role without inheriting it and starts as
   assert.doesNotMatch(revocation.join('\n'), /REASSIGN OWNED/);
   assert.match(revocation.join('\n'), /DROP OWNED BY/);
   assert.throws(() => sql.creationStatements({ ...props, setRole: 'x; DROP' }), /not a safe Postgres identifier/);
+});
+
+test('the demo\'s containment: per shape, a permitted statement and an injection riding on a harmless one', () => {
+  const table = (access: Parameters<typeof containment>[0], grants?: sql.TableGrant[]) => {
+    const c = containment(access, grants);
+    return [c.permitted?.sql ?? '(none)', c.injected.sql];
+  };
+  assert.deepEqual(table('read'), ['SELECT count(*) FROM app.items', "SELECT 1 WHERE 'x' = 'x'; DELETE FROM app.items"]);
+  assert.deepEqual(table('write'), ['SELECT count(*) FROM app.items', "SELECT 1 WHERE 'x' = 'x'; DROP TABLE app.items"]);
+  assert.deepEqual(table('migrate'), ['CREATE TABLE app.pgvault_verify_probe (id int)', "SELECT 1 WHERE 'x' = 'x'; CREATE ROLE pgvault_verify_probe SUPERUSER"]);
+  assert.deepEqual(table('grants', orders.grants.slice(2)), ['SELECT id, name FROM app.customers LIMIT 1', "SELECT 1 WHERE 'x' = 'x'; DELETE FROM app.items"]);
+  assert.deepEqual(table('grants', [{ schema: 'app', table: '*', privilege: 'SELECT' }]), ['SELECT count(*) FROM app.items', "SELECT 1 WHERE 'x' = 'x'; DELETE FROM app.items"]);
 });
