@@ -138,7 +138,7 @@ async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly
   const { groupRoles, mark } = env.database;
   const disarmed = isDisarmedSql("pg_catalog.shobj_description(u.oid, 'pg_authid')", mark);
   const r = await client.query(
-    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer, bool_or(g.rolname = $7) AS reader,
+    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer, bool_or(g.rolname = ANY($7)) AS reader,
             pg_catalog.shobj_description(u.oid, 'pg_authid') = $4 AS disarmed_reader
        FROM pg_catalog.pg_roles u
        LEFT JOIN pg_catalog.pg_auth_members m ON m.member = u.oid
@@ -149,7 +149,8 @@ async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly
           OR ${disarmed}
           OR pg_catalog.starts_with(pg_catalog.shobj_description(u.oid, 'pg_authid'), $5))
       GROUP BY u.rolname, u.oid`,
-    [[groupRoles.read, groupRoles.write], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark, 'read'), `${mark} user `, disarmedOnly, groupRoles.read],
+    // The roles shaped by grants or migrate can create nothing worth keeping: their users are dropped like readers'.
+    [[groupRoles.read, groupRoles.write, ...shapedGroupRoles(env)], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark, 'read'), `${mark} user `, disarmedOnly, [groupRoles.read, ...shapedGroupRoles(env)]],
   );
   // A disarmed role has lost its membership: its comment records the access. A role whose access
   // is unknown (no membership, an older disarmed comment) is treated as a writer: its objects are

@@ -239,6 +239,10 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const r of roles) {
     if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
+    const twin = roles.find((o) => o !== r && o.groupRole === r.groupRole && (o.access === 'grants' || o.access === 'migrate'));
+    if (twin && r.name < twin.name) {
+      throw errors.schemaViolation(file, `roles.${twin.name}`, twin.name, `a name that differs from "${r.name}" by more than "-" and "_": both would get the group role ${r.groupRole}. Rename one`);
+    }
   }
 
   const pg = doc.postgres ?? {};

@@ -229,6 +229,10 @@ test('fails when a replica role is given a write privilege, or the migrator targ
   assert.equal(ok.roles[0].target, 'replica');
 });
 
+test('fails when two roles would share a group role', () => {
+  rejects(docker({ 'a-b': { grants: { 'app.t': ['SELECT'] }, ...ttl }, a_b: { access: 'migrate', ...ttl } }), 'ENV_SCHEMA', 'roles.a_b', 'pgvault_t_g_a_b', 'Rename one');
+});
+
 test('fails when a role\'s group role name would be longer than Postgres allows', () => {
   const env = 'e'.repeat(32);
   assert.throws(
