@@ -152,7 +152,7 @@ test('ha: TLS-only Postgres with a replica; readonly targets the replica; the CA
   assert.match(ha.postgres.caCertFile ?? '', /\.local\/ha\/tls\/ca\.pem$/);
   assert.equal(ha.postgres.caCertFileOnVault, '/pgvault/config/postgres-ca.pem');
   assert.deepEqual(ha.postgres.replica, { host: 'pgvault-ha-postgres-replica', port: 5432, clientHost: '127.0.0.1', clientPort: 15471 });
-  assert.deepEqual(ha.roles.map((r) => [r.name, r.target]), [['readonly', 'replica'], ['readwrite', 'primary']]);
+  assert.deepEqual(ha.roles.map((r) => [r.name, r.target]), [['readonly', 'replica'], ['readwrite', 'primary'], ['reporter', 'replica']]);
   assert.equal(loadEnvironment('local').roles[0].target, 'primary', 'the default target');
 });
 
