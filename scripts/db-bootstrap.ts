@@ -390,9 +390,6 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     // Every group role's privileges are brought back to what the file declares (the shorthands included).
     for (const g of shaped) await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(g)}`);
     const missing = await convergeGroups(client, env);
-    // A SECURITY DEFINER function a migrator makes (as the owner) must not be PUBLIC's to run.
-    // Only the global form can revoke a built-in default; a per-schema default can only add.
-    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
 
     // 4. Vault's role: CREATEROLE and ADMIN on the group roles, nothing more; membership of the
     // retired role so that revocation can hand it what a user owned. The bootstrap runs when the
@@ -551,6 +548,10 @@ async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<s
     if (plan.revoke.length) say(env, `${decl.group}: revoked ${plan.revoke.filter((x) => x.startsWith('REVOKE') || x.startsWith('ALTER')).length} privilege(s) the file does not declare`);
     for (const t of plan.missing) missing.add(t);
   }
+  // A SECURITY DEFINER function a migrator makes (as the owner) must not be PUBLIC's to run, even
+  // if a migration changed the owner's defaults. Only the global form can revoke a built-in
+  // default; a per-schema default can only add.
+  await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${client.escapeIdentifier(env.database.ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
   return [...missing].sort();
 }
 

@@ -147,7 +147,11 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
     await admin.query(`GRANT SELECT (email) ON app.customers TO ${group}`);
     await admin.query(`GRANT SELECT ON app.items TO ${group}`);
     await admin.query(`GRANT INSERT ON app.secrets TO ${env.database.groupRoles.read}`);
+    // What a migration could do to the owner's defaults: functions made later open to PUBLIC.
+    await admin.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${env.database.ownerRole} GRANT EXECUTE ON FUNCTIONS TO PUBLIC`);
     const output = await deployLogged();
+    const defaults = await admin.query(`SELECT defaclacl::text AS acl FROM pg_default_acl WHERE defaclrole = $1::regrole AND defaclobjtype = 'f' AND defaclnamespace = 0`, [env.database.ownerRole]);
+    assert.doesNotMatch(defaults.rows[0]?.acl ?? '', /(^|[{,])=X/, 'the deploy took EXECUTE on future functions from PUBLIC again');
     assert.doesNotMatch(output, /do not exist yet/, 'the migration made the named tables');
     const privileges = async (role: string) =>
       (await admin.query(
