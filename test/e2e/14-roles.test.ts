@@ -29,6 +29,8 @@ const ROLES = {
   migrator: { access: 'migrate', defaultTtlSeconds: 900, maxTtlSeconds: 3600 },
   readonly: { access: 'read', defaultTtlSeconds: 3600, maxTtlSeconds: 86400 },
   readwrite: { access: 'write', defaultTtlSeconds: 3600, maxTtlSeconds: 86400 },
+  // A table of the database's own (not the project's), and a schema the bootstrap makes.
+  legacy: { grants: { 'public.legacy': ['SELECT'], 'sales.*': ['SELECT'] }, defaultTtlSeconds: 600, maxTtlSeconds: 600 },
 };
 
 /** What a migration run by the migrator creates. */
@@ -109,7 +111,7 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
     await h.destroy(ENV);
     const { value: output, seconds } = await h.timed(deployLogged);
     console.log(`# figure: cold deploy of ${ENV}: ${seconds.toFixed(1)}s`);
-    assert.match(output, /app\.customers, app\.orders; their grants wait[^]*run the migration/, 'the tables the migration has not made yet are reported, and the deploy goes on');
+    assert.match(output, /app\.customers, app\.orders, public\.legacy; their grants wait[^]*run the migration/, 'the tables the migration has not made yet are reported, and the deploy goes on');
     admin = await h.adminClient(env);
     const app = await h.appSession(ENV);
     session = app.session;
@@ -149,7 +151,17 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
     await admin.query(`GRANT INSERT ON app.secrets TO ${env.database.groupRoles.read}`);
     // What a migration could do to the owner's defaults: functions made later open to PUBLIC.
     await admin.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${env.database.ownerRole} GRANT EXECUTE ON FUNCTIONS TO PUBLIC`);
+    // The database's own table, with a grant of its own that the deploy must leave alone.
+    await admin.query('CREATE ROLE legacy_app NOLOGIN');
+    await admin.query('CREATE TABLE public.legacy (id int)');
+    await admin.query('GRANT SELECT, INSERT ON public.legacy TO legacy_app');
     const output = await deployLogged();
+    const legacy = await admin.query(`SELECT pg_get_userbyid(relowner) AS owner, relacl::text AS acl FROM pg_class WHERE oid = 'public.legacy'::regclass`);
+    assert.equal(legacy.rows[0].owner, 'postgres', 'its owner is unchanged');
+    assert.match(legacy.rows[0].acl, /legacy_app=ar\/postgres/, 'its own grants are unchanged');
+    assert.match(legacy.rows[0].acl, new RegExp(`${env.roles.find((r) => r.name === 'legacy')!.groupRole}=r/postgres`), 'the declared SELECT is granted');
+    const sales = await admin.query(`SELECT pg_get_userbyid(nspowner) AS owner, obj_description(oid, 'pg_namespace') AS comment FROM pg_namespace WHERE nspname = 'sales'`);
+    assert.deepEqual(sales.rows[0], { owner: env.database.ownerRole, comment: env.database.mark }, 'a schema named in grants is made, owned by the owner role and marked');
     const defaults = await admin.query(`SELECT defaclacl::text AS acl FROM pg_default_acl WHERE defaclrole = $1::regrole AND defaclobjtype = 'f' AND defaclnamespace = 0`, [env.database.ownerRole]);
     assert.doesNotMatch(defaults.rows[0]?.acl ?? '', /(^|[{,])=X/, 'the deploy took EXECUTE on future functions from PUBLIC again');
     assert.doesNotMatch(output, /do not exist yet/, 'the migration made the named tables');
