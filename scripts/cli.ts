@@ -28,7 +28,7 @@ async function demo(name: string): Promise<boolean> {
   const reports: RoleReport[] = [];
   try {
     for (const role of env.roles) {
-      reports.push(await verifyRole(session, cfg, role.name, role.access));
+      reports.push(await verifyRole(session, cfg, role.name, role.access, role.grants));
     }
   } finally {
     await session.revokeSelf();
@@ -39,7 +39,7 @@ async function demo(name: string): Promise<boolean> {
   for (const r of reports) {
     console.log(`role ${r.role}: user ${r.username}, lease TTL ${r.leaseDurationSeconds}s`);
     for (const c of r.checks) {
-      console.log(`  ${c.ok ? 'PASS' : 'FAIL'}  ${c.name.padEnd(32)} ${c.detail}`);
+      console.log(`  ${c.ok ? 'PASS' : 'FAIL'}  ${c.name.padEnd(40)} ${c.detail}`);
       ok &&= c.ok;
     }
   }

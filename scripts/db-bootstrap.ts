@@ -21,10 +21,10 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client } from 'pg';
-import { EnvironmentConfig } from '../stacks/config';
+import { EnvironmentConfig, roleGroupName } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
-import { disarmedComment, isDisarmedSql, reaperStatement } from '../stacks/statements';
+import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../stacks/statements';
 import { localDir } from '../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
@@ -138,7 +138,7 @@ async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly
   const { groupRoles, mark } = env.database;
   const disarmed = isDisarmedSql("pg_catalog.shobj_description(u.oid, 'pg_authid')", mark);
   const r = await client.query(
-    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer, bool_or(g.rolname = $7) AS reader,
+    `SELECT u.rolname, bool_or(g.rolname = $2) AS writer, bool_or(g.rolname = ANY($7)) AS reader,
             pg_catalog.shobj_description(u.oid, 'pg_authid') = $4 AS disarmed_reader
        FROM pg_catalog.pg_roles u
        LEFT JOIN pg_catalog.pg_auth_members m ON m.member = u.oid
@@ -149,7 +149,8 @@ async function dynamicUsers(client: Client, env: EnvironmentConfig, disarmedOnly
           OR ${disarmed}
           OR pg_catalog.starts_with(pg_catalog.shobj_description(u.oid, 'pg_authid'), $5))
       GROUP BY u.rolname, u.oid`,
-    [[groupRoles.read, groupRoles.write], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark, 'read'), `${mark} user `, disarmedOnly, groupRoles.read],
+    // The roles shaped by grants or migrate can create nothing worth keeping: their users are dropped like readers'.
+    [[groupRoles.read, groupRoles.write, ...shapedGroupRoles(env)], groupRoles.write, env.secretsEngine.vaultUser, disarmedComment(mark, 'read'), `${mark} user `, disarmedOnly, [groupRoles.read, ...shapedGroupRoles(env)]],
   );
   // A disarmed role has lost its membership: its comment records the access. A role whose access
   // is unknown (no membership, an older disarmed comment) is treated as a writer: its objects are
@@ -328,7 +329,8 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     warnOldServer(env, version);
     await client.query('BEGIN');
     // 1. Refuse before changing anything: every existing object must carry our mark.
-    const nologin = [ownerRole, retiredRole, groupRoles.read, groupRoles.write];
+    const shaped = shapedGroupRoles(env);
+    const nologin = [ownerRole, retiredRole, groupRoles.read, groupRoles.write, ...shaped];
     const existing = new Map<string, boolean>();
     for (const role of nologin) {
       const c = await roleComment(client, role);
@@ -374,6 +376,7 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       await client.query(`COMMENT ON TABLE ${q(schema)}.items IS ${lit(mark)}`);
     }
     if (!keysTableExists) await createIdempotencyKeysTable(client, env);
+    await createDeclaredSchemas(client, env);
 
     // 3. Grants: only on what this environment owns.
     const db = q(env.postgres.database);
@@ -384,18 +387,9 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     // Changing an object's owner needs the new owner to have CREATE in its schema; that is all
     // the retired role holds (no USAGE, nothing on any table), so what it owns can do nothing.
     await client.query(`GRANT CREATE ON SCHEMA ${q(schema)} TO ${q(retiredRole)}`);
-    const owned = await client.query(
-      `SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-        WHERE n.nspname = $1 AND o.rolname = $2 AND c.relkind IN ('r', 'p', 'v', 'm')`,
-      [schema, ownerRole],
-    );
-    for (const { relname } of owned.rows) {
-      const t = `${q(schema)}.${q(relname)}`;
-      await client.query(`GRANT SELECT ON ${t} TO ${read}`);
-      await client.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ${t} TO ${write}`);
-    }
-    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT ON TABLES TO ${read}`);
-    await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${q(ownerRole)} IN SCHEMA ${q(schema)} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${write}`);
+    // Every group role's privileges are brought back to what the file declares (the shorthands included).
+    for (const g of shaped) await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(g)}`);
+    const missing = await convergeGroups(client, env);
 
     // 4. Vault's role: CREATEROLE and ADMIN on the group roles, nothing more; membership of the
     // retired role so that revocation can hand it what a user owned. The bootstrap runs when the
@@ -407,11 +401,19 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
     if (version >= 160000) {
       // ADMIN OPTION alone: Vault's role may grant and revoke the groups, but neither inherits
       // nor SETs them, so it reads and changes no app data. A re-grant updates an older grant's options.
-      await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`);
+      await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`);
+      await grantOwnerForMigrators(client, env);
       // A flood of users' connections must not stop issuance and revocation: Vault's role may use the reserved slots.
       await client.query(`GRANT pg_use_reserved_connections TO ${q(vaultUser)}`);
     } else {
-      await client.query(`GRANT ${read}, ${write} TO ${q(vaultUser)} WITH ADMIN OPTION`);
+      const migrator = env.roles.find((r) => r.access === 'migrate');
+      if (migrator) {
+        throw new Error(
+          `${env.file}: role "${migrator.name}" has "access": "migrate", which needs PostgreSQL 16 or later on ${env.postgres.clientHost}:${env.postgres.clientPort} ` +
+            '(its users hold the owner role without inheriting it: GRANT ... WITH INHERIT FALSE). Fix: upgrade the server, or remove the role. Nothing was changed.',
+        );
+      }
+      await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
@@ -448,13 +450,159 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
       if (dropped.length || kept.length) say(env, `roles left disarmed by a revocation: dropped ${dropped.length}${kept.length ? `, kept ${kept.length} (${kept.join(', ')})` : ''}`);
     }
     await reportLimits(client, env, version, openDatabases);
+    reportMissing(env, missing);
   } catch (e) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw e;
   } finally {
     await client.end();
   }
-  say(env, `roles ${vaultUser}, ${ownerRole}, ${retiredRole}, ${groupRoles.read}, ${groupRoles.write} and schema ${schema} are in place`);
+  say(env, `roles ${[vaultUser, ownerRole, retiredRole, groupRoles.read, groupRoles.write, ...shapedGroupRoles(env)].join(', ')} and schema ${schema} are in place`);
+}
+
+// --- Roles shaped by `grants` and `access: migrate` ------------------------------------------
+// Each has a NOLOGIN group role of its own (pgvault_<env>_g_<role>), marked like the others. Every
+// bootstrap, and every `npm run deploy` after Terraform, brings each of the project's group roles
+// back to what the file declares (stacks/statements.ts grantPlan). Only those roles are named: an
+// existing database's own tables may be declared, their owner and other grants stay as they are.
+
+/** The group roles of the roles that are not shorthands, in a stable order. */
+export function shapedGroupRoles(env: EnvironmentConfig): string[] {
+  return [...new Set(env.roles.filter((r) => r.access === 'grants' || r.access === 'migrate').map((r) => r.groupRole))].sort();
+}
+
+/** Every group role's declaration: the shorthands' (whether or not a role uses them) and each role's own. */
+export function groupDeclarations(env: EnvironmentConfig): GroupDeclaration[] {
+  const { schema, groupRoles } = env.database;
+  const shaped = env.roles.filter((r) => r.access === 'grants' || r.access === 'migrate');
+  return [
+    { group: groupRoles.read, grants: accessGrants('read', schema) },
+    { group: groupRoles.write, grants: accessGrants('write', schema), createIn: [schema] },
+    ...shaped.map((r) => ({ group: r.groupRole, grants: r.grants })),
+  ];
+}
+
+/** Schemas named in `grants` that do not exist: created, owned by the owner role and marked, as the app schema is. */
+async function createDeclaredSchemas(client: Client, env: EnvironmentConfig): Promise<void> {
+  const q = (s: string) => client.escapeIdentifier(s);
+  const named = [...new Set(env.roles.flatMap((r) => r.grants.map((g) => g.schema)))];
+  const present = new Set((await client.query('SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)', [named])).rows.map((x) => x.nspname));
+  for (const s of named.filter((x) => !present.has(x))) {
+    await client.query(`CREATE SCHEMA ${q(s)} AUTHORIZATION ${q(env.database.ownerRole)}`);
+    await client.query(`COMMENT ON SCHEMA ${q(s)} IS ${client.escapeLiteral(env.database.mark)}`);
+    say(env, `created schema ${s} (named in grants), owned by ${env.database.ownerRole}`);
+  }
+}
+
+/** What Postgres holds for one group role: the view grantPlan works from. */
+async function readCatalog(client: Client, env: EnvironmentConfig, decl: GroupDeclaration): Promise<CatalogView> {
+  const schemas = [...new Set([...decl.grants.map((g) => g.schema), ...(decl.createIn ?? [])])];
+  const kinds = `c.relkind IN ('r', 'p', 'v', 'm', 'f')`;
+  const group = `(SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)`;
+  // One query at a time: a client runs its queries in turn anyway.
+  const tables = await client.query(
+    `SELECT n.nspname AS schema, c.relname AS table, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE ${kinds} AND n.nspname = ANY($1)`,
+    [schemas],
+  );
+  const held = await client.query(
+    `SELECT n.nspname AS schema, c.relname AS table, a.privilege_type AS privilege, a.is_grantable AS grantable,
+            pg_catalog.pg_get_userbyid(a.grantor) AS grantor, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, LATERAL pg_catalog.aclexplode(c.relacl) a
+      WHERE ${kinds} AND a.grantee = ${group}`,
+    [decl.group],
+  );
+  const columns = await client.query(
+    `SELECT n.nspname AS schema, c.relname AS table, t.attname AS column, a.privilege_type AS privilege, a.is_grantable AS grantable,
+            pg_catalog.pg_get_userbyid(a.grantor) AS grantor, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+       FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_class c ON c.oid = t.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+            LATERAL pg_catalog.aclexplode(t.attacl) a
+      WHERE ${kinds} AND NOT t.attisdropped AND a.grantee = ${group}`,
+    [decl.group],
+  );
+  const nsp = await client.query(`SELECT n.nspname AS schema, a.privilege_type AS privilege FROM pg_catalog.pg_namespace n, LATERAL pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee = ${group}`, [decl.group]);
+  const defaults = await client.query(
+    `SELECT n.nspname AS schema, a.privilege_type AS privilege FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace,
+            LATERAL pg_catalog.aclexplode(d.defaclacl) a
+      WHERE d.defaclobjtype = 'r' AND d.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $2) AND a.grantee = ${group}`,
+    [decl.group, env.database.ownerRole],
+  );
+  const ours = await client.query(`SELECT nspname, pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)`, [schemas]);
+  return {
+    ownerRole: env.database.ownerRole,
+    ourSchemas: ours.rows.filter((x) => isMarked(x.comment, env.database.mark)).map((x) => x.nspname),
+    tables: tables.rows,
+    held: [...held.rows, ...columns.rows],
+    heldSchemas: nsp.rows,
+    heldDefaults: defaults.rows,
+  };
+}
+
+/** Brings every existing group role to its declaration; returns the named tables that do not exist. */
+async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<string[]> {
+  const missing = new Set<string>();
+  for (const decl of groupDeclarations(env)) {
+    if (!(await client.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [decl.group])).rowCount) continue;
+    const plan = grantPlan(decl, await readCatalog(client, env, decl));
+    for (const stmt of [...plan.revoke, ...plan.grant]) await client.query(stmt);
+    if (plan.revoke.length) say(env, `${decl.group}: revoked ${plan.revoke.filter((x) => x.startsWith('REVOKE') || x.startsWith('ALTER')).length} privilege(s) the file does not declare`);
+    for (const t of plan.missing) missing.add(t);
+  }
+  // A SECURITY DEFINER function a migrator makes (as the owner) must not be PUBLIC's to run, even
+  // if a migration changed the owner's defaults. Only the global form can revoke a built-in
+  // default; a per-schema default can only add.
+  await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${client.escapeIdentifier(env.database.ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
+  return [...missing].sort();
+}
+
+function reportMissing(env: EnvironmentConfig, missing: string[]): void {
+  if (!missing.length) return;
+  say(
+    env,
+    `table(s) named in grants do not exist yet: ${missing.join(', ')}; their grants wait. ` +
+      `Fix: run the migration that creates them (a role with "access": "migrate" creates them as the owner role), then deploy again (npm run deploy -- ${env.name}).`,
+  );
+}
+
+/**
+ * Vault's role may grant the owner role to migrate users only while a migrate role is declared
+ * (opt-in: it makes Vault's role owner-equivalent); otherwise that grant is taken back.
+ */
+async function grantOwnerForMigrators(client: Client, env: EnvironmentConfig): Promise<void> {
+  const q = (s: string) => client.escapeIdentifier(s);
+  const [owner, vaultUser] = [q(env.database.ownerRole), q(env.secretsEngine.vaultUser)];
+  if (env.roles.some((r) => r.access === 'migrate')) {
+    await client.query(`GRANT ${owner} TO ${vaultUser} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`);
+    return;
+  }
+  const held = await client.query(
+    `SELECT 1 FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles g ON g.oid = m.roleid JOIN pg_catalog.pg_roles u ON u.oid = m.member WHERE g.rolname = $1 AND u.rolname = $2`,
+    [env.database.ownerRole, env.secretsEngine.vaultUser],
+  );
+  if (held.rowCount) await client.query(`REVOKE ${owner} FROM ${vaultUser}`);
+}
+
+/**
+ * The grants of every group role, brought back to the file, as the superuser: `npm run deploy`
+ * runs it after Terraform whether or not the bootstrap ran, so a privilege added by hand is gone
+ * and a table a migration made since is granted. Group roles that do not exist yet are the
+ * bootstrap's. Returns the named tables that do not exist.
+ */
+export async function convergeGrants(env: EnvironmentConfig): Promise<string[]> {
+  const client = await adminConnect(env);
+  try {
+    await client.query('BEGIN');
+    await client.query("SET LOCAL lock_timeout = '10s'");
+    const missing = await convergeGroups(client, env);
+    await client.query('COMMIT');
+    reportMissing(env, missing);
+    return missing;
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  } finally {
+    await client.end();
+  }
 }
 
 // --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
@@ -492,6 +640,16 @@ async function createIdempotencyKeysTable(client: Client, env: EnvironmentConfig
       created_at timestamptz NOT NULL DEFAULT now())`);
   await client.query(`ALTER TABLE ${table} OWNER TO ${client.escapeIdentifier(ownerRole)}`);
   await client.query(`COMMENT ON TABLE ${table} IS ${client.escapeLiteral(mark)}`);
+}
+
+/** The group roles of roles shaped by grants or migrate: the declared ones, and marked ones of roles removed from the file since. */
+async function markedGroupRoles(client: Client, env: EnvironmentConfig): Promise<string[]> {
+  const prefix = roleGroupName(env.name, '');
+  const r = await client.query(
+    `SELECT rolname FROM pg_catalog.pg_roles WHERE NOT rolcanlogin AND pg_catalog.starts_with(rolname, $1) AND pg_catalog.shobj_description(oid, 'pg_authid') = $2`,
+    [prefix, env.database.mark],
+  );
+  return [...new Set([...shapedGroupRoles(env), ...r.rows.map((x) => x.rolname)])];
 }
 
 /** The teardown. Only marked objects are touched. */
@@ -541,10 +699,10 @@ export async function down(env: EnvironmentConfig): Promise<void> {
             'the teardown does not drop them. Move or drop those objects yourself, then run the destroy again.',
         );
       }
-      for (const role of [vaultUser, groupRoles.read, groupRoles.write, retiredRole, ownerRole]) await dropRole(role);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(await markedGroupRoles(client, env)), retiredRole, ownerRole]) await dropRole(role);
       say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
     } else {
-      for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(await markedGroupRoles(client, env))]) await dropRole(role);
       const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       const keys = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.${q(IDEMPOTENCY_KEYS_TABLE)}`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       say(

@@ -17,6 +17,7 @@ import { LOCK_CONFLICT, StateLockedError, holdingStateLock, readState, stateBack
 import { Sink, StackCommand, StackRunError, SynthesizedStack, runStacks, stackOutputs, synthesize } from './terraform-runner';
 import { StateTrustError, checkHookState, dockerObjectsRemain } from './state-trust';
 import { environmentDockerObjects, isEmpty } from './docker-objects';
+import { convergeGrants } from './db-bootstrap';
 
 export { log, loadToolchainEnv } from './toolchain-env';
 export { readSecretFile, prepareLocalSecrets } from './local-secrets';
@@ -164,6 +165,8 @@ export async function deploy(name: string): Promise<Record<string, unknown>> {
     } else {
       byStack = await terraformStacks(env, 'deploy', stackIds(env));
     }
+    // Every deploy brings the group roles' grants back to the file, whether or not Terraform reran the bootstrap.
+    await convergeGrants(env);
   } catch (e: any) {
     if (e instanceof StateLockedError || e instanceof StateTrustError) throw e;
     throw new Error(

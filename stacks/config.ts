@@ -5,6 +5,7 @@ import * as schema from './environment.schema.json';
 import * as errors from './errors';
 import { schemaValidator } from './schema-validator';
 import { DEFAULT_CONNECTION_LIMIT, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS } from './statements';
+import { accessGrants, REPLICA_PRIVILEGES, TableGrant, TablePrivilege } from './statements';
 
 /** The repository root: environments, .local and cdktf.out hang off it. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -23,12 +24,22 @@ export function localDir(env: string): string {
 
 export type Access = 'read' | 'write';
 
+/**
+ * How a role is shaped: the `access` shorthands read and write, `access: migrate` (schema
+ * migrations as the owner role), or `grants` (the privileges the file lists).
+ */
+export type RoleAccess = Access | 'migrate' | 'grants';
+
 /** Where a role's users connect: the primary, or its streaming replica. */
 export type RoleTarget = 'primary' | 'replica';
 
 export interface RoleConfig {
   readonly name: string;
-  readonly access: Access;
+  readonly access: RoleAccess;
+  /** The privileges the role's group role holds: `grants` as declared, or what `access: read|write` stands for; none for migrate. */
+  readonly grants: readonly TableGrant[];
+  /** The NOLOGIN group role each user is granted: pgvault_<env>_read|_write for the shorthands, pgvault_<env>_g_<role> otherwise. */
+  readonly groupRole: string;
   readonly defaultTtlSeconds: number;
   readonly maxTtlSeconds: number;
   /** @default "primary" */
@@ -238,7 +249,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
     .map(([roleName, r]) => ({
       name: roleName,
-      access: r.access,
+      ...roleShape(file, name, roleName, r),
       defaultTtlSeconds: r.defaultTtlSeconds,
       maxTtlSeconds: r.maxTtlSeconds,
       target: r.target ?? 'primary',
@@ -249,6 +260,10 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     .sort((a, b) => a.name.localeCompare(b.name));
   for (const r of roles) {
     if (r.defaultTtlSeconds > r.maxTtlSeconds) throw errors.ttlOrder(file, r.name, r.defaultTtlSeconds, r.maxTtlSeconds);
+    const twin = roles.find((o) => o !== r && o.groupRole === r.groupRole && (o.access === 'grants' || o.access === 'migrate'));
+    if (twin && r.name < twin.name) {
+      throw errors.schemaViolation(file, `roles.${twin.name}`, twin.name, `a name that differs from "${r.name}" by more than "-" and "_": both would get the group role ${r.groupRole}. Rename one`);
+    }
   }
 
   const pg = doc.postgres ?? {};
@@ -356,7 +371,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     if (!postgres.replica) {
       throw errors.schemaViolation(file, `roles.${r.name}.target`, 'replica', `"primary", or a replica to connect to: ${doc.infrastructure === 'docker' ? '"docker.postgresReplica": {}' : '"postgres.replica": { "clientHost": ... }'}`);
     }
-    if (r.access !== 'read') {
+    if (r.access !== 'read' && r.access !== 'grants') {
       throw errors.schemaViolation(file, `roles.${r.name}.target`, 'replica', `"primary" for a role with "access": "${r.access}": a replica is read-only`);
     }
   }
@@ -459,6 +474,52 @@ export function readJwtPublicKeys(env: EnvironmentConfig): string[] | undefined 
   });
 }
 
+/** The Postgres group role of a role that is not one of the shorthands. */
+export function roleGroupName(envName: string, roleName: string): string {
+  return `pgvault_${envName.replace(/-/g, '_')}_g_${roleName.replace(/-/g, '_')}`;
+}
+
+const COLUMN_PRIVILEGES: readonly TablePrivilege[] = ['SELECT', 'INSERT', 'UPDATE', 'REFERENCES'];
+
+/** A role's access, grants and group role, from its entry; `access` and `grants` exclude each other. */
+function roleShape(file: string, envName: string, roleName: string, r: any): Pick<RoleConfig, 'access' | 'grants' | 'groupRole'> {
+  const at = `roles.${roleName}`;
+  const prefix = `pgvault_${envName.replace(/-/g, '_')}`;
+  if (r.access !== undefined && r.grants !== undefined) {
+    throw errors.schemaViolation(file, `${at}.grants`, r.grants, `no value when "${at}.access" is set: a role has "access" (read, write or migrate) or "grants", not both. Keep one`);
+  }
+  if (r.access === 'read' || r.access === 'write') return { access: r.access, grants: accessGrants(r.access, 'app'), groupRole: `${prefix}_${r.access}` };
+  if (r.access === undefined && r.grants === undefined) {
+    throw errors.missingSetting(file, `${at}.access`, 'unless "grants" is set: "access": "read", "write" or "migrate", or "grants": { "<schema>.<table>": ["SELECT", ...] }');
+  }
+  const groupRole = roleGroupName(envName, roleName);
+  if (groupRole.length > 63) {
+    throw errors.schemaViolation(file, at, roleName, `a role name short enough for its Postgres group role ${groupRole} (${groupRole.length} characters, at most 63). Shorten the role's name or the environment's`);
+  }
+  if (r.access === 'migrate') {
+    if ((r.target ?? 'primary') !== 'primary') throw errors.schemaViolation(file, `${at}.target`, r.target, '"primary" for a role with "access": "migrate": a replica is read-only');
+    return { access: 'migrate', grants: [], groupRole };
+  }
+  const grants: TableGrant[] = [];
+  for (const [on, value] of Object.entries<any>(r.grants)) {
+    const [schema, table] = on.split('.');
+    const setting = `${at}.grants.${on}`;
+    const perColumn = !Array.isArray(value);
+    const privileges: [TablePrivilege, string[] | undefined][] = perColumn ? Object.entries<string[]>(value).map(([p, cols]) => [p as TablePrivilege, cols]) : value.map((p: TablePrivilege) => [p, undefined]);
+    for (const [privilege, columns] of privileges) {
+      if (columns && table === '*') throw errors.schemaViolation(file, setting, value, `a list of privileges: column privileges need a named table, not "${schema}.*"`);
+      if (columns && !COLUMN_PRIVILEGES.includes(privilege)) {
+        throw errors.schemaViolation(file, `${setting}.${privilege}`, columns, `no column list: Postgres has column privileges for ${COLUMN_PRIVILEGES.join(', ')} only. Put "${privilege}" in a list for the whole table`);
+      }
+      if ((r.target ?? 'primary') === 'replica' && !REPLICA_PRIVILEGES.includes(privilege)) {
+        throw errors.schemaViolation(file, setting, value, `${REPLICA_PRIVILEGES.join(', ')} only, for a role with "target": "replica": a replica is read-only, "${privilege}" is a write. Drop it, or target the primary`);
+      }
+      grants.push({ schema, table, privilege, ...(columns ? { columns } : {}) });
+    }
+  }
+  return { access: 'grants', grants, groupRole };
+}
+
 function resolveState(file: string, doc: any): StateConfig {
   const st = doc.state ?? { backend: 'local' };
   if (st.backend === 'local') {
@@ -498,7 +559,12 @@ function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.Config
     case 'propertyNames':
       value = errs.map((x) => (x as any).propertyName).find((n) => n !== undefined) ?? (e.params as any).propertyName;
       setting = [...base, value].join('.');
-      expected = 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
+      expected =
+        base[base.length - 1] === 'grants'
+          ? 'a table as "<schema>.<table>", or "<schema>.*" for every table of the schema, in lower-case letters, digits and "_" (safe Postgres identifiers)'
+          : base[base.length - 2] === 'grants'
+            ? 'a table privilege with a column list: "SELECT", "INSERT", "UPDATE" or "REFERENCES"'
+            : 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
       break;
     case 'enum':
       expected = `one of ${((e.params as any).allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;

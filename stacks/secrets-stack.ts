@@ -87,6 +87,8 @@ export class SecretsStack extends TerraformStack {
             database: env.postgres.database,
             postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
             vault_mount: mount.accessor,
+            // A role's shape changed: its group role and grants are brought to the file (npm run deploy does it every time).
+            role_shapes: JSON.stringify(env.roles.map((r) => [r.name, r.access, r.grants])),
           },
         }).resource,
     });
@@ -100,10 +102,13 @@ export class SecretsStack extends TerraformStack {
         new DatabaseRole(this, `role-${r.name}`, {
           engine: this.engine,
           name: r.name,
-          groupRole: env.database.groupRoles[r.access],
+          groupRole: r.groupRole,
           retiredRole: env.database.retiredRole,
           mark: env.database.mark,
-          access: r.access,
+          // Only a writer can create what is worth keeping: the others' objects (temporary ones,
+          // large objects) are dropped, and a migrator's tables are the owner role's already.
+          access: r.access === 'write' ? 'write' : 'read',
+          setRole: r.access === 'migrate' ? env.database.ownerRole : undefined,
           connectionLimit: r.connectionLimit,
           statementTimeoutSeconds: r.statementTimeoutSeconds,
           idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds,

@@ -27,6 +27,12 @@ export interface RoleStatementsProps {
    * write: it is handed to the retired role (the app's tables a writer made are kept).
    */
   readonly access: 'read' | 'write';
+  /**
+   * `access: migrate`: the owner role the user may SET ROLE to (and starts its sessions as), without
+   * inheriting it, so that whatever it creates is owned by that role, never by the short-lived user.
+   * @default none: the user only inherits its group role
+   */
+  readonly setRole?: string;
   /** CONNECTION LIMIT of each login role. @default 20 (the runtime's pool of 10, a draining pool's probes and a psql) */
   readonly connectionLimit?: number;
   /** A statement running longer is ended by the reaper; also the role's statement_timeout default. @default 300 */
@@ -93,8 +99,12 @@ export function creationStatements(props: RoleStatementsProps): string[] {
   const limit = bound('connectionLimit', props.connectionLimit, DEFAULT_CONNECTION_LIMIT, 10_000);
   const statement = bound('statementTimeoutSeconds', props.statementTimeoutSeconds, DEFAULT_STATEMENT_TIMEOUT_SECONDS, 86_400);
   const idle = bound('idleInTransactionTimeoutSeconds', props.idleInTransactionTimeoutSeconds, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, 86_400);
+  // A migrator holds the owner role without inheriting it (PostgreSQL 16+): it acts as the owner
+  // only through the session's role, so its tables are the owner's and revocation reassigns nothing.
+  const owner = props.setRole === undefined ? undefined : ident('setRole', props.setRole);
   return [
     `CREATE ROLE "{{name}}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT ${limit} PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE ${group};`,
+    ...(owner ? [`GRANT ${owner} TO "{{name}}" WITH INHERIT FALSE, SET TRUE;`, `ALTER ROLE "{{name}}" SET role = '${owner}';`] : []),
     `ALTER ROLE "{{name}}" SET statement_timeout = '${statement}s';`,
     `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '${idle}s';`,
     `COMMENT ON ROLE "{{name}}" IS '${userComment(props)}';`,
@@ -244,4 +254,182 @@ export function connectionUrl(host: string, port: number | string, database: str
   // sslrootcert is a path where Vault runs: the CA that verify-ca/verify-full check Postgres with.
   const ca = sslrootcert ? `&sslrootcert=${encodeURIComponent(sslrootcert).replace(/%2F/g, '/')}` : '';
   return `postgresql://{{username}}:{{password}}@${host}:${port}/${ident('database', database)}?sslmode=${sslmode}${ca}`;
+}
+
+// --- Roles shaped by `grants` (and the `access` shorthands): the privileges each group role holds ---
+
+/** The table privileges a `grants` declaration may name. */
+export const TABLE_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
+export type TablePrivilege = (typeof TABLE_PRIVILEGES)[number];
+/** The privileges a role with `target: replica` may hold: a replica is read-only. */
+export const REPLICA_PRIVILEGES: readonly TablePrivilege[] = ['SELECT'];
+
+/** One declared privilege: on a table, or on every table of a schema (`table: '*'`), or on some of its columns. */
+export interface TableGrant {
+  readonly schema: string;
+  /** A table name, or `*`: every table of the schema, present (owned by the owner role) and future (default privileges). */
+  readonly table: string;
+  readonly privilege: TablePrivilege;
+  /** Column privileges on these columns only. @default the whole table */
+  readonly columns?: readonly string[];
+}
+
+/** What the `access` shorthands mean, as grants on the environment's schema. */
+export function accessGrants(access: 'read' | 'write', schema: string): TableGrant[] {
+  const privileges: TablePrivilege[] = access === 'read' ? ['SELECT'] : ['SELECT', 'INSERT', 'UPDATE', 'DELETE'];
+  return privileges.map((privilege) => ({ schema, table: '*', privilege }));
+}
+
+/** A group role's declared privileges, as the bootstrap converges them. */
+export interface GroupDeclaration {
+  /** The project's NOLOGIN group role. */
+  readonly group: string;
+  readonly grants: readonly TableGrant[];
+  /** Schemas where the group may create objects (`access: write` on the app schema). @default none */
+  readonly createIn?: readonly string[];
+}
+
+/** What Postgres holds, read from its catalog by the bootstrap. */
+export interface CatalogView {
+  /** The environment's owner role: `schema.*` covers its tables and its future ones. */
+  readonly ownerRole: string;
+  /** Schemas the project created (marked): there `schema.*` means the owner role's tables only. */
+  readonly ourSchemas: readonly string[];
+  /** Tables (and views) of the schemas that the declarations name. */
+  readonly tables: readonly { readonly schema: string; readonly table: string; readonly owner: string }[];
+  /** The group's privileges on tables, anywhere in the database (`column` set: a column privilege). */
+  readonly held: readonly HeldPrivilege[];
+  /** The group's privileges on schemas. */
+  readonly heldSchemas: readonly { readonly schema: string; readonly privilege: 'USAGE' | 'CREATE' }[];
+  /** The owner role's default privileges on tables for the group (`schema` null: the global form). */
+  readonly heldDefaults: readonly { readonly schema: string | null; readonly privilege: string }[];
+}
+
+export interface HeldPrivilege {
+  readonly schema: string;
+  readonly table: string;
+  readonly column?: string;
+  readonly privilege: string;
+  readonly grantable: boolean;
+  /** Who granted it: a grant someone else made (with grant option) is revoked as that role. */
+  readonly grantor: string;
+  readonly owner: string;
+}
+
+/** The SQL that brings a group role's privileges to what is declared: revocations first (they run first), then grants. */
+export interface GrantPlan {
+  readonly revoke: string[];
+  readonly grant: string[];
+  /** Named tables that do not exist: reported, not failed (the migration that makes them has not run yet). */
+  readonly missing: string[];
+}
+
+/** A quoted identifier: names read from the catalog may hold anything. */
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+const qualified = (schema: string, table: string) => `${quoteIdent(schema)}.${quoteIdent(table)}`;
+
+/**
+ * The pure heart of the role model: what to revoke from and grant to one of the project's group
+ * roles so that it holds exactly what the environment file declares, on the tables, schemas and
+ * default privileges of the owner role. Only this group's privileges are named. A revoked
+ * table-level privilege takes the column privileges of its kind with it (Postgres does so), so
+ * declared column privileges of that kind are granted again.
+ */
+export function grantPlan(decl: GroupDeclaration, catalog: CatalogView): GrantPlan {
+  const g = quoteIdent(ident('group', decl.group));
+  const owner = quoteIdent(catalog.ownerRole);
+  const key = (schema: string, table: string, privilege: string, column?: string) => `${schema}\u0000${table}\u0000${privilege}\u0000${column ?? ''}`;
+
+  // Declared: explicit tables that exist, and `schema.*` over the schema's owner-role tables (every table in a schema not ours).
+  const wanted = new Map<string, { schema: string; table: string; privilege: string; column?: string }>();
+  const missing = new Set<string>();
+  const exists = new Set(catalog.tables.map((t) => `${t.schema}.${t.table}`));
+  for (const gr of decl.grants) {
+    const tables =
+      gr.table === '*'
+        ? catalog.tables.filter((t) => t.schema === gr.schema && (t.owner === catalog.ownerRole || !catalog.ourSchemas.includes(t.schema))).map((t) => t.table)
+        : exists.has(`${gr.schema}.${gr.table}`)
+          ? [gr.table]
+          : (missing.add(`${gr.schema}.${gr.table}`), []);
+    for (const table of tables) {
+      for (const column of gr.columns ?? [undefined]) wanted.set(key(gr.schema, table, gr.privilege, column), { schema: gr.schema, table, privilege: gr.privilege, column });
+    }
+  }
+  // A table-level privilege makes the column privileges of its kind on that table redundant.
+  for (const [k, w] of wanted) if (w.column !== undefined && wanted.has(key(w.schema, w.table, w.privilege))) wanted.delete(k);
+
+  const revoke: string[] = [];
+  const revokedTableLevel = new Set<string>();
+  const held = new Set<string>();
+  const asGrantor = (h: HeldPrivilege, stmt: string) => (h.grantor === h.owner ? [stmt] : [`SET ROLE ${quoteIdent(h.grantor)};`, stmt, 'RESET ROLE;']);
+  const sorted = [...catalog.held].sort((a, b) => (a.column === undefined ? 0 : 1) - (b.column === undefined ? 0 : 1));
+  for (const h of sorted) {
+    const on = `${h.column === undefined ? '' : ` (${quoteIdent(h.column)})`} ON ${qualified(h.schema, h.table)}`;
+    const k = key(h.schema, h.table, h.privilege, h.column);
+    if (h.column !== undefined && revokedTableLevel.has(key(h.schema, h.table, h.privilege))) continue; // gone with the table-level one
+    if (!wanted.has(k)) {
+      revoke.push(...asGrantor(h, `REVOKE ${h.privilege}${on} FROM ${g};`));
+      if (h.column === undefined) revokedTableLevel.add(k);
+      continue;
+    }
+    if (h.grantable) revoke.push(...asGrantor(h, `REVOKE GRANT OPTION FOR ${h.privilege}${on} FROM ${g};`));
+    held.add(k);
+  }
+
+  const wantedSchemas = new Map<string, Set<string>>();
+  const want = (schema: string, p: string) => wantedSchemas.set(schema, (wantedSchemas.get(schema) ?? new Set()).add(p));
+  for (const gr of decl.grants) want(gr.schema, 'USAGE');
+  for (const s of decl.createIn ?? []) (want(s, 'USAGE'), want(s, 'CREATE'));
+  const heldSchemas = new Set<string>();
+  for (const h of catalog.heldSchemas) {
+    if (wantedSchemas.get(h.schema)?.has(h.privilege)) heldSchemas.add(`${h.schema}\u0000${h.privilege}`);
+    else revoke.push(`REVOKE ${h.privilege} ON SCHEMA ${quoteIdent(h.schema)} FROM ${g};`);
+  }
+
+  const wantedDefaults = new Set(decl.grants.filter((gr) => gr.table === '*').map((gr) => `${gr.schema}\u0000${gr.privilege}`));
+  const heldDefaults = new Set<string>();
+  for (const d of catalog.heldDefaults) {
+    const k = `${d.schema ?? ''}\u0000${d.privilege}`;
+    if (d.schema !== null && wantedDefaults.has(k)) heldDefaults.add(k);
+    else revoke.push(`ALTER DEFAULT PRIVILEGES FOR ROLE ${owner}${d.schema === null ? '' : ` IN SCHEMA ${quoteIdent(d.schema)}`} REVOKE ${d.privilege} ON TABLES FROM ${g};`);
+  }
+
+  const grant: string[] = [];
+  for (const [schema, privileges] of [...wantedSchemas].sort(([a], [b]) => a.localeCompare(b))) {
+    const p = [...privileges].filter((x) => !heldSchemas.has(`${schema}\u0000${x}`)).sort().reverse();
+    if (p.length) grant.push(`GRANT ${p.join(', ')} ON SCHEMA ${quoteIdent(schema)} TO ${g};`);
+  }
+  // One statement per table and per column set, in a stable order.
+  const byTable = new Map<string, { table: string[]; columns: Map<string, string[]> }>();
+  for (const [k, w] of wanted) {
+    if (held.has(k)) continue;
+    const t = qualified(w.schema, w.table);
+    const e = byTable.get(t) ?? { table: [] as string[], columns: new Map<string, string[]>() };
+    if (w.column === undefined) e.table.push(w.privilege);
+    else e.columns.set(w.privilege, [...(e.columns.get(w.privilege) ?? []), w.column]);
+    byTable.set(t, e);
+  }
+  const order = (ps: string[]) => ps.sort((a, b) => TABLE_PRIVILEGES.indexOf(a as TablePrivilege) - TABLE_PRIVILEGES.indexOf(b as TablePrivilege));
+  for (const [t, e] of [...byTable].sort(([a], [b]) => a.localeCompare(b))) {
+    if (e.table.length) grant.push(`GRANT ${order(e.table).join(', ')} ON ${t} TO ${g};`);
+    const cols = order([...e.columns.keys()]).map((p) => `${p} (${e.columns.get(p)!.map(quoteIdent).join(', ')})`);
+    if (cols.length) grant.push(`GRANT ${cols.join(', ')} ON ${t} TO ${g};`);
+  }
+  const defaults = new Map<string, string[]>();
+  for (const gr of decl.grants) {
+    if (gr.table !== '*' || heldDefaults.has(`${gr.schema}\u0000${gr.privilege}`)) continue;
+    defaults.set(gr.schema, [...new Set([...(defaults.get(gr.schema) ?? []), gr.privilege])]);
+  }
+  for (const [schema, ps] of [...defaults].sort(([a], [b]) => a.localeCompare(b))) {
+    grant.push(`ALTER DEFAULT PRIVILEGES FOR ROLE ${owner} IN SCHEMA ${quoteIdent(schema)} GRANT ${order(ps).join(', ')} ON TABLES TO ${g};`);
+  }
+  return { revoke, grant, missing: [...missing].sort() };
+}
+
+/** A role's SQL, end to end: what Vault runs for each user, and what the bootstrap converges its group role to. */
+export function roleSql(props: RoleStatementsProps, decl: GroupDeclaration, catalog: CatalogView): { creation: string[]; revocation: string[] } & GrantPlan {
+  return { creation: creationStatements(props), revocation: revocationStatements(props), ...grantPlan(decl, catalog) };
 }

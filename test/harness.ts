@@ -40,6 +40,18 @@ export function scratchEnvironment(name: string, edit: (doc: any) => void, as = 
   return dir;
 }
 
+/**
+ * A scratch copy of `local` named `as`, on its own ports (so it never meets another suite's
+ * containers), changed by `edit`.
+ */
+export function localCopy(as: string, ports: { postgres: number; vault: number }, edit: (doc: any) => void = () => undefined): string {
+  return scratchEnvironment('local', (doc) => {
+    doc.description = `A copy of local for the ${as} test, with its own name and ports.`;
+    doc.docker = { ...doc.docker, postgresHostPort: ports.postgres, vaultHostPort: ports.vault };
+    edit(doc);
+  }, as);
+}
+
 export async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
   const t = Date.now();
   const value = await fn();

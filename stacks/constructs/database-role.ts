@@ -16,6 +16,8 @@ export interface DatabaseRoleProps {
   readonly mark: string;
   /** read: a revoked user's objects are dropped; write: handed to the retired role. */
   readonly access: 'read' | 'write';
+  /** `access: migrate`: the owner role each user acts as (SET, not inherited). @default none */
+  readonly setRole?: string;
   /** CONNECTION LIMIT of each user. @default 20 */
   readonly connectionLimit?: number;
   /** The users' statement bound (the reaper's, and their statement_timeout). @default 300 */
@@ -52,6 +54,7 @@ export class DatabaseRole extends Construct {
       retiredRole: props.retiredRole,
       mark: props.mark,
       access: props.access,
+      setRole: props.setRole,
       connectionLimit: props.connectionLimit,
       statementTimeoutSeconds: props.statementTimeoutSeconds,
       idleInTransactionTimeoutSeconds: props.idleInTransactionTimeoutSeconds,

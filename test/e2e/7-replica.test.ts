@@ -91,6 +91,7 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
     assert.deepEqual(outputs.role_endpoints, {
       readonly: { host: '127.0.0.1', port: 15471, target: 'replica' },
       readwrite: { host: '127.0.0.1', port: 15470, target: 'primary' },
+      reporter: { host: '127.0.0.1', port: 15471, target: 'replica' },
     });
     assert.equal(outputs.postgres_sslmode, 'verify-full');
     rt = await CredentialRuntime.start(cfg);
@@ -134,6 +135,44 @@ describe('ha: readonly on a streaming replica, readwrite on the primary, TLS eve
       assert.deepEqual(slot.rows, [{ slot_name: 'pgvault_ha_replica', active: true }]);
     } finally {
       await replication.end();
+    }
+  });
+
+  test('reporter, a role shaped by grants (app.* SELECT), reads from the replica and can do nothing else', { timeout: 120_000 }, async () => {
+    const s = await session();
+    const creds = await s.issue(cfg.mountPath, 'reporter');
+    try {
+      // The replica may not have replayed the new user yet: a new client per attempt.
+      let c!: Client;
+      await h.waitFor('the reporter user on the replica', async () => {
+        const attempt = new Client({ host: replicaAt().clientHost, port: replicaAt().clientPort, database: env.postgres.database, user: creds.username, password: creds.password, ssl: pgSsl('verify-full', { ca }), connectionTimeoutMillis: 5000 });
+        attempt.on('error', () => undefined);
+        await attempt.connect().catch(async (e) => {
+          await attempt.end().catch(() => undefined);
+          throw e;
+        });
+        c = attempt;
+        return true;
+      }, 15_000);
+      try {
+        const r = (await c.query('SELECT pg_is_in_recovery() AS replica, (SELECT count(*)::int FROM app.items) AS n')).rows[0];
+        assert.equal(r.replica, true, 'on the replica');
+        assert.ok(r.n >= 0);
+        await assert.rejects(c.query("SELECT 1 WHERE 'x' = 'x'; DELETE FROM app.items"), (e: any) => ['42501', '25006'].includes(e.code), 'an injected DELETE is refused');
+        await assert.rejects(c.query('SELECT pg_catalog.pg_read_file(\'postgresql.conf\')'), (e: any) => e.code === '42501');
+      } finally {
+        await c.end();
+      }
+      const primaryAdmin = await h.adminClient(env);
+      try {
+        const held = await primaryAdmin.query(`SELECT DISTINCT a.privilege_type AS p FROM pg_class c, aclexplode(c.relacl) a WHERE a.grantee = $1::regrole ORDER BY 1`, [env.roles.find((r) => r.name === 'reporter')!.groupRole]);
+        assert.deepEqual(held.rows.map((x) => x.p), ['SELECT'], 'its group role holds SELECT only');
+      } finally {
+        await primaryAdmin.end();
+      }
+    } finally {
+      await s.revoke(creds.leaseId).catch(() => undefined);
+      await s.revokeSelf().catch(() => undefined);
     }
   });
 

@@ -152,7 +152,7 @@ test('ha: TLS-only Postgres with a replica; readonly targets the replica; the CA
   assert.match(ha.postgres.caCertFile ?? '', /\.local\/ha\/tls\/ca\.pem$/);
   assert.equal(ha.postgres.caCertFileOnVault, '/pgvault/config/postgres-ca.pem');
   assert.deepEqual(ha.postgres.replica, { host: 'pgvault-ha-postgres-replica', port: 5432, clientHost: '127.0.0.1', clientPort: 15471 });
-  assert.deepEqual(ha.roles.map((r) => [r.name, r.target]), [['readonly', 'replica'], ['readwrite', 'primary']]);
+  assert.deepEqual(ha.roles.map((r) => [r.name, r.target]), [['readonly', 'replica'], ['readwrite', 'primary'], ['reporter', 'replica']]);
   assert.equal(loadEnvironment('local').roles[0].target, 'primary', 'the default target');
 });
 
@@ -167,6 +167,78 @@ test('fails when a role targets a replica that does not exist, or writes to one'
   rejects({ infrastructure: 'docker', docker: cluster, roles: { rw: { ...ro, access: 'write', target: 'replica' } } }, 'ENV_SCHEMA', 'roles.rw.target', 'read-only');
   const ok = resolveEnvironment('t', 't.json', { infrastructure: 'docker', docker: cluster, roles: { ro: { ...ro, target: 'replica' } } });
   assert.equal(ok.docker!.postgresReplica!.hostPort, 15471, 'the replica defaults to postgresHostPort + 1');
+});
+
+// --- Roles shaped by grants, and access: migrate (issue 23) ---
+
+const ttl = { defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+const docker = (roles: unknown, extra: object = {}) => ({ infrastructure: 'docker', roles, ...extra });
+
+test('the issue\'s example resolves: each shaped role gets a group role of its own; the shorthands keep theirs', () => {
+  const env = resolveEnvironment('shop-env', 't.json', docker({
+    orders_writer: { grants: { 'app.orders': ['SELECT', 'INSERT', 'UPDATE'], 'app.customers': { SELECT: ['id', 'name'] } }, ...ttl },
+    migrator: { access: 'migrate', ...ttl },
+    readonly: { access: 'read', ...ttl },
+    'bulk-load': { grants: { 'sales.*': ['INSERT'] }, ...ttl },
+  }));
+  const byName = Object.fromEntries(env.roles.map((r) => [r.name, r]));
+  assert.deepEqual(
+    env.roles.map((r) => [r.name, r.access, r.groupRole]),
+    [
+      ['bulk-load', 'grants', 'pgvault_shop_env_g_bulk_load'],
+      ['migrator', 'migrate', 'pgvault_shop_env_g_migrator'],
+      ['orders_writer', 'grants', 'pgvault_shop_env_g_orders_writer'],
+      ['readonly', 'read', 'pgvault_shop_env_read'],
+    ],
+  );
+  assert.deepEqual(byName.orders_writer.grants, [
+    { schema: 'app', table: 'orders', privilege: 'SELECT' },
+    { schema: 'app', table: 'orders', privilege: 'INSERT' },
+    { schema: 'app', table: 'orders', privilege: 'UPDATE' },
+    { schema: 'app', table: 'customers', privilege: 'SELECT', columns: ['id', 'name'] },
+  ]);
+  assert.deepEqual(byName.readonly.grants, [{ schema: 'app', table: '*', privilege: 'SELECT' }], 'access: read is shorthand for app.* SELECT');
+  assert.deepEqual(byName.migrator.grants, []);
+});
+
+test('fails when a role has both access and grants, or neither', () => {
+  rejects(docker({ r: { access: 'read', grants: { 'app.t': ['SELECT'] }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants', 'not both');
+  rejects(docker({ r: { ...ttl } }), 'ENV_MISSING', 'roles.r.access', '"grants"');
+});
+
+test('fails when grants name an unknown privilege, an unsafe table or column, or an empty list', () => {
+  rejects(docker({ r: { grants: { 'app.orders': ['SELECT', 'DROP'] }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.orders.1', '"DROP"', '"SELECT", "INSERT"');
+  rejects(docker({ r: { grants: { 'app.orders; DROP TABLE x': ['SELECT'] }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.orders; DROP TABLE x', '"<schema>.<table>"');
+  rejects(docker({ r: { grants: { orders: ['SELECT'] }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.orders', '"<schema>.*"');
+  rejects(docker({ r: { grants: { 'app.customers': { SELECT: ['id', 'Email"'] } }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.customers.SELECT.1', 'Email');
+  rejects(docker({ r: { grants: { 'app.customers': { DROP: ['id'] } }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.customers.DROP', '"SELECT", "INSERT", "UPDATE" or "REFERENCES"');
+  rejects(docker({ r: { grants: { 'app.orders': [] }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.orders');
+  rejects(docker({ r: { access: 'admin', ...ttl } }), 'ENV_SCHEMA', 'roles.r.access', '"migrate"');
+});
+
+test('fails when a column list has no column form, or names every table of a schema', () => {
+  rejects(docker({ r: { grants: { 'app.*': { SELECT: ['id'] } }, ...ttl } }), 'ENV_SCHEMA', 'roles.r.grants.app.*', 'named table');
+});
+
+test('fails when a replica role is given a write privilege, or the migrator targets a replica', () => {
+  const ha = { docker: { vaultNodes: 3, vaultHostPort: 18230, postgresHostPort: 15470, postgresTls: true, postgresReplica: {} } };
+  rejects(docker({ r: { grants: { 'app.*': ['SELECT', 'INSERT'] }, target: 'replica', ...ttl } }, ha), 'ENV_SCHEMA', 'roles.r.grants.app.*', 'SELECT only', '"INSERT" is a write');
+  rejects(docker({ r: { grants: { 'app.t': { UPDATE: ['a'] } }, target: 'replica', ...ttl } }, ha), 'ENV_SCHEMA', 'roles.r.grants.app.t', '"UPDATE" is a write');
+  rejects(docker({ m: { access: 'migrate', target: 'replica', ...ttl } }, ha), 'ENV_SCHEMA', 'roles.m.target', 'read-only');
+  const ok = resolveEnvironment('t', 't.json', docker({ reporter: { grants: { 'app.*': ['SELECT'] }, target: 'replica', ...ttl } }, ha));
+  assert.equal(ok.roles[0].target, 'replica');
+});
+
+test('fails when two roles would share a group role', () => {
+  rejects(docker({ 'a-b': { grants: { 'app.t': ['SELECT'] }, ...ttl }, a_b: { access: 'migrate', ...ttl } }), 'ENV_SCHEMA', 'roles.a_b', 'pgvault_t_g_a_b', 'Rename one');
+});
+
+test('fails when a role\'s group role name would be longer than Postgres allows', () => {
+  const env = 'e'.repeat(32);
+  assert.throws(
+    () => resolveEnvironment(env, 't.json', docker({ ['r'.repeat(32)]: { grants: { 'app.t': ['SELECT'] }, ...ttl } })),
+    (e: any) => e.code === 'ENV_SCHEMA' && /at most 63/.test(e.message) && /Shorten/.test(e.message),
+  );
 });
 
 test('fails when a replica lacks TLS, TLS lacks the cluster CA, TLS meets sslmode disable, or the replica port clashes', () => {

@@ -93,5 +93,6 @@ test('ha secrets: Vault connects to the primary with verify-full and the CA wher
   assert.deepEqual(secrets.output.role_endpoints.value, {
     readonly: { host: '127.0.0.1', port: 15471, target: 'replica' },
     readwrite: { host: '127.0.0.1', port: 15470, target: 'primary' },
+    reporter: { host: '127.0.0.1', port: 15471, target: 'replica' },
   });
 });
