@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 /**
  * The REST API against a deployed environment:
- *   npm run serve -- <env>            (builds first; npm passes SIGTERM/SIGINT on)
- *   node dist/scripts/serve.js <env>  (containers, systemd: no npm in between)
+ *   npm run serve -- <env> [app]            (builds first; npm passes SIGTERM/SIGINT on)
+ *   node dist/scripts/serve.js <env> [app]  (containers, systemd: no npm in between)
+ * The app (its AppRole and roles) is the second argument, else PGVAULT_APP, else the app the
+ * top-level outputs describe ("api"). The API reads through its readonly and writes through its
+ * readwrite role, so the app must have both.
  * The AppRole secret_id comes from PGVAULT_SECRET_ID_FILE (read again at every login, so an
  * orchestrator can refresh it) or PGVAULT_SECRET_ID. Only for a docker environment, when
- * neither is set, one is issued with the environment's admin token for each login.
+ * neither is set, one is issued with the environment's admin token for each login, for that app.
  * PORT (default 8080). PGVAULT_START_TIMEOUT_SECONDS bounds the start-up retries (default 30).
  * PGVAULT_REQUEST_TIMEOUT_SECONDS: each request's deadline (default 5).
  * PGVAULT_SHUTDOWN_TIMEOUT_SECONDS: the bound on a shutdown (default 20).
@@ -20,6 +23,10 @@ import { issueSecretId, outputsFile } from './ops';
 
 const logger = createLogger('pgvault-serve');
 
+/** The roles the API reads and writes through (api/server.ts's defaults). */
+const READ_ROLE = 'readonly';
+const WRITE_ROLE = 'readwrite';
+
 function seconds(name: string, fallback: number): number {
   const raw = process.env[name];
   const value = raw === undefined || raw === '' ? fallback : Number(raw);
@@ -28,10 +35,10 @@ function seconds(name: string, fallback: number): number {
 }
 
 /** For docker environments only: a secret_id issued with the admin token, retried until `deadline`. */
-async function adminSecretId(envName: string, deadline: number): Promise<string> {
+async function adminSecretId(envName: string, app: string | undefined, deadline: number): Promise<string> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await issueSecretId(envName, Math.min(3000, Math.max(500, deadline - Date.now())));
+      return await issueSecretId(envName, Math.min(3000, Math.max(500, deadline - Date.now())), app);
     } catch (e: any) {
       const delay = backoffDelay(attempt);
       if (Date.now() + delay > deadline) {
@@ -61,15 +68,24 @@ async function main(): Promise<void> {
   const shutdownMillis = seconds('PGVAULT_SHUTDOWN_TIMEOUT_SECONDS', 20) * 1000;
   const loginRefusedMillis = seconds('PGVAULT_LOGIN_REFUSED_EXIT_SECONDS', 60) * 1000;
   const env = loadEnvironment(envName);
-  const outputs = readOutputs(outputsFile(envName));
+  const app = process.argv[3] ?? (process.env.PGVAULT_APP || undefined);
+  const outputs = readOutputs(outputsFile(envName), app);
+  const missing = [READ_ROLE, WRITE_ROLE].filter((r) => !outputs.roles.includes(r));
+  if (missing.length) {
+    throw new AppConfigError(
+      'APP_ROLES',
+      `app "${outputs.app ?? app}" of environment ${envName} has the roles ${outputs.roles.join(', ')}, not ${missing.join(' and ')}: the API reads through "${READ_ROLE}" and writes through "${WRITE_ROLE}". ` +
+        `Give the app both roles under "apps" in ${env.file} and deploy again, or serve an app that has them (PGVAULT_APP).`,
+    );
+  }
   let cfg;
   if (process.env.PGVAULT_SECRET_ID_FILE || process.env.PGVAULT_SECRET_ID) {
     cfg = appConfigFromOutputs(outputs);
   } else if (env.infrastructure === 'docker') {
     cfg = appConfigFromOutputs(outputs, {
-      secretId: await adminSecretId(envName, deadline),
-      secretIdSource: () => issueSecretId(envName, 5000),
-      secretIdFrom: `the admin token of the docker environment ${envName}`,
+      secretId: await adminSecretId(envName, outputs.app, deadline),
+      secretIdSource: () => issueSecretId(envName, 5000, outputs.app),
+      secretIdFrom: `the admin token of the docker environment ${envName} (app ${outputs.app})`,
     });
   } else {
     throw new AppConfigError(
@@ -130,7 +146,7 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', (e) => logger.error(`unhandled rejection (serving on): ${safeMessage(e)}`));
 
   const bound = await api.listen(port);
-  logger.info({ env: envName, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
+  logger.info({ env: envName, app: outputs.app, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
 }
 
 main().catch((e) => {

@@ -5,6 +5,7 @@ import * as https from 'node:https';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
 import { readSecretFile } from './local-secrets';
 import { outputsFile } from './outputs';
+import { readOutputs } from '@pgvault/runtime/config';
 
 /** Vault answered with an error status. `detail` is Vault's own error text, which never holds a secret. */
 export class VaultAdminError extends Error {
@@ -62,10 +63,13 @@ export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath
   }
 }
 
-/** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */
-export async function issueSecretId(name: string, timeoutMillis = 10_000): Promise<string> {
+/**
+ * Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve,
+ * tests), for the app `app` (default: PGVAULT_APP, else the app the top-level outputs describe).
+ */
+export async function issueSecretId(name: string, timeoutMillis = 10_000, app?: string): Promise<string> {
   const env = loadEnvironment(name);
-  const outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
+  const outputs = readOutputs(outputsFile(env.name), app);
   const res = await vaultAdmin(env, 'POST', `auth/${outputs.approle_mount}/role/${outputs.approle_role_name}/secret-id`, {}, timeoutMillis);
   return res.data.secret_id;
 }

@@ -41,6 +41,22 @@ export interface RoleConfig {
   readonly idleInTransactionTimeoutSeconds: number;
 }
 
+/**
+ * One app of the environment: its own AppRole and policy, which reach only its roles' creds
+ * and leases. Without "apps" in the file, one app named `api` has every role, under the
+ * AppRole name of "appAccess.roleName".
+ */
+export interface AppConfig {
+  readonly name: string;
+  /** The names of the roles it may read credentials for, sorted. */
+  readonly roles: readonly string[];
+  /** The AppRole's and the policy's name: "appAccess.roleName" alone (no "apps"), else "<roleName>-<app>". */
+  readonly roleName: string;
+}
+
+/** The app that the top-level AppRole outputs describe, and that the runtime and `serve` use by default. */
+export const DEFAULT_APP = 'api';
+
 /** A Postgres server as Vault (host, port) and as the app and the bootstrap (clientHost, clientPort) reach it. */
 export interface PostgresEndpoint {
   readonly host: string;
@@ -124,6 +140,10 @@ export interface EnvironmentConfig {
     readonly tokenMaxTtlSeconds: number;
     readonly secretIdTtlSeconds: number;
   };
+  /** The apps, sorted by name; one (`api`, every role) when the file has no "apps". */
+  readonly apps: readonly AppConfig[];
+  /** Whether the file declares "apps": then every app's AppRole is named "<roleName>-<app>". */
+  readonly appsDeclared: boolean;
   /**
    * Names of the Postgres objects the bootstrap creates, per environment so that several
    * environments can share one server. Each carries the comment `mark`.
@@ -359,6 +379,8 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   }
   const state = resolveState(file, doc);
   const aa = doc.appAccess ?? {};
+  const roleName: string = aa.roleName ?? 'pgvault-app';
+  const apps = resolveApps(file, doc, roles, roleName);
   const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
   const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
   if (tokenTtlSeconds > tokenMaxTtlSeconds) {
@@ -383,13 +405,36 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     state,
     appAccess: {
       approleMount: aa.approleMount ?? 'approle',
-      roleName: aa.roleName ?? 'pgvault-app',
+      roleName,
       tokenTtlSeconds,
       tokenMaxTtlSeconds,
       secretIdTtlSeconds: aa.secretIdTtlSeconds ?? 86400,
     },
+    apps,
+    appsDeclared: doc.apps !== undefined,
     database,
   };
+}
+
+/** The file's "apps", each naming roles the file declares; without it, one app with every role. */
+function resolveApps(file: string, doc: any, roles: readonly RoleConfig[], roleName: string): AppConfig[] {
+  const known = roles.map((r) => r.name);
+  if (doc.apps === undefined) return [{ name: DEFAULT_APP, roles: known, roleName }];
+  return Object.entries(doc.apps as Record<string, { roles: string[] }>)
+    .map(([name, a]) => {
+      for (const [i, role] of a.roles.entries()) {
+        if (!known.includes(role)) throw errors.unknownAppRole(file, name, i, role, known);
+      }
+      return { name, roles: [...a.roles].sort(), roleName: `${roleName}-${name}` };
+    })
+    .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The app of that name, or an error that lists the environment's apps. */
+export function findApp(env: EnvironmentConfig, name: string): AppConfig {
+  const app = env.apps.find((a) => a.name === name);
+  if (!app) throw errors.unknownApp(env.file, name, env.apps.map((a) => a.name));
+  return app;
 }
 
 function resolveState(file: string, doc: any): StateConfig {
@@ -431,7 +476,7 @@ function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.Config
     case 'propertyNames':
       value = errs.map((x) => (x as any).propertyName).find((n) => n !== undefined) ?? (e.params as any).propertyName;
       setting = [...base, value].join('.');
-      expected = 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
+      expected = `${base[0] === 'apps' ? 'an app' : 'a role'} name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)`;
       break;
     case 'enum':
       expected = `one of ${((e.params as any).allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;

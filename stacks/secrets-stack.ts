@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { Construct } from 'constructs';
 import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
-import { EnvironmentConfig, REPO_ROOT } from './config';
+import { DEFAULT_APP, EnvironmentConfig, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
@@ -110,14 +110,16 @@ export class SecretsStack extends TerraformStack {
         }),
     );
 
+    const byName = new Map(this.roles.map((r, i) => [env.roles[i].name, r]));
     this.access = new AppAccess(this, 'app-access', {
-      roles: this.roles,
+      apps: env.apps.map((a) => ({ name: a.name, roleName: a.roleName, roles: a.roles.map((r) => byName.get(r)!) })),
+      singleApp: !env.appsDeclared,
       approleMount: env.appAccess.approleMount,
-      roleName: env.appAccess.roleName,
       tokenTtlSeconds: env.appAccess.tokenTtlSeconds,
       tokenMaxTtlSeconds: env.appAccess.tokenMaxTtlSeconds,
       secretIdTtlSeconds: env.appAccess.secretIdTtlSeconds,
     });
+    const defaultApp = this.access.apps.get(DEFAULT_APP);
 
     const outputs: Record<string, unknown> = {
       vault_address: infra ? infra.vault.address : env.vault.address,
@@ -137,9 +139,11 @@ export class SecretsStack extends TerraformStack {
       roles: this.roles.map((r) => r.name),
       role_max_ttl_seconds: Object.fromEntries(env.roles.map((r) => [r.name, r.maxTtlSeconds])),
       approle_mount: this.access.backend.path,
-      approle_role_name: this.access.role.roleName,
-      approle_role_id: this.access.roleId,
-      policy_name: this.access.policy.name,
+      // The app named "api" (the only app when the file declares none); absent without one.
+      ...(defaultApp ? { approle_role_name: defaultApp.role.roleName, approle_role_id: defaultApp.roleId, policy_name: defaultApp.policy.name } : {}),
+      apps: Object.fromEntries(
+        [...this.access.apps.values()].map((a) => [a.name, { approle_role_name: a.role.roleName, approle_role_id: a.roleId, policy_name: a.policy.name, roles: a.roles }]),
+      ),
     };
     // Several addresses (a cluster): the app fails over between them.
     if (env.vault.addresses.length > 1) outputs.vault_addresses = env.vault.addresses;
