@@ -25,7 +25,7 @@ import { EnvironmentConfig } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
 import { disarmedComment, isDisarmedSql, reaperStatement } from '../stacks/statements';
-import { localDir } from '../stacks/config';
+import { forDatabase, localDir } from '../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
@@ -317,6 +317,47 @@ async function reportLimits(client: Client, env: EnvironmentConfig, version: num
  * recreated mount), and nobody can revoke them any more, so they are dropped here.
  */
 export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<void> {
+  await ensureDatabases(env);
+  for (const db of env.postgres.databases) await upDatabase(forDatabase(env, db), vaultMount);
+}
+
+/** A database named in "postgres.databases" is missing on an existing server. */
+export class MissingDatabaseError extends Error {
+  readonly code = 'BOOTSTRAP_MISSING_DATABASE';
+}
+
+/**
+ * The environment's other databases: on docker a missing one is created and marked (it goes with
+ * the data volume at destroy); on an existing server a missing one stops the deploy, saying how
+ * to create it. The project never drops a database.
+ */
+async function ensureDatabases(env: EnvironmentConfig): Promise<void> {
+  const more = env.postgres.databases.slice(1);
+  if (!more.length) return;
+  const client = await adminConnect(env);
+  try {
+    for (const db of more) {
+      const r = await client.query('SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1', [db]);
+      if (r.rowCount) continue;
+      if (env.infrastructure !== 'docker') {
+        throw new MissingDatabaseError(
+          `database "${db}" ("postgres.databases" in ${env.file}) does not exist on ${env.postgres.clientHost}:${env.postgres.clientPort}; ` +
+            `the project creates no database on an existing server. Fix: create it as a superuser (CREATE DATABASE ${client.escapeIdentifier(db)};), then deploy again, ` +
+            'or remove it from "postgres.databases" and from the roles that name it. Nothing was changed.',
+        );
+      }
+      // Not in a transaction: CREATE DATABASE cannot run in one.
+      await client.query(`CREATE DATABASE ${client.escapeIdentifier(db)}`);
+      await client.query(`COMMENT ON DATABASE ${client.escapeIdentifier(db)} IS ${client.escapeLiteral(env.database.mark)}`);
+      say(env, `created database ${db} (comment '${env.database.mark}'); it goes with the data volume at destroy`);
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+/** One database's bootstrap, with the environment as that database sees it (forDatabase). */
+async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<void> {
   const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
   const vaultUser = env.secretsEngine.vaultUser;
   const setupPassword = readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
@@ -494,8 +535,14 @@ async function createIdempotencyKeysTable(client: Client, env: EnvironmentConfig
   await client.query(`COMMENT ON TABLE ${table} IS ${client.escapeLiteral(mark)}`);
 }
 
-/** The teardown. Only marked objects are touched. */
+/** The teardown, of every database (the first, which holds the environment's shared roles, last). Only marked objects are touched. */
 export async function down(env: EnvironmentConfig): Promise<void> {
+  for (const db of env.postgres.databases.slice(1)) await downDatabase(forDatabase(env, db), { sharedRoles: false });
+  await downDatabase(env, { sharedRoles: true });
+}
+
+/** One database's teardown; `sharedRoles`: also drop the owner and retired roles (with dropDataOnDestroy). */
+async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean }): Promise<void> {
   const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
   const vaultUser = env.secretsEngine.vaultUser;
   const client = await adminConnect(env);
@@ -541,7 +588,7 @@ export async function down(env: EnvironmentConfig): Promise<void> {
             'the teardown does not drop them. Move or drop those objects yourself, then run the destroy again.',
         );
       }
-      for (const role of [vaultUser, groupRoles.read, groupRoles.write, retiredRole, ownerRole]) await dropRole(role);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(opts.sharedRoles ? [retiredRole, ownerRole] : [])]) await dropRole(role);
       say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
     } else {
       for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);

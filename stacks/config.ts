@@ -35,6 +35,8 @@ export interface RoleConfig {
   readonly target: RoleTarget;
   /** CONNECTION LIMIT of each of the role's users. @default 20 */
   readonly connectionLimit: number;
+  /** The database its users connect to, one of "postgres.databases". @default postgres.database */
+  readonly database: string;
   /** The reaper ends a statement running longer; also the users' statement_timeout. @default 300 */
   readonly statementTimeoutSeconds: number;
   /** The reaper ends a transaction idle longer; also the users' idle_in_transaction_session_timeout. @default 60 */
@@ -92,6 +94,11 @@ export interface EnvironmentConfig {
     readonly clientHost: string;
     readonly clientPort: number;
     readonly database: string;
+    /**
+     * Every database the environment's roles use: postgres.database first, then the others the
+     * file declares ("postgres.databases"). Each has its own Vault connection and bootstrap.
+     */
+    readonly databases: readonly string[];
     readonly adminUser: string;
     readonly adminPasswordFile: string;
     readonly sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
@@ -234,6 +241,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const local = localDir(name);
   const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
 
+  const databaseName: string = doc.postgres?.database ?? 'app';
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
     .map(([roleName, r]) => ({
       name: roleName,
@@ -242,6 +250,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       maxTtlSeconds: r.maxTtlSeconds,
       target: r.target ?? 'primary',
       connectionLimit: r.connectionLimit ?? DEFAULT_CONNECTION_LIMIT,
+      database: r.database ?? databaseName,
       statementTimeoutSeconds: r.statementTimeoutSeconds ?? DEFAULT_STATEMENT_TIMEOUT_SECONDS,
       idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     }))
@@ -252,7 +261,12 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
 
   const pg = doc.postgres ?? {};
   const vault = doc.vault ?? {};
-  const databaseName = pg.database ?? 'app';
+  const databases: string[] = [databaseName, ...((pg.databases ?? []) as string[]).filter((d) => d !== databaseName)];
+  for (const r of roles) {
+    if (!databases.includes(r.database)) {
+      throw errors.schemaViolation(file, `roles.${r.name}.database`, r.database, `one of the environment's databases (${databases.map((d) => `"${d}"`).join(', ')}): add "${r.database}" to "postgres.databases", or name one of those`);
+    }
+  }
   let docker: EnvironmentConfig['docker'];
   let postgres: EnvironmentConfig['postgres'];
   let vaultResolved: EnvironmentConfig['vault'];
@@ -298,6 +312,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       clientHost: pg.clientHost ?? '127.0.0.1',
       clientPort: pg.clientPort ?? docker.postgresHostPort,
       database: databaseName,
+      databases,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: path.join(local, 'postgres-password'),
       sslmode: pg.sslmode ?? (docker.postgresTls ? 'verify-full' : 'disable'),
@@ -330,6 +345,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       clientHost: pg.clientHost ?? pg.host,
       clientPort: pg.clientPort ?? pg.port ?? 5432,
       database: databaseName,
+      databases,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: fromRepo(pg.adminPasswordFile),
       // verify-full: an unverified server could ask for the superuser's password in clear text.
@@ -376,6 +392,12 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   }
   if ([database.ownerRole, database.retiredRole, database.groupRoles.read, database.groupRoles.write].includes(vaultUser)) {
     throw errors.schemaViolation(file, 'secretsEngine.vaultUser', vaultUser, `a role name other than the environment's own NOLOGIN roles (${prefix}_*)`);
+  }
+  for (const db of postgres.databases.slice(1)) {
+    const longest = [`${prefix}_${db}_write`, `${vaultUser}_${db}`].find((n) => n.length > 63);
+    if (longest) {
+      throw errors.schemaViolation(file, 'postgres.databases', db, `a shorter database name: its Postgres role "${longest}" would be longer than Postgres's 63 characters (shorten the database name, the environment name or "secretsEngine.vaultUser")`);
+    }
   }
   const state = resolveState(file, doc);
   const aa = doc.appAccess ?? {};
@@ -428,6 +450,25 @@ function resolveApps(file: string, doc: any, roles: readonly RoleConfig[], roleN
       return { name, roles: [...a.roles].sort(), roleName: `${roleName}-${name}` };
     })
     .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * The environment as one of its databases sees it: the bootstrap, the teardown and the Vault
+ * connection of `db` use it. postgres.database keeps the environment's own names; another
+ * database has its own Vault role (`<vaultUser>_<db>`), connection (`<connectionName>-<db>`) and
+ * group roles (`pgvault_<env>_<db>_read|write`), so that its users can connect to it alone: CONNECT
+ * comes with the group role. The schema, its owner and the retired role are the environment's.
+ */
+export function forDatabase(env: EnvironmentConfig, db: string): EnvironmentConfig {
+  if (!env.postgres.databases.includes(db)) throw new Error(`database "${db}" is not one of environment ${env.name}'s (${env.postgres.databases.join(', ')})`);
+  if (db === env.postgres.databases[0]) return env;
+  const prefix = `pgvault_${env.name.replace(/-/g, '_')}_${db}`;
+  return {
+    ...env,
+    postgres: { ...env.postgres, database: db },
+    secretsEngine: { ...env.secretsEngine, vaultUser: `${env.secretsEngine.vaultUser}_${db}`, connectionName: `${env.secretsEngine.connectionName}-${db}` },
+    database: { ...env.database, groupRoles: { read: `${prefix}_read`, write: `${prefix}_write` } },
+  };
 }
 
 /** The app of that name, or an error that lists the environment's apps. */

@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { Construct } from 'constructs';
 import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
-import { DEFAULT_APP, EnvironmentConfig, REPO_ROOT } from './config';
+import { DEFAULT_APP, EnvironmentConfig, forDatabase, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess } from './constructs/app-access';
@@ -68,7 +68,11 @@ export class SecretsStack extends TerraformStack {
       username: env.secretsEngine.vaultUser,
       setupPassword: setupPassword.stringValue,
       setupPasswordVersion: env.secretsEngine.setupPasswordVersion,
-      allowedRoles: env.roles.map((r) => r.name),
+      allowedRoles: env.roles.filter((r) => r.database === env.postgres.database).map((r) => r.name),
+      moreDatabases: env.postgres.databases.slice(1).map((db) => {
+        const at = forDatabase(env, db);
+        return { database: db, connectionName: at.secretsEngine.connectionName, username: at.secretsEngine.vaultUser, allowedRoles: env.roles.filter((r) => r.database === db).map((r) => r.name) };
+      }),
       maxLeaseTtlSeconds: Math.max(...env.roles.map((r) => r.maxTtlSeconds)),
       maxOpenConnections: env.secretsEngine.maxOpenConnections,
       after: [teardown.resource],
@@ -82,6 +86,8 @@ export class SecretsStack extends TerraformStack {
             vault_user: env.secretsEngine.vaultUser,
             setup_password_version: env.secretsEngine.setupPasswordVersion,
             database: env.postgres.database,
+            // Only with several databases, so an environment of one keeps its bootstrap.
+            ...(env.postgres.databases.length > 1 ? { databases: env.postgres.databases.join(',') } : {}),
             postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
             vault_mount: mount.accessor,
           },
@@ -89,7 +95,7 @@ export class SecretsStack extends TerraformStack {
     });
     const revokeLeases = hook('revoke-leases', {
       onDestroy: 'revoke-leases',
-      dependsOn: [this.engine.rootRotation ?? this.engine.connection],
+      dependsOn: [...this.engine.connections.keys()].map((db) => this.engine.ready(db)),
     });
 
     this.roles = env.roles.map(
@@ -97,7 +103,8 @@ export class SecretsStack extends TerraformStack {
         new DatabaseRole(this, `role-${r.name}`, {
           engine: this.engine,
           name: r.name,
-          groupRole: env.database.groupRoles[r.access],
+          groupRole: forDatabase(env, r.database).database.groupRoles[r.access],
+          database: r.database,
           retiredRole: env.database.retiredRole,
           mark: env.database.mark,
           access: r.access,
@@ -131,7 +138,7 @@ export class SecretsStack extends TerraformStack {
       role_endpoints: Object.fromEntries(
         env.roles.map((r) => {
           const at = r.target === 'replica' && env.postgres.replica ? env.postgres.replica : env.postgres;
-          return [r.name, { host: at.clientHost, port: at.clientPort, target: r.target }];
+          return [r.name, { host: at.clientHost, port: at.clientPort, target: r.target, ...(r.database !== env.postgres.database ? { database: r.database } : {}) }];
         }),
       ),
       mount_path: this.engine.path,

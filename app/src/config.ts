@@ -39,6 +39,8 @@ export interface RoleEndpoint {
   readonly host: string;
   readonly port: number;
   readonly target: 'primary' | 'replica';
+  /** The database the role's users may connect to. @default postgres.database */
+  readonly database?: string;
 }
 
 /** The endpoint of `role`: its own when the deploy gave one, else the primary's. */
@@ -201,7 +203,7 @@ export function appConfigFromOutputs(
       caCert: postgresCaCert,
     },
     roleEndpoints: outputs.role_endpoints
-      ? Object.fromEntries(Object.entries(outputs.role_endpoints).map(([r, e]) => [r, { host: e.host, port: Number(e.port), target: e.target === 'replica' ? 'replica' : 'primary' }]))
+      ? Object.fromEntries(Object.entries(outputs.role_endpoints).map(([r, e]) => [r, { host: e.host, port: Number(e.port), target: e.target === 'replica' ? 'replica' : 'primary', ...(e.database ? { database: e.database } : {}) }]))
       : undefined,
   };
   // The secret_id must not show when the config is logged or inspected.

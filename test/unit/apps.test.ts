@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Testing } from 'cdktf';
-import { findApp, resolveEnvironment } from '../../stacks/config';
+import { findApp, forDatabase, resolveEnvironment } from '../../stacks/config';
 import { ConfigError } from '../../stacks/errors';
 import { SecretsStack } from '../../stacks/secrets-stack';
 import { readOutputs } from '@pgvault/runtime';
@@ -157,4 +157,62 @@ test('readOutputs: the app given, else PGVAULT_APP, else the top-level AppRole; 
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// --- Several databases -------------------------------------------------------------------
+
+const twoDatabases = () => {
+  const doc = withApps() as Json;
+  doc.postgres.databases = ['reports'];
+  doc.roles.reporter.database = 'reports';
+  return doc;
+};
+
+test('a role names its database from postgres.databases; the default is postgres.database', () => {
+  const env = resolveEnvironment('t', '/envs/t.json', twoDatabases());
+  assert.deepEqual(env.postgres.databases, ['app', 'reports']);
+  assert.equal(env.roles.find((r) => r.name === 'reporter')!.database, 'reports');
+  assert.equal(env.roles.find((r) => r.name === 'readonly')!.database, 'app');
+  const reports = forDatabase(env, 'reports');
+  assert.equal(reports.postgres.database, 'reports');
+  assert.equal(reports.secretsEngine.vaultUser, 'pgvault_t_vault_reports');
+  assert.equal(reports.secretsEngine.connectionName, 'postgres-reports');
+  assert.deepEqual(reports.database.groupRoles, { read: 'pgvault_t_reports_read', write: 'pgvault_t_reports_write' });
+  assert.equal(reports.database.ownerRole, env.database.ownerRole, 'one owner for the environment');
+  assert.equal(forDatabase(env, 'app'), env, 'the first database keeps the environment\'s names');
+});
+
+test('fails when a role names a database the file does not declare, or a database name makes a role name too long', () => {
+  const doc = twoDatabases();
+  doc.roles.readonly.database = 'billing';
+  rejects(doc, 'ENV_SCHEMA', 'roles.readonly.database', '"billing"', '"app", "reports"', 'add "billing" to "postgres.databases"');
+  const long = twoDatabases();
+  long.postgres.databases = ['a_database_name_of_thirty_chars'];
+  long.roles.reporter.database = 'a_database_name_of_thirty_chars';
+  assert.throws(() => resolveEnvironment('an-environment-name-of-30-chars', '/envs/x.json', long), /"postgres.databases" is "a_database_name_of_thirty_chars"; expected a shorter database name.*63 characters/);
+  rejects({ ...base(), postgres: { ...base().postgres, databases: ['Reports'] } }, 'ENV_SCHEMA', 'postgres.databases.0');
+});
+
+test('each database gets its own Vault connection (own Vault role, own root rotation), and each role uses its database\'s', () => {
+  const doc = synth(twoDatabases());
+  const conns = doc.resource.vault_database_secret_backend_connection as Record<string, Json>;
+  const byName = Object.fromEntries(Object.values(conns).map((c) => [c.name, c]));
+  assert.deepEqual(Object.keys(byName).sort(), ['postgres', 'postgres-reports']);
+  assert.match(byName['postgres-reports'].postgresql.connection_url, /:5432\/reports\?/);
+  assert.equal(byName['postgres-reports'].postgresql.username, 'pgvault_t_vault_reports');
+  assert.equal(byName['postgres-reports'].postgresql.password_wo, '${var.vault_db_setup_password}');
+  assert.deepEqual(byName['postgres-reports'].allowed_roles, ['reporter']);
+  assert.deepEqual(byName.postgres.allowed_roles, ['readonly', 'readwrite', 'shop_writer']);
+  assert.equal(Object.keys(doc.resource.vault_generic_endpoint).length, 2, 'a root rotation per connection');
+  const roles = Object.values(doc.resource.vault_database_secret_backend_role as Record<string, Json>);
+  const reporter = roles.find((r) => r.name === 'reporter')!;
+  assert.match(reporter.db_name, /connection-reports/);
+  assert.match(reporter.creation_statements[0], /IN ROLE pgvault_t_reports_read;$/);
+  assert.ok(reporter.depends_on.some((d: string) => /rotate-root-reports/.test(d)));
+  const readonly = roles.find((r) => r.name === 'readonly')!;
+  assert.match(readonly.creation_statements[0], /IN ROLE pgvault_t_read;$/);
+  assert.deepEqual(doc.output.role_endpoints.value.reporter, { host: 'db.example', port: 5432, target: 'primary', database: 'reports' });
+  assert.equal(doc.output.role_endpoints.value.readonly.database, undefined, 'the default database is postgres_database');
+  const bootstrap = Object.values(doc.resource.terraform_data as Record<string, Json>).find((h) => h.triggers_replace?.vault_mount)!;
+  assert.equal(bootstrap.triggers_replace.databases, 'app,reports');
 });
