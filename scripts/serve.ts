@@ -68,7 +68,8 @@ async function main(): Promise<void> {
   const shutdownMillis = seconds('PGVAULT_SHUTDOWN_TIMEOUT_SECONDS', 20) * 1000;
   const loginRefusedMillis = seconds('PGVAULT_LOGIN_REFUSED_EXIT_SECONDS', 60) * 1000;
   const env = loadEnvironment(envName);
-  const app = process.argv[3] ?? (process.env.PGVAULT_APP || undefined);
+  // The argument, else PGVAULT_APP (readOutputs reads it, and names it in its errors).
+  const app: string | undefined = process.argv[3];
   const outputs = readOutputs(outputsFile(envName), app);
   const missing = [READ_ROLE, WRITE_ROLE].filter((r) => !outputs.roles.includes(r));
   if (missing.length) {

@@ -40,6 +40,16 @@ export function scratchEnvironment(name: string, edit: (doc: any) => void, as = 
   return dir;
 }
 
+/** A copy of `local` under its own name and host ports (a suite's own deployment), changed further by `edit`. */
+export function localCopy(as: string, ports: { postgres: number; vault: number }, edit: (doc: any) => void = () => undefined): string {
+  return scratchEnvironment('local', (doc) => {
+    doc.description = `A copy of local for the ${as} test, with its own name and ports.`;
+    doc.docker.postgresHostPort = ports.postgres;
+    doc.docker.vaultHostPort = ports.vault;
+    edit(doc);
+  }, as);
+}
+
 export async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
   const t = Date.now();
   const value = await fn();
@@ -64,8 +74,8 @@ export async function adminClient(env: EnvironmentConfig): Promise<Client> {
 }
 
 /** Tries to log in as `user` (on the primary, or at `at`); returns the SQLSTATE of the refusal, or 'ok'. */
-export async function tryLogin(env: EnvironmentConfig, user: string, password: string, at: { clientHost: string; clientPort: number } = env.postgres): Promise<string> {
-  const c = new Client({ host: at.clientHost, port: at.clientPort, database: env.postgres.database, user, password, connectionTimeoutMillis: 5000, ssl: postgresSsl(env) });
+export async function tryLogin(env: EnvironmentConfig, user: string, password: string, at: { clientHost: string; clientPort: number; database?: string } = env.postgres): Promise<string> {
+  const c = new Client({ host: at.clientHost, port: at.clientPort, database: at.database ?? env.postgres.database, user, password, connectionTimeoutMillis: 5000, ssl: postgresSsl(env) });
   try {
     await c.connect();
     await c.end();
@@ -75,10 +85,10 @@ export async function tryLogin(env: EnvironmentConfig, user: string, password: s
   }
 }
 
-/** The app's view: a fresh secret_id, an AppRole login. */
-export async function appSession(envName: string): Promise<{ cfg: AppConfig; session: VaultSession }> {
-  const secretId = await issueSecretId(envName);
-  const cfg = appConfigFromOutputs(readOutputs(outputsFile(envName)), { secretId });
+/** The app's view: a fresh secret_id, an AppRole login (of `app`; default: PGVAULT_APP, else the top-level AppRole). */
+export async function appSession(envName: string, app?: string): Promise<{ cfg: AppConfig; session: VaultSession }> {
+  const secretId = await issueSecretId(envName, undefined, app);
+  const cfg = appConfigFromOutputs(readOutputs(outputsFile(envName), app), { secretId });
   const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
   await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
   return { cfg, session };
