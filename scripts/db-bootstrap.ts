@@ -589,7 +589,7 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
         );
       }
       for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(opts.sharedRoles ? [retiredRole, ownerRole] : [])]) await dropRole(role);
-      say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
+      say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created in database ${env.postgres.database}`);
     } else {
       for (const role of [vaultUser, groupRoles.read, groupRoles.write]) await dropRole(role);
       const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;

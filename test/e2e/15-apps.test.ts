@@ -13,8 +13,10 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { readOutputs } from '@pgvault/runtime';
-import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
+import { EnvironmentConfig, REPO_ROOT, resolveEnvironment } from '../../stacks/config';
 import { issueSecretId, outputsFile } from '../../scripts/ops';
+import { MissingDatabaseError, up } from '../../scripts/db-bootstrap';
+import { liveLeaseCount } from '../../scripts/vault-admin';
 import * as h from '../harness';
 
 const ENV = 'apps';
@@ -173,6 +175,44 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
       await assert.rejects(c.query("INSERT INTO app.items (name) VALUES ('x')"), (e: any) => e.code === '42501', 'a read role writes nothing');
     } finally {
       await c.end();
+    }
+  });
+
+  test('a lease of the second database is revoked through its own connection: its user is dropped', { timeout: TEST_MS }, async () => {
+    const report = tokens.get('report')!;
+    const c = await creds(report, 'reporter');
+    assert.ok((await liveLeaseCount(env)) >= 1, 'live leases under the mount');
+    const admin = await h.adminClient(env);
+    try {
+      const exists = async () => (await admin.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [c.user])).rowCount === 1;
+      assert.ok(await exists(), 'the user exists');
+      assert.equal((await vault(report, 'PUT', 'sys/leases/revoke', { lease_id: c.leaseId })).status, 204, 'report revokes its lease (body form)');
+      await h.waitFor(`role ${c.user} dropped`, async () => !(await exists()), 10_000);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  test('fails when a database of an existing server is missing: the deploy stops, saying how to create it, and creates nothing', { timeout: TEST_MS }, async () => {
+    const existing = resolveEnvironment('apps-existing', '/envs/apps-existing.json', {
+      infrastructure: 'existing',
+      postgres: { host: '127.0.0.1', port: PG_PORT, sslmode: 'disable', adminPasswordFile: env.postgres.adminPasswordFile, databases: ['nosuchdb'] },
+      vault: { address: VAULT },
+      roles: { ro: { access: 'read', database: 'nosuchdb', defaultTtlSeconds: 60, maxTtlSeconds: 120 } },
+    });
+    await assert.rejects(up(existing), (e: any) => {
+      assert.ok(e instanceof MissingDatabaseError, String(e));
+      assert.equal(e.code, 'BOOTSTRAP_MISSING_DATABASE');
+      assert.match(e.message, /database "nosuchdb" \("postgres.databases" in \/envs\/apps-existing.json\) does not exist on 127\.0\.0\.1:15570/);
+      assert.match(e.message, /CREATE DATABASE "nosuchdb";/);
+      return true;
+    });
+    const admin = await h.adminClient(env);
+    try {
+      assert.equal((await admin.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'nosuchdb'")).rowCount, 0, 'no database created');
+      assert.equal((await admin.query("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname LIKE 'pgvault_apps_existing%'")).rowCount, 0, 'no role created');
+    } finally {
+      await admin.end();
     }
   });
 
