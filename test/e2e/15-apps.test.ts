@@ -216,6 +216,34 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
     }
   });
 
+  test('a second bootstrap of both databases (a new setupPasswordVersion) keeps the data, and each database\'s roles still work', { timeout: TEST_MS }, async () => {
+    const file = path.join(process.env.PGVAULT_ENVIRONMENTS_DIR!, `${ENV}.json`);
+    const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+    doc.secretsEngine = { ...doc.secretsEngine, setupPasswordVersion: 2 };
+    fs.writeFileSync(file, JSON.stringify(doc, null, 2));
+    const admin = await h.adminClient(env);
+    try {
+      await admin.query("INSERT INTO app.items (name) VALUES ('kept across the bootstrap')");
+    } finally {
+      await admin.end();
+    }
+    const { seconds } = await h.timed(() => h.deploy(ENV));
+    console.log(`# figure: deploy of ${ENV} that bootstraps both databases again: ${seconds.toFixed(1)}s`);
+    env = h.loadEnvironment(ENV);
+    for (const app of ['api', 'report']) tokens.set(app, await appToken(app));
+    const reporter = await creds(tokens.get('report')!, 'reporter');
+    const readonly = await creds(tokens.get('api')!, 'readonly');
+    assert.equal(await connectTo(env, 'reports', reporter.user, reporter.password), 'ok');
+    assert.equal(await connectTo(env, 'app', reporter.user, reporter.password), '42501');
+    const c = new Client({ host: env.postgres.clientHost, port: env.postgres.clientPort, database: 'app', user: readonly.user, password: readonly.password, connectionTimeoutMillis: 5000 });
+    await c.connect();
+    try {
+      assert.equal((await c.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'kept across the bootstrap'")).rows[0].n, 1);
+    } finally {
+      await c.end();
+    }
+  });
+
   test('serve runs as the app it is given: shop\'s secret_id, shop\'s roles; an unknown app or one without the API\'s roles stops it with the reason', { timeout: TEST_MS }, async () => {
     const serve = path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js');
     const fail = (args: string[], extra: NodeJS.ProcessEnv) => spawnSync(process.execPath, [serve, ENV, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...extra, PORT: String(API_PORT) } });
