@@ -100,9 +100,10 @@ export function readOutputs(file: string, app?: string, env: NodeJS.ProcessEnv =
       throw new AppConfigError('APP_OUTPUTS', `${file}: output "${k}" is missing; redeploy the environment (npm run deploy -- <env>)`);
     }
   }
-  const name = app ?? (env.PGVAULT_APP || undefined);
   const apps: Record<string, DeployApp> | undefined = raw.apps;
   const known = apps ? Object.keys(apps).sort() : [];
+  // No app chosen: the one the top-level AppRole outputs describe, with its roles (not every role).
+  const name = app ?? (env.PGVAULT_APP || (apps?.[DEFAULT_APP] ? DEFAULT_APP : undefined));
   if (name === undefined) {
     if (raw.approle_role_id === undefined) {
       throw new AppConfigError(
@@ -111,7 +112,7 @@ export function readOutputs(file: string, app?: string, env: NodeJS.ProcessEnv =
           'set PGVAULT_APP (or pass the app name) to one of them.',
       );
     }
-    return { ...raw, app: apps?.[DEFAULT_APP] ? DEFAULT_APP : raw.app } as DeployOutputs;
+    return raw as DeployOutputs;
   }
   const chosen = apps?.[name];
   if (!chosen) {

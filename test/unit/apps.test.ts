@@ -150,8 +150,14 @@ test('readOutputs: the app given, else PGVAULT_APP, else the top-level AppRole; 
     assert.equal(readOutputs(file, undefined, { PGVAULT_APP: 'shop' }).approle_role_id, 'id-shop');
     assert.equal(readOutputs(file, undefined, {}).approle_role_id, 'id-api');
     assert.equal(readOutputs(file, undefined, {}).app, 'api');
+    assert.deepEqual(readOutputs(file, undefined, {}).roles, ['readonly', 'readwrite'], 'the api app\'s roles, not every role');
     assert.throws(() => readOutputs(file, 'billing', {}), (e: any) => e.code === 'APP_NAME' && /app "billing" \(as given\) is not one of the environment's apps: "api", "shop"/.test(e.message));
     assert.throws(() => readOutputs(file, undefined, { PGVAULT_APP: 'billing' }), /\(PGVAULT_APP\)/);
+    // Outputs of a deploy from before apps: the top-level AppRole is the app "api".
+    fs.writeFileSync(file, JSON.stringify({ ...common, roles: ['readonly', 'readwrite'], approle_role_name: 'pgvault-app', approle_role_id: 'id-old' }));
+    assert.equal(readOutputs(file, undefined, {}).approle_role_id, 'id-old');
+    assert.equal(readOutputs(file, 'api', {}).approle_role_id, 'id-old');
+    assert.throws(() => readOutputs(file, 'shop', {}), /these outputs list no apps; redeploy the environment/);
     fs.writeFileSync(file, JSON.stringify({ ...common, roles: ['shop_writer'], apps: { shop: apps.shop } }));
     assert.throws(() => readOutputs(file, undefined, {}), (e: any) => e.code === 'APP_NAME' && /no app named "api" \(its apps: "shop"\); set PGVAULT_APP/.test(e.message));
   } finally {
