@@ -127,6 +127,10 @@ export class SecretsStack extends TerraformStack {
       secretIdTtlSeconds: env.appAccess.secretIdTtlSeconds,
     });
     const defaultApp = this.access.apps.get(DEFAULT_APP);
+    // Disabling the AppRole mount revokes the apps' tokens and, with them, their leases: at destroy
+    // it waits for the hook that revokes every lease while the connections still exist.
+    const backend = this.access.backend;
+    revokeLeases.resource.dependsOn = [...(revokeLeases.resource.dependsOn ?? []), `${backend.terraformResourceType}.${backend.friendlyUniqueId}`];
 
     const outputs: Record<string, unknown> = {
       vault_address: infra ? infra.vault.address : env.vault.address,

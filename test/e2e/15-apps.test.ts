@@ -273,4 +273,16 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
       fs.closeSync(out);
     }
   });
+
+  test('destroy: the hook revokes every live lease of both databases before the AppRole mount goes, and the teardown covers both', { timeout: h.DEPLOY_HOOK_TIMEOUT_MS }, async () => {
+    await creds(tokens.get('report')!, 'reporter');
+    const live = await liveLeaseCount(env);
+    assert.ok(live >= 2, `live leases before the destroy: ${live}`);
+    const mark = h.cdktfLogSize();
+    await h.destroy(ENV);
+    const log = h.cdktfLogSince(mark);
+    // Disabling the AppRole mount first would revoke the apps' tokens and their leases, leaving the hook nothing.
+    assert.match(log, new RegExp(`leases: ${ENV}: revoked ${live} live lease\\(s\\)`), `the hook revoked all ${live} leases (log: ${process.env.PGVAULT_CDKTF_LOG})`);
+    for (const db of ['reports', 'app']) assert.match(log, new RegExp(`bootstrap: ${ENV}: removed the roles and schema app \\(with its data\\) it had created in database ${db}`));
+  });
 });

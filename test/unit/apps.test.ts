@@ -222,3 +222,11 @@ test('each database gets its own Vault connection (own Vault role, own root rota
   const bootstrap = Object.values(doc.resource.terraform_data as Record<string, Json>).find((h) => h.triggers_replace?.vault_mount)!;
   assert.equal(bootstrap.triggers_replace.databases, 'app,reports');
 });
+
+test('at destroy the AppRole mount goes after the hook that revokes every lease (disabling it would revoke the apps\' leases first)', () => {
+  const doc = synth(twoDatabases());
+  const revoke = Object.entries(doc.resource.terraform_data as Record<string, Json>).find(([k]) => k.startsWith('revoke-leases'))![1];
+  const backend = Object.keys(doc.resource.vault_auth_backend)[0];
+  assert.ok(revoke.depends_on.includes(`vault_auth_backend.${backend}`), JSON.stringify(revoke.depends_on));
+  assert.ok(revoke.depends_on.some((d: string) => /rotate-root-reports/.test(d)), 'and after every connection\'s rotation');
+});
