@@ -25,7 +25,7 @@ import { EnvironmentConfig, roleGroupName } from '../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
 import { readSecretFile } from './local-secrets';
 import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../stacks/statements';
-import { localDir } from '../stacks/config';
+import { forDatabase, localDir } from '../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
@@ -318,6 +318,47 @@ async function reportLimits(client: Client, env: EnvironmentConfig, version: num
  * recreated mount), and nobody can revoke them any more, so they are dropped here.
  */
 export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<void> {
+  await ensureDatabases(env);
+  for (const db of env.postgres.databases) await upDatabase(forDatabase(env, db), vaultMount);
+}
+
+/** A database named in "postgres.databases" is missing on an existing server. */
+export class MissingDatabaseError extends Error {
+  readonly code = 'BOOTSTRAP_MISSING_DATABASE';
+}
+
+/**
+ * The environment's other databases: on docker a missing one is created and marked (it goes with
+ * the data volume at destroy); on an existing server a missing one stops the deploy, saying how
+ * to create it. The project never drops a database.
+ */
+async function ensureDatabases(env: EnvironmentConfig): Promise<void> {
+  const more = env.postgres.databases.slice(1);
+  if (!more.length) return;
+  const client = await adminConnect(env);
+  try {
+    for (const db of more) {
+      const r = await client.query('SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1', [db]);
+      if (r.rowCount) continue;
+      if (env.infrastructure !== 'docker') {
+        throw new MissingDatabaseError(
+          `database "${db}" ("postgres.databases" in ${env.file}) does not exist on ${env.postgres.clientHost}:${env.postgres.clientPort}; ` +
+            `the project creates no database on an existing server. Fix: create it as a superuser (CREATE DATABASE ${client.escapeIdentifier(db)};), then deploy again, ` +
+            'or remove it from "postgres.databases" and from the roles that name it. Nothing was changed.',
+        );
+      }
+      // Not in a transaction: CREATE DATABASE cannot run in one.
+      await client.query(`CREATE DATABASE ${client.escapeIdentifier(db)}`);
+      await client.query(`COMMENT ON DATABASE ${client.escapeIdentifier(db)} IS ${client.escapeLiteral(env.database.mark)}`);
+      say(env, `created database ${db} (comment '${env.database.mark}'); it goes with the data volume at destroy`);
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+/** One database's bootstrap, with the environment as that database sees it (forDatabase). */
+async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<void> {
   const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
   const vaultUser = env.secretsEngine.vaultUser;
   const setupPassword = readSecretFile(env.secretsEngine.setupPasswordFile, 'the Vault setup password');
@@ -467,14 +508,19 @@ export async function up(env: EnvironmentConfig, vaultMount?: string): Promise<v
 // existing database's own tables may be declared, their owner and other grants stay as they are.
 
 /** The group roles of the roles that are not shorthands, in a stable order. */
+/** The roles whose users connect to the database `env` stands for (see forDatabase). */
+function rolesHere(env: EnvironmentConfig): EnvironmentConfig['roles'] {
+  return env.roles.filter((r) => r.database === env.postgres.database);
+}
+
 export function shapedGroupRoles(env: EnvironmentConfig): string[] {
-  return [...new Set(env.roles.filter((r) => r.access === 'grants' || r.access === 'migrate').map((r) => r.groupRole))].sort();
+  return [...new Set(rolesHere(env).filter((r) => r.access === 'grants' || r.access === 'migrate').map((r) => r.groupRole))].sort();
 }
 
 /** Every group role's declaration: the shorthands' (whether or not a role uses them) and each role's own. */
 export function groupDeclarations(env: EnvironmentConfig): GroupDeclaration[] {
   const { schema, groupRoles } = env.database;
-  const shaped = env.roles.filter((r) => r.access === 'grants' || r.access === 'migrate');
+  const shaped = rolesHere(env).filter((r) => r.access === 'grants' || r.access === 'migrate');
   return [
     { group: groupRoles.read, grants: accessGrants('read', schema) },
     { group: groupRoles.write, grants: accessGrants('write', schema), createIn: [schema] },
@@ -485,7 +531,7 @@ export function groupDeclarations(env: EnvironmentConfig): GroupDeclaration[] {
 /** Schemas named in `grants` that do not exist: created, owned by the owner role and marked, as the app schema is. */
 async function createDeclaredSchemas(client: Client, env: EnvironmentConfig): Promise<void> {
   const q = (s: string) => client.escapeIdentifier(s);
-  const named = [...new Set(env.roles.flatMap((r) => r.grants.map((g) => g.schema)))];
+  const named = [...new Set(rolesHere(env).flatMap((r) => r.grants.map((g) => g.schema)))];
   const present = new Set((await client.query('SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)', [named])).rows.map((x) => x.nspname));
   for (const s of named.filter((x) => !present.has(x))) {
     await client.query(`CREATE SCHEMA ${q(s)} AUTHORIZATION ${q(env.database.ownerRole)}`);
@@ -571,7 +617,7 @@ function reportMissing(env: EnvironmentConfig, missing: string[]): void {
 async function grantOwnerForMigrators(client: Client, env: EnvironmentConfig): Promise<void> {
   const q = (s: string) => client.escapeIdentifier(s);
   const [owner, vaultUser] = [q(env.database.ownerRole), q(env.secretsEngine.vaultUser)];
-  if (env.roles.some((r) => r.access === 'migrate')) {
+  if (rolesHere(env).some((r) => r.access === 'migrate')) {
     await client.query(`GRANT ${owner} TO ${vaultUser} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`);
     return;
   }
@@ -589,6 +635,12 @@ async function grantOwnerForMigrators(client: Client, env: EnvironmentConfig): P
  * bootstrap's. Returns the named tables that do not exist.
  */
 export async function convergeGrants(env: EnvironmentConfig): Promise<string[]> {
+  const missing: string[] = [];
+  for (const db of env.postgres.databases) missing.push(...(await convergeDatabaseGrants(forDatabase(env, db))));
+  return missing;
+}
+
+async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]> {
   const client = await adminConnect(env);
   try {
     await client.query('BEGIN');
@@ -652,8 +704,14 @@ async function markedGroupRoles(client: Client, env: EnvironmentConfig): Promise
   return [...new Set([...shapedGroupRoles(env), ...r.rows.map((x) => x.rolname)])];
 }
 
-/** The teardown. Only marked objects are touched. */
+/** The teardown, of every database (the first, which holds the environment's shared roles, last). Only marked objects are touched. */
 export async function down(env: EnvironmentConfig): Promise<void> {
+  for (const db of env.postgres.databases.slice(1)) await downDatabase(forDatabase(env, db), { sharedRoles: false });
+  await downDatabase(env, { sharedRoles: true });
+}
+
+/** One database's teardown; `sharedRoles`: also drop the owner and retired roles (with dropDataOnDestroy). */
+async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean }): Promise<void> {
   const { schema, ownerRole, retiredRole, groupRoles, mark } = env.database;
   const vaultUser = env.secretsEngine.vaultUser;
   const client = await adminConnect(env);
@@ -699,10 +757,10 @@ export async function down(env: EnvironmentConfig): Promise<void> {
             'the teardown does not drop them. Move or drop those objects yourself, then run the destroy again.',
         );
       }
-      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(await markedGroupRoles(client, env)), retiredRole, ownerRole]) await dropRole(role);
-      say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created`);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(opts.sharedRoles ? [...(await markedGroupRoles(client, env)), retiredRole, ownerRole] : [])]) await dropRole(role);
+      say(env, `removed the roles${ourSchema ? ` and schema ${schema} (with its data)` : ''} it had created in database ${env.postgres.database}`);
     } else {
-      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(await markedGroupRoles(client, env))]) await dropRole(role);
+      for (const role of [vaultUser, groupRoles.read, groupRoles.write, ...(opts.sharedRoles ? await markedGroupRoles(client, env) : [])]) await dropRole(role);
       const rows = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.items`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       const keys = ourSchema ? (await client.query(`SELECT count(*)::int AS n FROM ${q(schema)}.${q(IDEMPOTENCY_KEYS_TABLE)}`).catch(() => ({ rows: [{ n: '?' }] }))).rows[0].n : 0;
       say(

@@ -1,13 +1,16 @@
 #!/usr/bin/env node
 /**
  * The REST API against a deployed environment:
- *   npm run serve -- <env>            (builds first; npm passes SIGTERM/SIGINT on)
- *   node dist/scripts/serve.js <env>  (containers, systemd: no npm in between)
+ *   npm run serve -- <env> [app]            (builds first; npm passes SIGTERM/SIGINT on)
+ *   node dist/scripts/serve.js <env> [app]  (containers, systemd: no npm in between)
+ * The app (its AppRole and roles) is the second argument, else PGVAULT_APP, else the app the
+ * top-level outputs describe ("api"). The API reads through its readonly and writes through its
+ * readwrite role, so the app must have both.
  * The login: PGVAULT_AUTH=jwt with PGVAULT_JWT_FILE (read again at every login); or an AppRole
  * secret_id from PGVAULT_SECRET_ID_WRAPPED_FILE (response-wrapped, unwrapped at login),
  * PGVAULT_SECRET_ID_FILE (read again at every login, so an orchestrator can refresh it) or
  * PGVAULT_SECRET_ID. Only for a docker environment, when none is set, one secret_id is issued
- * with the environment's admin token for each login, and destroyed once that login used it.
+ * for that app with the environment's admin token for each login, and destroyed once that login used it.
  * PORT (default 8080). PGVAULT_START_TIMEOUT_SECONDS bounds the start-up retries (default 30).
  * PGVAULT_REQUEST_TIMEOUT_SECONDS: each request's deadline (default 5).
  * PGVAULT_SHUTDOWN_TIMEOUT_SECONDS: the bound on a shutdown (default 20).
@@ -23,6 +26,10 @@ import { destroySecretIdAccessor, issueSecretIdWithAccessor, IssuedSecretId } fr
 
 const logger = createLogger('pgvault-serve');
 
+/** The roles the API reads and writes through (api/server.ts's defaults). */
+const READ_ROLE = 'readonly';
+const WRITE_ROLE = 'readwrite';
+
 function seconds(name: string, fallback: number): number {
   const raw = process.env[name];
   const value = raw === undefined || raw === '' ? fallback : Number(raw);
@@ -31,10 +38,10 @@ function seconds(name: string, fallback: number): number {
 }
 
 /** For docker environments only: a secret_id issued with the admin token, retried until `deadline`. */
-async function adminSecretId(envName: string, deadline: number): Promise<IssuedSecretId> {
+async function adminSecretId(envName: string, app: string | undefined, deadline: number): Promise<IssuedSecretId> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await issueSecretIdWithAccessor(envName, { timeoutMillis: Math.min(3000, Math.max(500, deadline - Date.now())) });
+      return await issueSecretIdWithAccessor(envName, { timeoutMillis: Math.min(3000, Math.max(500, deadline - Date.now())), app });
     } catch (e: any) {
       const delay = backoffDelay(attempt);
       if (Date.now() + delay > deadline) {
@@ -64,30 +71,40 @@ async function main(): Promise<void> {
   const shutdownMillis = seconds('PGVAULT_SHUTDOWN_TIMEOUT_SECONDS', 20) * 1000;
   const loginRefusedMillis = seconds('PGVAULT_LOGIN_REFUSED_EXIT_SECONDS', 60) * 1000;
   const env = loadEnvironment(envName);
-  const outputs = readOutputs(outputsFile(envName));
+  // The argument, else PGVAULT_APP (readOutputs reads it, and names it in its errors).
+  const app: string | undefined = process.argv[3];
+  const outputs = readOutputs(outputsFile(envName), app);
+  const missing = [READ_ROLE, WRITE_ROLE].filter((r) => !outputs.roles.includes(r));
+  if (missing.length) {
+    throw new AppConfigError(
+      'APP_ROLES',
+      `app "${outputs.app ?? app}" of environment ${envName} has the roles ${outputs.roles.join(', ')}, not ${missing.join(' and ')}: the API reads through "${READ_ROLE}" and writes through "${WRITE_ROLE}". ` +
+        `Give the app both roles under "apps" in ${env.file} and deploy again, or serve an app that has them (PGVAULT_APP).`,
+    );
+  }
   let cfg;
   const e = process.env;
   if (e.PGVAULT_SECRET_ID_FILE || e.PGVAULT_SECRET_ID || e.PGVAULT_SECRET_ID_WRAPPED_FILE || (e.PGVAULT_AUTH && e.PGVAULT_AUTH !== 'approle')) {
     cfg = appConfigFromOutputs(outputs);
   } else if (env.infrastructure === 'docker') {
     // One secret_id per login, destroyed (by its accessor) once the login has used it: none is left lying around.
-    let issued: IssuedSecretId | undefined = await adminSecretId(envName, deadline);
+    let issued: IssuedSecretId | undefined = await adminSecretId(envName, outputs.app, deadline);
     const first = issued.value;
     const login = appRoleLogin({
       mount: outputs.approle_mount,
       roleId: outputs.approle_role_id,
       first,
       secretId: async () => {
-        issued = await issueSecretIdWithAccessor(envName, { timeoutMillis: 5000 });
+        issued = await issueSecretIdWithAccessor(envName, { timeoutMillis: 5000, app: outputs.app });
         return issued.value;
       },
-      from: `the admin token of the docker environment ${envName}`,
+      from: `the admin token of the docker environment ${envName} (app ${outputs.app})`,
       settled: async () => {
         const used = issued;
         issued = undefined;
         if (!used) return;
         try {
-          await destroySecretIdAccessor(envName, used.accessor);
+          await destroySecretIdAccessor(envName, used.accessor, 5000, outputs.app);
         } catch (err) {
           logger.warn({ accessor: used.accessor }, `could not destroy the used secret_id (${safeMessage(err)}); it expires with its TTL`);
         }
@@ -153,7 +170,7 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', (e) => logger.error(`unhandled rejection (serving on): ${safeMessage(e)}`));
 
   const bound = await api.listen(port);
-  logger.info({ env: envName, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
+  logger.info({ env: envName, app: outputs.app, port: bound, roles: [...runtime.leases.keys()] }, `serving ${envName} on http://127.0.0.1:${bound}`);
 }
 
 main().catch((e) => {

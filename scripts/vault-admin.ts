@@ -5,6 +5,7 @@ import * as https from 'node:https';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
 import { readSecretFile } from './local-secrets';
 import { outputsFile } from './outputs';
+import { readOutputs } from '@pgvault/runtime/config';
 
 /** Vault answered with an error status. `detail` is Vault's own error text, which never holds a secret. */
 export class VaultAdminError extends Error {
@@ -63,8 +64,8 @@ export async function vaultAdmin(env: EnvironmentConfig, method: string, apiPath
 }
 
 /** Issues a fresh AppRole secret_id with the environment's admin token (local use: demo, serve, tests). */
-export async function issueSecretId(name: string, timeoutMillis = 10_000): Promise<string> {
-  return (await issueSecretIdWithAccessor(name, { timeoutMillis })).value;
+export async function issueSecretId(name: string, timeoutMillis = 10_000, app?: string): Promise<string> {
+  return (await issueSecretIdWithAccessor(name, { timeoutMillis, app })).value;
 }
 
 /** A secret_id and its accessor (to destroy it, or find it in the audit log), or a wrapping token and the wrapping token's accessor. */
@@ -75,15 +76,13 @@ export interface IssuedSecretId {
   readonly wrapped: boolean;
 }
 
-/** The AppRole's secret-id path of a deployed environment, from its outputs. */
-export function secretIdPath(name: string): { env: EnvironmentConfig; mount: string; role: string } {
+/**
+ * The AppRole's secret-id path of a deployed environment, from its outputs, for the app `app`
+ * (default: PGVAULT_APP, else the app the top-level outputs describe).
+ */
+export function secretIdPath(name: string, app?: string): { env: EnvironmentConfig; mount: string; role: string } {
   const env = loadEnvironment(name);
-  let outputs: any;
-  try {
-    outputs = JSON.parse(fs.readFileSync(outputsFile(env.name), 'utf8'));
-  } catch (e: any) {
-    throw new Error(`cannot read the deploy outputs of ${name} from ${outputsFile(env.name)} (${e.code ?? e.message}); deploy it first: npm run deploy -- ${name}`);
-  }
+  const outputs = readOutputs(outputsFile(env.name), app);
   return { env, mount: outputs.approle_mount, role: outputs.approle_role_name };
 }
 
@@ -91,8 +90,8 @@ export function secretIdPath(name: string): { env: EnvironmentConfig; mount: str
  * Issues a secret_id with the environment's admin token; with `wrapTtlSeconds`, response-wrapped
  * (Vault answers with a single-use wrapping token that expires after that many seconds).
  */
-export async function issueSecretIdWithAccessor(name: string, opts: { wrapTtlSeconds?: number; timeoutMillis?: number } = {}): Promise<IssuedSecretId> {
-  const { env, mount, role } = secretIdPath(name);
+export async function issueSecretIdWithAccessor(name: string, opts: { wrapTtlSeconds?: number; timeoutMillis?: number; app?: string } = {}): Promise<IssuedSecretId> {
+  const { env, mount, role } = secretIdPath(name, opts.app);
   const wrap = opts.wrapTtlSeconds ? { 'X-Vault-Wrap-TTL': `${opts.wrapTtlSeconds}s` } : undefined;
   const res = await vaultAdmin(env, 'POST', `auth/${mount}/role/${role}/secret-id`, {}, opts.timeoutMillis ?? 10_000, wrap);
   if (wrap) return { value: res.wrap_info.token, accessor: res.wrap_info.accessor, wrapped: true };
@@ -100,14 +99,14 @@ export async function issueSecretIdWithAccessor(name: string, opts: { wrapTtlSec
 }
 
 /** Destroys one secret_id by its accessor (the secret_id itself is not needed). */
-export async function destroySecretIdAccessor(name: string, accessor: string, timeoutMillis = 5000): Promise<void> {
-  const { env, mount, role } = secretIdPath(name);
+export async function destroySecretIdAccessor(name: string, accessor: string, timeoutMillis = 5000, app?: string): Promise<void> {
+  const { env, mount, role } = secretIdPath(name, app);
   await vaultAdmin(env, 'POST', `auth/${mount}/role/${role}/secret-id-accessor/destroy`, { secret_id_accessor: accessor }, timeoutMillis);
 }
 
 /** The accessors of the AppRole's live secret_ids. */
-export async function secretIdAccessors(name: string): Promise<string[]> {
-  const { env, mount, role } = secretIdPath(name);
+export async function secretIdAccessors(name: string, app?: string): Promise<string[]> {
+  const { env, mount, role } = secretIdPath(name, app);
   try {
     return (await vaultAdmin(env, 'GET', `auth/${mount}/role/${role}/secret-id?list=true`)).data?.keys ?? [];
   } catch (e) {

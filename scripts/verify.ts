@@ -24,7 +24,7 @@ export async function connectWith(cfg: AppConfig, creds: DatabaseCredentials): P
     const client = new Client({
       host: at.host,
       port: at.port,
-      database: cfg.postgres.database,
+      database: at.database ?? cfg.postgres.database,
       user: creds.username,
       password: creds.password,
       ssl: pgSsl(cfg.postgres.sslmode, { ca: cfg.postgres.caCert }),

@@ -46,11 +46,29 @@ export interface RoleConfig {
   readonly target: RoleTarget;
   /** CONNECTION LIMIT of each of the role's users. @default 20 */
   readonly connectionLimit: number;
+  /** The database its users connect to, one of "postgres.databases". @default postgres.database */
+  readonly database: string;
   /** The reaper ends a statement running longer; also the users' statement_timeout. @default 300 */
   readonly statementTimeoutSeconds: number;
   /** The reaper ends a transaction idle longer; also the users' idle_in_transaction_session_timeout. @default 60 */
   readonly idleInTransactionTimeoutSeconds: number;
 }
+
+/**
+ * One app of the environment: its own AppRole and policy, which reach only its roles' creds
+ * and leases. Without "apps" in the file, one app named `api` has every role, under the
+ * AppRole name of "appAccess.roleName".
+ */
+export interface AppConfig {
+  readonly name: string;
+  /** The names of the roles it may read credentials for, sorted. */
+  readonly roles: readonly string[];
+  /** The AppRole's and the policy's name: "appAccess.roleName" alone (no "apps"), else "<roleName>-<app>". */
+  readonly roleName: string;
+}
+
+/** The app that the top-level AppRole outputs describe, and that the runtime and `serve` use by default. */
+export const DEFAULT_APP = 'api';
 
 /** A Postgres server as Vault (host, port) and as the app and the bootstrap (clientHost, clientPort) reach it. */
 export interface PostgresEndpoint {
@@ -87,6 +105,11 @@ export interface EnvironmentConfig {
     readonly clientHost: string;
     readonly clientPort: number;
     readonly database: string;
+    /**
+     * Every database the environment's roles use: postgres.database first, then the others the
+     * file declares ("postgres.databases"). Each has its own Vault connection and bootstrap.
+     */
+    readonly databases: readonly string[];
     readonly adminUser: string;
     readonly adminPasswordFile: string;
     readonly sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
@@ -142,6 +165,10 @@ export interface EnvironmentConfig {
     /** Workload-identity login; undefined: none. */
     readonly jwt?: JwtAccessConfig;
   };
+  /** The apps, sorted by name; one (`api`, every role) when the file has no "apps". */
+  readonly apps: readonly AppConfig[];
+  /** Whether the file declares "apps": then every app's AppRole is named "<roleName>-<app>". */
+  readonly appsDeclared: boolean;
   /**
    * Names of the Postgres objects the bootstrap creates, per environment so that several
    * environments can share one server. Each carries the comment `mark`.
@@ -246,6 +273,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   const local = localDir(name);
   const fromRepo = (p: string) => path.resolve(REPO_ROOT, p);
 
+  const databaseName: string = doc.postgres?.database ?? 'app';
   const roles: RoleConfig[] = Object.entries(doc.roles as Record<string, any>)
     .map(([roleName, r]) => ({
       name: roleName,
@@ -254,6 +282,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       maxTtlSeconds: r.maxTtlSeconds,
       target: r.target ?? 'primary',
       connectionLimit: r.connectionLimit ?? DEFAULT_CONNECTION_LIMIT,
+      database: r.database ?? databaseName,
       statementTimeoutSeconds: r.statementTimeoutSeconds ?? DEFAULT_STATEMENT_TIMEOUT_SECONDS,
       idleInTransactionTimeoutSeconds: r.idleInTransactionTimeoutSeconds ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     }))
@@ -268,7 +297,25 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
 
   const pg = doc.postgres ?? {};
   const vault = doc.vault ?? {};
-  const databaseName = pg.database ?? 'app';
+  const databases: string[] = [databaseName, ...((pg.databases ?? []) as string[]).filter((d) => d !== databaseName)];
+  for (const r of roles) {
+    if (!databases.includes(r.database)) {
+      throw errors.schemaViolation(file, `roles.${r.name}.database`, r.database, `one of the environment's databases (${databases.map((d) => `"${d}"`).join(', ')}): add "${r.database}" to "postgres.databases", or name one of those`);
+    }
+  }
+  for (const [i, r] of roles.entries()) {
+    if (r.database === databaseName) continue;
+    if (r.access === 'grants' || r.access === 'migrate') {
+      throw errors.schemaViolation(
+        file,
+        `roles.${r.name}.database`,
+        r.database,
+        `"${databaseName}" (postgres.database) for a role with ${r.access === 'grants' ? '"grants"' : '"access": "migrate"'}: shaped and migrate roles live in the environment's first database for now. Use "access": "read" or "write" in "${r.database}", or move the role to "${databaseName}"`,
+      );
+    }
+    // Another database's shorthand roles have that database's group roles (see forDatabase).
+    roles[i] = { ...r, groupRole: `pgvault_${name.replace(/-/g, '_')}_${r.database}_${r.access}` };
+  }
   let docker: EnvironmentConfig['docker'];
   let postgres: EnvironmentConfig['postgres'];
   let vaultResolved: EnvironmentConfig['vault'];
@@ -314,6 +361,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       clientHost: pg.clientHost ?? '127.0.0.1',
       clientPort: pg.clientPort ?? docker.postgresHostPort,
       database: databaseName,
+      databases,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: path.join(local, 'postgres-password'),
       sslmode: pg.sslmode ?? (docker.postgresTls ? 'verify-full' : 'disable'),
@@ -346,6 +394,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       clientHost: pg.clientHost ?? pg.host,
       clientPort: pg.clientPort ?? pg.port ?? 5432,
       database: databaseName,
+      databases,
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: fromRepo(pg.adminPasswordFile),
       // verify-full: an unverified server could ask for the superuser's password in clear text.
@@ -393,8 +442,16 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   if ([database.ownerRole, database.retiredRole, database.groupRoles.read, database.groupRoles.write].includes(vaultUser)) {
     throw errors.schemaViolation(file, 'secretsEngine.vaultUser', vaultUser, `a role name other than the environment's own NOLOGIN roles (${prefix}_*)`);
   }
+  for (const db of postgres.databases.slice(1)) {
+    const longest = [`${prefix}_${db}_write`, `${vaultUser}_${db}`].find((n) => n.length > 63);
+    if (longest) {
+      throw errors.schemaViolation(file, 'postgres.databases', db, `a shorter database name: its Postgres role "${longest}" would be longer than Postgres's 63 characters (shorten the database name, the environment name or "secretsEngine.vaultUser")`);
+    }
+  }
   const state = resolveState(file, doc);
   const aa = doc.appAccess ?? {};
+  const roleName: string = aa.roleName ?? 'pgvault-app';
+  const apps = resolveApps(file, doc, roles, roleName);
   const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
   const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
   if (tokenTtlSeconds > tokenMaxTtlSeconds) {
@@ -419,7 +476,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
     state,
     appAccess: {
       approleMount: aa.approleMount ?? 'approle',
-      roleName: aa.roleName ?? 'pgvault-app',
+      roleName,
       tokenTtlSeconds,
       tokenMaxTtlSeconds,
       secretIdTtlSeconds: aa.secretIdTtlSeconds ?? 86400,
@@ -428,6 +485,8 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       tokenBoundCidrs: aa.tokenBoundCidrs ?? [],
       jwt: aa.jwt ? resolveJwt(file, aa.jwt, aa.roleName ?? 'pgvault-app') : undefined,
     },
+    apps,
+    appsDeclared: doc.apps !== undefined,
     database,
   };
 }
@@ -520,6 +579,46 @@ function roleShape(file: string, envName: string, roleName: string, r: any): Pic
   return { access: 'grants', grants, groupRole };
 }
 
+/** The file's "apps", each naming roles the file declares; without it, one app with every role. */
+function resolveApps(file: string, doc: any, roles: readonly RoleConfig[], roleName: string): AppConfig[] {
+  const known = roles.map((r) => r.name);
+  if (doc.apps === undefined) return [{ name: DEFAULT_APP, roles: known, roleName }];
+  return Object.entries(doc.apps as Record<string, { roles: string[] }>)
+    .map(([name, a]) => {
+      for (const [i, role] of a.roles.entries()) {
+        if (!known.includes(role)) throw errors.unknownAppRole(file, name, i, role, known);
+      }
+      return { name, roles: [...a.roles].sort(), roleName: `${roleName}-${name}` };
+    })
+    .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * The environment as one of its databases sees it: the bootstrap, the teardown and the Vault
+ * connection of `db` use it. postgres.database keeps the environment's own names; another
+ * database has its own Vault role (`<vaultUser>_<db>`), connection (`<connectionName>-<db>`) and
+ * group roles (`pgvault_<env>_<db>_read|write`), so that its users can connect to it alone: CONNECT
+ * comes with the group role. The schema, its owner and the retired role are the environment's.
+ */
+export function forDatabase(env: EnvironmentConfig, db: string): EnvironmentConfig {
+  if (!env.postgres.databases.includes(db)) throw new Error(`database "${db}" is not one of environment ${env.name}'s (${env.postgres.databases.join(', ')})`);
+  if (db === env.postgres.databases[0]) return env;
+  const prefix = `pgvault_${env.name.replace(/-/g, '_')}_${db}`;
+  return {
+    ...env,
+    postgres: { ...env.postgres, database: db },
+    secretsEngine: { ...env.secretsEngine, vaultUser: `${env.secretsEngine.vaultUser}_${db}`, connectionName: `${env.secretsEngine.connectionName}-${db}` },
+    database: { ...env.database, groupRoles: { read: `${prefix}_read`, write: `${prefix}_write` } },
+  };
+}
+
+/** The app of that name, or an error that lists the environment's apps. */
+export function findApp(env: EnvironmentConfig, name: string): AppConfig {
+  const app = env.apps.find((a) => a.name === name);
+  if (!app) throw errors.unknownApp(env.file, name, env.apps.map((a) => a.name));
+  return app;
+}
+
 function resolveState(file: string, doc: any): StateConfig {
   const st = doc.state ?? { backend: 'local' };
   if (st.backend === 'local') {
@@ -564,7 +663,7 @@ function fromAjv(file: string, raw: unknown, errs: ErrorObject[]): errors.Config
           ? 'a table as "<schema>.<table>", or "<schema>.*" for every table of the schema, in lower-case letters, digits and "_" (safe Postgres identifiers)'
           : base[base.length - 2] === 'grants'
             ? 'a table privilege with a column list: "SELECT", "INSERT", "UPDATE" or "REFERENCES"'
-            : 'a role name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)';
+            : `${base[0] === 'apps' ? 'an app' : 'a role'} name of lower-case letters, digits, "_" or "-", starting with a letter, at most 32 characters (a safe Postgres and Vault identifier)`;
       break;
     case 'enum':
       expected = `one of ${((e.params as any).allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;

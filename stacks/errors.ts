@@ -75,3 +75,19 @@ export function tlsVerificationOff(variable: string, value: string): ConfigError
       'to trust a private CA, set "vault.caCertFile" in the environment file instead.',
   );
 }
+
+export function unknownAppRole(file: string, app: string, index: number, role: string, known: readonly string[]): ConfigError {
+  return new ConfigError(
+    'ENV_APP_ROLE',
+    `${file}: setting "apps.${app}.roles[${index}]" is "${role}", a role the file does not declare; expected one of ${known.map((r) => `"${r}"`).join(', ')}. ` +
+      `Declare "${role}" under "roles", or name one of those.`,
+  );
+}
+
+export function unknownApp(file: string, app: string, known: readonly string[]): ConfigError {
+  return new ConfigError(
+    'ENV_APP_UNKNOWN',
+    `${file}: there is no app "${app}"; the environment's apps are ${known.map((a) => `"${a}"`).join(', ')}. ` +
+      'Name one of those (PGVAULT_APP), or add the app under "apps" in the file.',
+  );
+}

@@ -2,10 +2,10 @@ import * as path from 'node:path';
 import { Construct } from 'constructs';
 import { TerraformOutput, TerraformStack, TerraformVariable } from 'cdktf';
 import { VaultProvider } from '@cdktf/provider-vault/lib/provider';
-import { EnvironmentConfig, readJwtPublicKeys, REPO_ROOT } from './config';
+import { DEFAULT_APP, EnvironmentConfig, forDatabase, readJwtPublicKeys, REPO_ROOT } from './config';
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
-import { AppAccess } from './constructs/app-access';
+import { AppAccess, AppLogin } from './constructs/app-access';
 import { JwtAccess } from './constructs/jwt-access';
 import { ScriptHook, ScriptHookProps } from './constructs/script-hook';
 import { InfraStack } from './infra-stack';
@@ -71,7 +71,11 @@ export class SecretsStack extends TerraformStack {
       username: env.secretsEngine.vaultUser,
       setupPassword: setupPassword.stringValue,
       setupPasswordVersion: env.secretsEngine.setupPasswordVersion,
-      allowedRoles: env.roles.map((r) => r.name),
+      allowedRoles: env.roles.filter((r) => r.database === env.postgres.database).map((r) => r.name),
+      moreDatabases: env.postgres.databases.slice(1).map((db) => {
+        const at = forDatabase(env, db);
+        return { database: db, connectionName: at.secretsEngine.connectionName, username: at.secretsEngine.vaultUser, allowedRoles: env.roles.filter((r) => r.database === db).map((r) => r.name) };
+      }),
       maxLeaseTtlSeconds: Math.max(...env.roles.map((r) => r.maxTtlSeconds)),
       maxOpenConnections: env.secretsEngine.maxOpenConnections,
       after: [teardown.resource],
@@ -85,6 +89,8 @@ export class SecretsStack extends TerraformStack {
             vault_user: env.secretsEngine.vaultUser,
             setup_password_version: env.secretsEngine.setupPasswordVersion,
             database: env.postgres.database,
+            // Only with several databases, so an environment of one keeps its bootstrap.
+            ...(env.postgres.databases.length > 1 ? { databases: env.postgres.databases.join(',') } : {}),
             postgres: infra ? infra.postgres.container.id : `${env.postgres.host}:${env.postgres.port}`,
             vault_mount: mount.accessor,
             // A role's shape changed: its group role and grants are brought to the file (npm run deploy does it every time).
@@ -94,7 +100,7 @@ export class SecretsStack extends TerraformStack {
     });
     const revokeLeases = hook('revoke-leases', {
       onDestroy: 'revoke-leases',
-      dependsOn: [this.engine.rootRotation ?? this.engine.connection],
+      dependsOn: [...this.engine.connections.keys()].map((db) => this.engine.ready(db)),
     });
 
     this.roles = env.roles.map(
@@ -103,6 +109,7 @@ export class SecretsStack extends TerraformStack {
           engine: this.engine,
           name: r.name,
           groupRole: r.groupRole,
+          database: r.database,
           retiredRole: env.database.retiredRole,
           mark: env.database.mark,
           // Only a writer can create what is worth keeping: the others' objects (temporary ones,
@@ -118,10 +125,11 @@ export class SecretsStack extends TerraformStack {
         }),
     );
 
+    const byName = new Map(this.roles.map((r, i) => [env.roles[i].name, r]));
     this.access = new AppAccess(this, 'app-access', {
-      roles: this.roles,
+      apps: env.apps.map((a) => ({ name: a.name, roleName: a.roleName, roles: a.roles.map((r) => byName.get(r)!) })),
+      singleApp: !env.appsDeclared,
       approleMount: env.appAccess.approleMount,
-      roleName: env.appAccess.roleName,
       tokenTtlSeconds: env.appAccess.tokenTtlSeconds,
       tokenMaxTtlSeconds: env.appAccess.tokenMaxTtlSeconds,
       secretIdTtlSeconds: env.appAccess.secretIdTtlSeconds,
@@ -129,10 +137,15 @@ export class SecretsStack extends TerraformStack {
       secretIdBoundCidrs: env.appAccess.secretIdBoundCidrs,
       tokenBoundCidrs: env.appAccess.tokenBoundCidrs,
     });
+    const defaultApp = this.access.apps.get(DEFAULT_APP);
+    // Disabling the AppRole mount revokes the apps' tokens and, with them, their leases: at destroy
+    // it waits for the hook that revokes every lease while the connections still exist.
+    const backend = this.access.backend;
+    revokeLeases.resource.dependsOn = [...(revokeLeases.resource.dependsOn ?? []), `${backend.terraformResourceType}.${backend.friendlyUniqueId}`];
     const jwt = env.appAccess.jwt;
     if (jwt) {
       this.jwt = new JwtAccess(this, 'jwt-access', {
-        policy: this.access.policy,
+        policy: jwtApp(env, this.access.apps).policy,
         mount: jwt.mount,
         roleName: jwt.roleName,
         publicKeys: readJwtPublicKeys(env),
@@ -158,7 +171,7 @@ export class SecretsStack extends TerraformStack {
       role_endpoints: Object.fromEntries(
         env.roles.map((r) => {
           const at = r.target === 'replica' && env.postgres.replica ? env.postgres.replica : env.postgres;
-          return [r.name, { host: at.clientHost, port: at.clientPort, target: r.target }];
+          return [r.name, { host: at.clientHost, port: at.clientPort, target: r.target, ...(r.database !== env.postgres.database ? { database: r.database } : {}) }];
         }),
       ),
       mount_path: this.engine.path,
@@ -166,9 +179,11 @@ export class SecretsStack extends TerraformStack {
       roles: this.roles.map((r) => r.name),
       role_max_ttl_seconds: Object.fromEntries(env.roles.map((r) => [r.name, r.maxTtlSeconds])),
       approle_mount: this.access.backend.path,
-      approle_role_name: this.access.role.roleName,
-      approle_role_id: this.access.roleId,
-      policy_name: this.access.policy.name,
+      // The app named "api" (the only app when the file declares none); absent without one.
+      ...(defaultApp ? { approle_role_name: defaultApp.role.roleName, approle_role_id: defaultApp.roleId, policy_name: defaultApp.policy.name } : {}),
+      apps: Object.fromEntries(
+        [...this.access.apps.values()].map((a) => [a.name, { approle_role_name: a.role.roleName, approle_role_id: a.roleId, policy_name: a.policy.name, roles: a.roles }]),
+      ),
     };
     if (this.jwt) {
       outputs.jwt_mount = this.jwt.backend.path;
@@ -182,4 +197,18 @@ export class SecretsStack extends TerraformStack {
     hook('outputs-file', { onDestroy: 'remove-outputs' });
     hook('outputs-writer', { onCreate: 'write-outputs', values: { outputs }, triggers: outputs });
   }
+}
+
+/**
+ * The app whose policy the JWT role carries: `api`, or the only app. Several apps without `api`
+ * have no one answer, so the file must say it (a per-app JWT role is not built yet).
+ */
+function jwtApp(env: EnvironmentConfig, apps: ReadonlyMap<string, AppLogin>): AppLogin {
+  const app = apps.get(DEFAULT_APP) ?? (apps.size === 1 ? [...apps.values()][0] : undefined);
+  if (!app) {
+    throw new Error(
+      `${env.file}: "appAccess.jwt" is set and "apps" declares ${[...apps.keys()].join(', ')} but no app named "${DEFAULT_APP}"; expected an app named "${DEFAULT_APP}", whose policy the JWT role carries. Fix: name the app that logs in with JWT "${DEFAULT_APP}", or remove "appAccess.jwt"`,
+    );
+  }
+  return app;
 }

@@ -76,8 +76,8 @@ export async function adminClient(env: EnvironmentConfig): Promise<Client> {
 }
 
 /** Tries to log in as `user` (on the primary, or at `at`); returns the SQLSTATE of the refusal, or 'ok'. */
-export async function tryLogin(env: EnvironmentConfig, user: string, password: string, at: { clientHost: string; clientPort: number } = env.postgres): Promise<string> {
-  const c = new Client({ host: at.clientHost, port: at.clientPort, database: env.postgres.database, user, password, connectionTimeoutMillis: 5000, ssl: postgresSsl(env) });
+export async function tryLogin(env: EnvironmentConfig, user: string, password: string, at: { clientHost: string; clientPort: number; database?: string } = env.postgres): Promise<string> {
+  const c = new Client({ host: at.clientHost, port: at.clientPort, database: at.database ?? env.postgres.database, user, password, connectionTimeoutMillis: 5000, ssl: postgresSsl(env) });
   try {
     await c.connect();
     await c.end();
@@ -87,10 +87,10 @@ export async function tryLogin(env: EnvironmentConfig, user: string, password: s
   }
 }
 
-/** The app's view: a fresh secret_id, an AppRole login. */
-export async function appSession(envName: string): Promise<{ cfg: AppConfig; session: VaultSession }> {
-  const secretId = await issueSecretId(envName);
-  const cfg = appConfigFromOutputs(readOutputs(outputsFile(envName)), { secretId });
+/** The app's view: a fresh secret_id, an AppRole login (of `app`; default: PGVAULT_APP, else the top-level AppRole). */
+export async function appSession(envName: string, app?: string): Promise<{ cfg: AppConfig; session: VaultSession }> {
+  const secretId = await issueSecretId(envName, undefined, app);
+  const cfg = appConfigFromOutputs(readOutputs(outputsFile(envName), app), { secretId });
   const session = new VaultSession({ address: cfg.vaultAddress, caCert: cfg.vaultCaCert });
   await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
   return { cfg, session };

@@ -44,6 +44,8 @@ export interface RoleEndpoint {
   readonly host: string;
   readonly port: number;
   readonly target: 'primary' | 'replica';
+  /** The database the role's users may connect to. @default postgres.database */
+  readonly database?: string;
 }
 
 /** The endpoint of `role`: its own when the deploy gave one, else the primary's. */
@@ -71,21 +73,66 @@ export interface DeployOutputs {
   readonly vault_ca_cert_file?: string;
   readonly postgres_ca_cert_file?: string;
   readonly role_endpoints?: Record<string, RoleEndpoint>;
+  /** Every app of the environment, by name. */
+  readonly apps?: Record<string, DeployApp>;
+  /** The app these outputs were read for (readOutputs). */
+  readonly app?: string;
+  readonly policy_name?: string;
 }
 
-export function readOutputs(file: string): DeployOutputs {
+/** One app's entry in the outputs: its AppRole and the roles it may read. */
+export interface DeployApp {
+  readonly approle_role_name: string;
+  readonly approle_role_id: string;
+  readonly policy_name?: string;
+  readonly roles: string[];
+}
+
+/** The app the top-level AppRole outputs describe. */
+export const DEFAULT_APP = 'api';
+
+/**
+ * Reads a deploy's outputs for one app: its AppRole (`approle_role_name`, `approle_role_id`) and
+ * its roles replace the top-level ones. The app is `app`, else PGVAULT_APP, else the top-level
+ * AppRole outputs (the app named "api", or the only app of an environment without "apps").
+ */
+export function readOutputs(file: string, app?: string, env: NodeJS.ProcessEnv = process.env): DeployOutputs {
   let raw: any;
   try {
     raw = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e: any) {
     throw new AppConfigError('APP_OUTPUTS', `cannot read deploy outputs from ${file} (${e.code ?? e.message}); deploy the environment first: npm run deploy -- <env>`);
   }
-  for (const k of ['vault_address', 'postgres_host', 'postgres_port', 'postgres_database', 'mount_path', 'roles', 'approle_mount', 'approle_role_id']) {
+  for (const k of ['vault_address', 'postgres_host', 'postgres_port', 'postgres_database', 'mount_path', 'roles', 'approle_mount']) {
     if (raw[k] === undefined) {
       throw new AppConfigError('APP_OUTPUTS', `${file}: output "${k}" is missing; redeploy the environment (npm run deploy -- <env>)`);
     }
   }
-  return raw as DeployOutputs;
+  const apps: Record<string, DeployApp> | undefined = raw.apps;
+  const known = apps ? Object.keys(apps).sort() : [];
+  // No app chosen: the one the top-level AppRole outputs describe, with its roles (not every role).
+  const name = app ?? (env.PGVAULT_APP || (apps?.[DEFAULT_APP] ? DEFAULT_APP : undefined));
+  if (name === undefined) {
+    if (raw.approle_role_id === undefined) {
+      throw new AppConfigError(
+        'APP_NAME',
+        `${file}: no app chosen, and the environment has no app named "${DEFAULT_APP}" (its apps: ${known.map((a) => `"${a}"`).join(', ') || 'none'}); ` +
+          'set PGVAULT_APP (or pass the app name) to one of them.',
+      );
+    }
+    return raw as DeployOutputs;
+  }
+  const chosen = apps?.[name];
+  if (!chosen) {
+    if (!apps && name === DEFAULT_APP && raw.approle_role_id !== undefined) return raw as DeployOutputs;
+    throw new AppConfigError(
+      'APP_NAME',
+      apps
+        ? `${file}: app "${name}" (${app !== undefined ? 'as given' : 'PGVAULT_APP'}) is not one of the environment's apps: ${known.map((a) => `"${a}"`).join(', ')}; set it to one of them, or add it under "apps" in the environment file and deploy again.`
+        : `${file}: app "${name}" (${app !== undefined ? 'as given' : 'PGVAULT_APP'}) is unknown: these outputs list no apps; redeploy the environment (npm run deploy -- <env>), or leave PGVAULT_APP unset.`,
+    );
+  }
+  return { ...raw, app: name, approle_role_name: chosen.approle_role_name, approle_role_id: chosen.approle_role_id, policy_name: chosen.policy_name, roles: [...chosen.roles] } as DeployOutputs;
 }
 
 /** A secret_id source that reads `file` at every login, so an orchestrator can refresh it. */
@@ -184,7 +231,7 @@ export function appConfigFromOutputs(
       caCert: postgresCaCert,
     },
     roleEndpoints: outputs.role_endpoints
-      ? Object.fromEntries(Object.entries(outputs.role_endpoints).map(([r, e]) => [r, { host: e.host, port: Number(e.port), target: e.target === 'replica' ? 'replica' : 'primary' }]))
+      ? Object.fromEntries(Object.entries(outputs.role_endpoints).map(([r, e]) => [r, { host: e.host, port: Number(e.port), target: e.target === 'replica' ? 'replica' : 'primary', ...(e.database ? { database: e.database } : {}) }]))
       : undefined,
   };
   // The secret_id must not show when the config is logged or inspected.

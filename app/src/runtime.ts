@@ -127,7 +127,7 @@ export class CredentialRuntime extends EventEmitter<CredentialRuntimeEvents> {
           lease,
           host: endpoint.host,
           port: endpoint.port,
-          database: cfg.postgres.database,
+          database: endpoint.database ?? cfg.postgres.database,
           sslmode: cfg.postgres.sslmode,
           ca: cfg.postgres.caCert,
           replicaLagWindowMillis: endpoint.target === 'replica' ? (opts.replicaLagWindowMillis ?? DEFAULT_REPLICA_LAG_WINDOW_MILLIS) : 0,

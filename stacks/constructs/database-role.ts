@@ -26,6 +26,8 @@ export interface DatabaseRoleProps {
   readonly idleInTransactionTimeoutSeconds?: number;
   readonly defaultTtlSeconds: number;
   readonly maxTtlSeconds: number;
+  /** The database its users are created in, through the engine's connection to it. @default the engine's first database */
+  readonly database?: string;
   /**
    * More resources the role is created after, and so destroyed before, such as the hook that
    * revokes every lease at destroy: the roles go first so that nothing issues new credentials.
@@ -62,14 +64,14 @@ export class DatabaseRole extends Construct {
     this.role = new DatabaseSecretBackendRole(this, 'role', {
       backend: props.engine.path,
       name: props.name,
-      dbName: props.engine.connectionName,
+      dbName: props.database === undefined ? props.engine.connectionName : props.engine.connections.get(props.database)?.connection.name ?? props.engine.connectionName,
       defaultTtl: props.defaultTtlSeconds,
       maxTtl: props.maxTtlSeconds,
       creationStatements: sql.creationStatements(stmts),
       renewStatements: sql.renewStatements(),
       rollbackStatements: sql.rollbackStatements(),
       revocationStatements: sql.revocationStatements(stmts),
-      dependsOn: [props.engine.rootRotation ?? props.engine.connection, ...(props.after ?? [])],
+      dependsOn: [props.engine.ready(props.database), ...(props.after ?? [])],
     });
     this.name = this.role.name;
     this.credsPath = `${props.engine.path}/creds/${this.role.name}`;

@@ -51,6 +51,26 @@ export interface DatabaseSecretsEngineProps {
   readonly bootstrap?: (mount: Mount) => TerraformResource;
   /** Resources the mount is created after, and so destroyed before. @default none */
   readonly after?: ITerraformDependable[];
+  /**
+   * Connections to more databases of the same server, each with its own Vault role (`username`,
+   * sent the same setup password, then rotated) and its own roles. Their construct IDs carry the
+   * database's name. @default none: one database
+   */
+  readonly moreDatabases?: readonly EngineDatabaseProps[];
+}
+
+/** One more database the engine connects to. */
+export interface EngineDatabaseProps {
+  readonly database: string;
+  readonly connectionName: string;
+  readonly username: string;
+  readonly allowedRoles: readonly string[];
+}
+
+/** One database's connection and the rotation of its root credential. */
+export interface EngineConnection {
+  readonly connection: DatabaseSecretBackendConnection;
+  readonly rootRotation?: GenericEndpoint;
 }
 
 /** The database secrets engine: a mount, its postgresql connection and the root rotation. */
@@ -65,6 +85,8 @@ export class DatabaseSecretsEngine extends Construct {
   public readonly path: string;
   /** Connection name, as a reference. */
   public readonly connectionName: string;
+  /** Every database's connection, by database name (props.database's first). */
+  public readonly connections: ReadonlyMap<string, EngineConnection>;
 
   constructor(scope: Construct, id: string, props: DatabaseSecretsEngineProps) {
     super(scope, id);
@@ -81,38 +103,50 @@ export class DatabaseSecretsEngine extends Construct {
     });
     const bootstrap = props.bootstrap?.(this.mount);
     this.bootstrap = bootstrap;
-    this.connection = new DatabaseSecretBackendConnection(this, 'connection', {
-      backend: this.mount.path,
-      name: connectionName,
-      pluginName: 'postgresql-database-plugin',
-      verifyConnection: true,
-      allowedRoles: [...props.allowedRoles],
-      postgresql: {
-        connectionUrl: connectionUrl(props.host, props.port, props.database, props.sslmode ?? 'disable', props.sslRootCertOnVault),
-        username: props.username,
-        passwordWo: props.setupPassword,
-        passwordWoVersion: props.setupPasswordVersion ?? 1,
-        maxOpenConnections: props.maxOpenConnections ?? 4,
-        maxIdleConnections: 0,
-        maxConnectionLifetime: 300,
-      },
-      dependsOn: bootstrap ? [bootstrap] : undefined,
-      lifecycle: bootstrap ? { replaceTriggeredBy: [address(bootstrap)] } : undefined,
-    });
-    this.path = this.mount.path;
-    this.connectionName = this.connection.name;
-
-    if (rotateRoot) {
-      this.rootRotation = new GenericEndpoint(this, 'rotate-root', {
-        path: `${this.mount.path}/rotate-root/${this.connection.name}`,
+    const connect = (idSuffix: string, c: EngineDatabaseProps): EngineConnection => {
+      const connection = new DatabaseSecretBackendConnection(this, `connection${idSuffix}`, {
+        backend: this.mount.path,
+        name: c.connectionName,
+        pluginName: 'postgresql-database-plugin',
+        verifyConnection: true,
+        allowedRoles: [...c.allowedRoles],
+        postgresql: {
+          connectionUrl: connectionUrl(props.host, props.port, c.database, props.sslmode ?? 'disable', props.sslRootCertOnVault),
+          username: c.username,
+          passwordWo: props.setupPassword,
+          passwordWoVersion: props.setupPasswordVersion ?? 1,
+          maxOpenConnections: props.maxOpenConnections ?? 4,
+          maxIdleConnections: 0,
+          maxConnectionLifetime: 300,
+        },
+        dependsOn: bootstrap ? [bootstrap] : undefined,
+        lifecycle: bootstrap ? { replaceTriggeredBy: [address(bootstrap)] } : undefined,
+      });
+      if (!rotateRoot) return { connection };
+      const rootRotation = new GenericEndpoint(this, `rotate-root${idSuffix}`, {
+        path: `${this.mount.path}/rotate-root/${connection.name}`,
         dataJson: '{}',
         disableRead: true,
         disableDelete: true,
         // A connection that Terraform creates anew (not only replaces), such as after a dev
         // server lost its memory, comes with a new bootstrap: that triggers the rotation too.
-        lifecycle: { replaceTriggeredBy: [address(this.connection), ...(bootstrap ? [address(bootstrap)] : [])] },
+        lifecycle: { replaceTriggeredBy: [address(connection), ...(bootstrap ? [address(bootstrap)] : [])] },
       });
-    }
+      return { connection, rootRotation };
+    };
+    const first = connect('', { database: props.database, connectionName, username: props.username, allowedRoles: props.allowedRoles });
+    this.connection = first.connection;
+    this.rootRotation = first.rootRotation;
+    this.path = this.mount.path;
+    this.connectionName = this.connection.name;
+    this.connections = new Map([[props.database, first], ...(props.moreDatabases ?? []).map((c) => [c.database, connect(`-${c.database}`, c)] as const)]);
+  }
+
+  /** What a role of `database` waits for: its connection's root rotation, or the connection. @default the first database's */
+  public ready(database?: string): ITerraformDependable {
+    const c = database === undefined ? this.connections.values().next().value! : this.connections.get(database);
+    if (!c) throw new Error(`DatabaseSecretsEngine: no connection to database "${database}"; expected one of ${[...this.connections.keys()].join(', ')}`);
+    return c.rootRotation ?? c.connection;
   }
 }
 

@@ -134,7 +134,8 @@ test('destroy order: the roles go first, then every lease is revoked, then the c
   const mount = one(secrets, 'vault_mount');
   assert.deepEqual(mount.depends_on, [hookAddress(secrets, 'teardown')]);
   const revoke = hook(secrets, 'revoke-leases');
-  assert.deepEqual(revoke.depends_on, [`vault_generic_endpoint.${Object.keys(secrets.resource.vault_generic_endpoint)[0]}`]);
+  // After the AppRole mount too: disabling it would revoke the app's tokens, and their leases, first.
+  assert.deepEqual(revoke.depends_on, [`vault_generic_endpoint.${Object.keys(secrets.resource.vault_generic_endpoint)[0]}`, `vault_auth_backend.${Object.keys(secrets.resource.vault_auth_backend)[0]}`]);
   assert.deepEqual(revoke.provisioner.map((p: Json) => p['local-exec'].when), ['destroy']);
   for (const role of Object.values(secrets.resource.vault_database_secret_backend_role) as Json[]) {
     assert.ok(role.depends_on.includes(hookAddress(secrets, 'revoke-leases')), `${role.name} is destroyed before the leases are revoked`);
