@@ -169,9 +169,9 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
   return [
     [
       'DO $$',
-      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;',
+      // to_regrole is one cache lookup; a scan of pg_roles costs more once thousands of users exist.
+      `DECLARE u oid := pg_catalog.to_regrole(pg_catalog.quote_ident('{{name}}')); g name; f regprocedure; d name; i int; p int[]; granted boolean := false;`,
       'BEGIN',
-      `  SELECT oid INTO u FROM pg_catalog.pg_roles WHERE rolname = '{{name}}';`,
       ...fastDrop,
       '  IF u IS NOT NULL THEN',
       ...fullPath(props.mark, disarmed, handOver).map((l) => `  ${l}`),
@@ -187,7 +187,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
  * Sets `u` to NULL when the role is gone.
  */
 const fastDrop = [
-  '  IF u IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE usesysid = u) THEN',
+  '  IF u IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) a WHERE a.usesysid = u) THEN',
   '    BEGIN',
   // A wait here delays the disarm below: short, and rolled back with the block.
   `      PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);`,
