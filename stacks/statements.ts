@@ -170,17 +170,26 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
     [
       'DO $$',
       // to_regrole is one cache lookup; a scan of pg_roles costs more once thousands of users exist.
-      `DECLARE u oid := pg_catalog.to_regrole(pg_catalog.quote_ident('{{name}}')); g name; f regprocedure; d name; i int; p int[]; granted boolean := false;`,
+      `DECLARE u oid := ${lookUp};`,
       'BEGIN',
       ...fastDrop,
       '  IF u IS NOT NULL THEN',
-      ...fullPath(props.mark, disarmed, handOver).map((l) => `  ${l}`),
+      // A block is compiled whole before it runs; a nested DO only when it runs: the fast path
+      // does not pay for compiling the full one.
+      '    DO $full$',
+      `    DECLARE u oid := ${lookUp}; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;`,
+      '    BEGIN',
+      ...fullPath(props.mark, disarmed, handOver).map((l) => `    ${l}`),
+      '    END',
+      '    $full$;',
       '  END IF;',
       'END',
       '$$;',
     ].join('\n'),
   ];
 }
+
+const lookUp = `pg_catalog.to_regrole(pg_catalog.quote_ident('{{name}}'))`;
 
 /**
  * Step 0 of the revocation: the whole of it when the user has no session and nothing holds it.

@@ -111,7 +111,9 @@ test('revocation first drops a user that has no session, in a block of its own: 
       assert.ok(!fast.includes(step), `${step} is not on the fast path`);
     }
     const full = block.slice(block.indexOf('\n  IF u IS NOT NULL THEN\n'));
-    assert.match(full, /pg_shdescription[\s\S]*LIMIT 3 LOOP[\s\S]*END LOOP;\n {2}END IF;\nEND\n\$\$;$/, 'other disarmed roles are tried again on the full path only');
+    assert.match(full, /^\n {2}IF u IS NOT NULL THEN\n {4}DO \$full\$\n {4}DECLARE u oid := pg_catalog\.to_regrole\(pg_catalog\.quote_ident\('\{\{name\}\}'\)\);[^\n]*\n {4}BEGIN\n/, 'the full path is a nested block, compiled only when it runs');
+    assert.match(full, /pg_shdescription[\s\S]*LIMIT 3 LOOP[\s\S]*END LOOP;\n {4}END\n {4}\$full\$;\n {2}END IF;\nEND\n\$\$;$/, 'other disarmed roles are tried again on the full path only');
+    assert.equal(full.split('$full$').length, 3, 'the nested block\'s quote appears only around it');
   }
 });
 
