@@ -55,9 +55,9 @@ export function runPeer(binary: string, b: Bench, floor: Floor, workers: number,
       maxBuffer: 64 * 1024 * 1024,
     });
     if (r.error) throw new Error(`vault-benchmark (${binary}): ${r.error.message}`);
-    const start = r.stdout.indexOf('{"metrics"');
-    if (r.status !== 0 || start < 0) throw new Error(`vault-benchmark (${binary}) exited ${r.status}: ${`${r.stderr}\n${r.stdout}`.slice(-1500)}`);
-    const report = JSON.parse(r.stdout.slice(start, r.stdout.lastIndexOf('}') + 1));
+    const line = r.stdout.split('\n').reverse().find((l) => l.startsWith('{') && l.includes('"metrics"'));
+    if (r.status !== 0 || !line) throw new Error(`vault-benchmark (${binary}) exited ${r.status} without a JSON report: ${`${r.stderr}\n${r.stdout}`.slice(-1500)}`);
+    const report = JSON.parse(line);
     const m = report.metrics.pgvault_peer;
     return { perSecond: m.throughput, p50: m.latencies['50th'] / 1e6, p99: m.latencies['99th'] / 1e6, requests: m.requests, success: m.success };
   } finally {
