@@ -1,33 +1,50 @@
 /**
- * npm run bench [-- <env> [--against <other env>]]: figures and ratios measured in one run,
- * against a deployed environment (deployed first when needed). Not a test: it prints, it does
- * not assert. With --against, issuance through the app's client is measured on both and their
- * ratio printed (e.g. `npm run bench -- ha --against local`).
+ * npm run bench [-- <env> [--against <other env>] [--phases <list>] [--peer <vault-benchmark binary>]]:
+ * figures and ratios measured in one run, against a deployed environment (deployed first when
+ * needed). Not a test: it prints, it does not assert. With --against, issuance through the app's
+ * client is measured on both and their ratio printed (e.g. `npm run bench -- ha --against local`).
  *
- * 1. Credential issuance (the load of vault-benchmark's postgresql_secret test): N workers
- *    issue credentials through the app's client and through plain HTTP requests to
- *    /v1/<mount>/creds/<role>; latency p50/p95/p99, throughput, and their ratio.
- * 2. API throughput in steady state and during rotations (forced every second), and the ratio.
+ * Phases (--phases, comma-separated; default all but peer, which --peer adds):
+ *  issuance   N workers issue credentials through the app's client and through plain HTTP
+ *             requests to /v1/<mount>/creds/<role>; latency p50/p95/p99, throughput, ratio.
+ *  api        API throughput in steady state and during rotations (forced every second).
+ *  query      the query path: plain pg.Pool on static credentials, rt.pgPool(role),
+ *             rt.pool(role).query and Kysely on the face, alternating; SELECT 1 and an indexed row.
+ *  rotation   queries per second in the second around forced rotations against steady state.
+ *  revocation revoke-prefix of N leases (sync=true and sync=false) against Vault's floor (a mount
+ *             whose role revokes with a bare DROP ROLE) and a plain DROP ROLE of N roles.
+ *  peer       vault-benchmark's postgresql_secret test alternating with our issuance.
  *
- * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase, default 10).
+ * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase,
+ * default 10), BENCH_QUERY_SECONDS (per round, default 1), BENCH_QUERY_ROUNDS (default 10),
+ * BENCH_ROTATION_SECONDS (default 12), BENCH_REVOKE_N (default "1000,4000"),
+ * BENCH_PEER_SECONDS (per round, default 20), BENCH_PEER_ROUNDS (default 2).
  *
- * Between phases it revokes every lease of the role with `sys/leases/revoke-prefix` and the
- * admin token. On a shared Vault that would drop other applications' live credentials too,
- * so outside docker environments it refuses unless `--allow-revoke-prefix` (or
- * BENCH_ALLOW_REVOKE_PREFIX=1) is given.
+ * It revokes every lease of the role with `sys/leases/revoke-prefix` and the admin token. On a
+ * shared Vault that would drop other applications' live credentials too, so outside docker
+ * environments it refuses unless `--allow-revoke-prefix` (or BENCH_ALLOW_REVOKE_PREFIX=1) is given.
  */
 import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
 import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { peerPhase } from './peer';
+import { queryPath, rotationUnderLoad } from './query-path';
+import { loadavg, massRevocation } from './revocation';
+import { percentile } from './stats';
 
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
 const ISSUES = Number(process.env.BENCH_ISSUES ?? 200);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
+const QUERY_SECONDS = Number(process.env.BENCH_QUERY_SECONDS ?? 1);
+const QUERY_ROUNDS = Number(process.env.BENCH_QUERY_ROUNDS ?? 10);
+const ROTATION_SECONDS = Number(process.env.BENCH_ROTATION_SECONDS ?? 12);
+const REVOKE_N = (process.env.BENCH_REVOKE_N ?? '1000,4000').split(',').map(Number);
+const PEER_SECONDS = Number(process.env.BENCH_PEER_SECONDS ?? 20);
+const PEER_ROUNDS = Number(process.env.BENCH_PEER_ROUNDS ?? 2);
+const PHASES = ['issuance', 'api', 'query', 'rotation', 'revocation', 'peer'] as const;
+/** Bound of a revoke-prefix, whose work grows with the number of leases. */
+const REVOKE_ALL_MILLIS = 600_000;
 
 async function measure(label: string, total: number, workers: number, fn: () => Promise<void>) {
   const latencies: number[] = [];
@@ -84,7 +101,7 @@ async function issuance(envName: string, both: boolean) {
   const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
   await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
   const token = (session as any).client.token as string;
-  const revokeAll = () => vaultFetch(env, `${cfg.vaultAddress}/v1/sys/leases/revoke-prefix/${cfg.mountPath}/creds/${role}`, admin, 'PUT');
+  const revokeAll = () => vaultFetch(env, `${cfg.vaultAddress}/v1/sys/leases/revoke-prefix/${cfg.mountPath}/creds/${role}`, admin, 'PUT', { sync: true }, REVOKE_ALL_MILLIS);
   await measure('warm-up (app client)', 10, 1, async () => void (await session.issue(cfg.mountPath, role)));
   await revokeAll();
   let raw;
@@ -100,12 +117,28 @@ async function issuance(envName: string, both: boolean) {
   return { app, raw };
 }
 
+/** The value after `flag`, if given. */
+function option(args: string[], flag: string): string | undefined {
+  const i = args.indexOf(flag);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined || v.startsWith('--')) throw new Error(`${flag} needs a value`);
+  return v;
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const allowRevokePrefix = args.includes('--allow-revoke-prefix') || process.env.BENCH_ALLOW_REVOKE_PREFIX === '1';
-  const positional = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--against');
+  const valued = ['--against', '--phases', '--peer'];
+  const positional = args.filter((a, i) => !a.startsWith('--') && !valued.includes(args[i - 1]));
   const envName = positional[0] ?? 'local';
-  const against = args.includes('--against') ? args[args.indexOf('--against') + 1] : undefined;
+  const against = option(args, '--against');
+  const peer = option(args, '--peer');
+  const phases = new Set((option(args, '--phases') ?? PHASES.filter((p) => p !== 'peer' || peer).join(',')).split(','));
+  for (const p of phases) {
+    if (!(PHASES as readonly string[]).includes(p)) throw new Error(`--phases: unknown phase "${p}"; expected a comma-separated list of ${PHASES.join(', ')}`);
+  }
+  if (phases.has('peer') && !peer) throw new Error('the peer phase needs --peer <path to a vault-benchmark binary>');
   loadToolchainEnv();
   const env = loadEnvironment(envName);
   if (env.infrastructure !== 'docker' && !allowRevokePrefix) {
@@ -118,35 +151,72 @@ async function main(): Promise<void> {
   process.env.PGVAULT_CDKTF_LOG ??= '/dev/null';
   await deploy(envName);
   const outputs = readOutputs(outputsFile(envName));
+  console.log(`bench ${envName}: phases ${[...phases].join(', ')}; node ${process.version}; load ${loadavg()}`);
 
   // 1. Credential issuance.
-  const { app } = await issuance(envName, true);
-  if (against) {
-    // The same load against another environment, for a ratio from one run (e.g. ha against local).
-    await deploy(against);
-    const other = await issuance(against, false);
-    console.log(`ratio ${envName}/${against} (app client): throughput ${(app.perSecond / other.app.perSecond).toFixed(2)}x, p50 ${(app.p50 / other.app.p50).toFixed(2)}x, p99 ${(app.p99 / other.app.p99).toFixed(2)}x\n`);
+  if (phases.has('issuance')) {
+    const { app } = await issuance(envName, true);
+    if (against) {
+      // The same load against another environment, for a ratio from one run (e.g. ha against local).
+      await deploy(against);
+      const other = await issuance(against, false);
+      console.log(`ratio ${envName}/${against} (app client): throughput ${(app.perSecond / other.app.perSecond).toFixed(2)}x, p50 ${(app.p50 / other.app.p50).toFixed(2)}x, p99 ${(app.p99 / other.app.p99).toFixed(2)}x\n`);
+    }
   }
 
-  // 2. API throughput, steady and during rotations.
-  const rtCfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
-  const runtime = await CredentialRuntime.start(rtCfg);
+  const role = outputs.roles[0];
+  const writer = outputs.roles.find((r) => env.roles.find((c) => c.name === r)?.access === 'write');
+  const bench = { env, admin: readSecretFile(env.vault.tokenFile, 'admin token'), vault: outputs.vault_address, role };
+
+  if (phases.has('api') || phases.has('query') || phases.has('rotation')) {
+    const rtCfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
+    const runtime = await CredentialRuntime.start(rtCfg, { poolSize: 10 });
+    try {
+      // 2. API throughput, steady and during rotations.
+      if (phases.has('api')) await apiPhase(runtime);
+      // 3. The query path, and rotation under its load.
+      if (phases.has('query')) await queryPath(runtime, env, role, { clients: 8, poolSize: 10, seconds: QUERY_SECONDS, rounds: QUERY_ROUNDS, writer });
+      if (phases.has('rotation')) await rotationUnderLoad(runtime, role, { clients: 8, seconds: ROTATION_SECONDS, everySeconds: 3 });
+    } finally {
+      await runtime.close();
+    }
+  }
+
+  // 4. Mass revocation against Vault's floor and a plain DROP ROLE.
+  if (phases.has('revocation')) await massRevocation(bench, REVOKE_N, 8);
+
+  // 5. The peer, alternating with our issuance.
+  if (peer && phases.has('peer')) {
+    const cfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });
+    const session = new VaultSession({ address: cfg.vaultAddress, addresses: cfg.vaultAddresses, caCert: cfg.vaultCaCert });
+    await session.login(cfg.approleMount, cfg.roleId, cfg.secretId);
+    try {
+      await peerPhase(peer, bench, session, { workers: WORKERS, seconds: PEER_SECONDS, rounds: PEER_ROUNDS });
+    } finally {
+      await session.revokeSelf().catch(() => undefined);
+    }
+  }
+  console.log(`\nThe environment stays deployed; tear down with: npm run destroy -- ${envName}`);
+}
+
+async function apiPhase(runtime: CredentialRuntime): Promise<void> {
   const api = new ApiServer({ runtime });
   const port = await api.listen(0);
   const base = `http://127.0.0.1:${port}`;
-  await apiLoad(base, 2, 8);
-  const steady = await apiLoad(base, SECONDS, 8);
-  console.log(`API steady state                   ${steady.perSecond.toFixed(0)} req/s  (${steady.ok} ok, ${steady.failed} failed)`);
-  const rotationsBefore = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0);
-  const rotating = await apiLoad(base, SECONDS, 8, () => {
-    for (const l of runtime.leases.values()) void l.rotateNow('bench').catch(() => undefined);
-  });
-  const rotations = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0) - rotationsBefore;
-  console.log(`API during rotations (${rotations} in ${SECONDS}s)    ${rotating.perSecond.toFixed(0)} req/s  (${rotating.ok} ok, ${rotating.failed} failed)`);
-  console.log(`ratio rotating/steady: ${(rotating.perSecond / steady.perSecond).toFixed(2)}x\n`);
-  await api.stop();
-  await runtime.close();
-  console.log(`The environment stays deployed; tear down with: npm run destroy -- ${envName}`);
+  try {
+    await apiLoad(base, 2, 8);
+    const steady = await apiLoad(base, SECONDS, 8);
+    console.log(`API steady state                   ${steady.perSecond.toFixed(0)} req/s  (${steady.ok} ok, ${steady.failed} failed)`);
+    const rotationsBefore = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0);
+    const rotating = await apiLoad(base, SECONDS, 8, () => {
+      for (const l of runtime.leases.values()) void l.rotateNow('bench').catch(() => undefined);
+    });
+    const rotations = [...runtime.pools.values()].reduce((n, p) => n + p.rotations, 0) - rotationsBefore;
+    console.log(`API during rotations (${rotations} in ${SECONDS}s)    ${rotating.perSecond.toFixed(0)} req/s  (${rotating.ok} ok, ${rotating.failed} failed)`);
+    console.log(`ratio rotating/steady: ${(rotating.perSecond / steady.perSecond).toFixed(2)}x\n`);
+  } finally {
+    await api.stop();
+  }
 }
 
 main().catch((e) => {

@@ -122,7 +122,17 @@ export function rollbackStatements(): string[] {
 }
 
 /**
- * Revocation that always disarms, in the one transaction Vault runs it in:
+ * Revocation, in the one transaction Vault runs it in. First the fast path, which is most
+ * revocations of a mass revocation:
+ *  0. when the user has no session (anywhere), DROP ROLE at once, in a block of its own under a
+ *     short lock_timeout. It succeeds only when nothing in any database holds the role (an owned
+ *     object, a large object, a privilege, a default privilege: pg_shdepend covers them all), so
+ *     the role is simply gone, with its memberships. That is stronger than disarmed, and atomic:
+ *     when the drop fails, its block rolls back and nothing has changed. It costs one
+ *     role-membership check, as a bare DROP ROLE does; each later step below costs another, and
+ *     with thousands of live users (all of which Vault's role administers since PostgreSQL 16)
+ *     each check after a membership change walks all of them.
+ * Otherwise (a session, or anything the role holds) the full path, which always disarms:
  *  1. disarm: take every group membership away (before the user is granted to Vault's role, so
  *     that role never inherits a group's privileges through the user), NOLOGIN, no password, an
  *     expired VALID UNTIL, the disarmed mark with the access (`<mark> disarmed write`);
@@ -141,9 +151,12 @@ export function rollbackStatements(): string[] {
  *  4. DROP ROLE in a block of its own: when an object (here, or in another database) holds the
  *     role, the drop fails, and the role stays disarmed and marked, for the bootstrap or the
  *     teardown (as the superuser, the only one that reaches other databases) to clean up: a
- *     writer's objects are handed over there too, never dropped. The revocation succeeds.
- * A role that is already gone is not an error. Other disarmed roles of the environment are tried
- * again (a few per revocation): one whose blocking object is gone is dropped.
+ *     writer's objects are handed over there too, never dropped. The revocation succeeds;
+ *  5. other disarmed roles of the environment are tried again (a few): one whose blocking object
+ *     is gone is dropped. Only on the full path: on the fast one it would scan every role's
+ *     comment, and try drops that fail, for each of thousands of revocations.
+ * A role that is already gone is not an error. A login that lands between the session check and
+ * the commit is the reaper's, as on the full path.
  *
  * The DO block is dollar-quoted, so Vault runs it whole rather than splitting it on ';'.
  */
@@ -166,63 +179,96 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
   return [
     [
       'DO $$',
-      'DECLARE u oid; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;',
+      // to_regrole is one cache lookup; a scan of pg_roles costs more once thousands of users exist.
+      `DECLARE u oid := ${lookUp};`,
       'BEGIN',
-      `  SELECT oid INTO u FROM pg_catalog.pg_roles WHERE rolname = '{{name}}';`,
+      ...fastDrop,
       '  IF u IS NOT NULL THEN',
-      `    FOR g IN SELECT r.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid WHERE m.member = u LOOP`,
-      '      BEGIN',
-      `        EXECUTE format('REVOKE %I FROM %I', g, '{{name}}');`,
-      '      EXCEPTION WHEN insufficient_privilege THEN NULL;',
-      '      END;',
-      '    END LOOP;',
-      `    EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL VALID UNTIL %L', '{{name}}', '1970-01-01 00:00:00+00');`,
-      `    EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
-      // Nothing below may outlast Vault's request: its timeout would roll the disarm back.
-      `    PERFORM pg_catalog.set_config('lock_timeout', '2s', true);`,
-      '    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.member = u) THEN',
-      // A revoke that only warned (another grantor, PostgreSQL 16+): granting the user to Vault's
-      // role would let that role inherit the group through it.
-      `      RAISE WARNING 'pgvault: role % still holds a membership; it is not granted to %, its objects are left for the superuser', '{{name}}', current_user;`,
-      '    ELSE',
-      '      BEGIN',
-      `        EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
-      `        SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
-      '        PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
-      '        FOR i IN 1..200 LOOP',
-      '          PERFORM pg_catalog.pg_stat_clear_snapshot();',
-      '          EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
-      '          PERFORM pg_catalog.pg_sleep(0.01);',
-      '        END LOOP;',
-      '        granted := true;',
-      '      EXCEPTION WHEN OTHERS THEN',
-      `        RAISE WARNING 'pgvault: role % not taken over (the reaper ends its sessions): %', '{{name}}', SQLERRM;`,
-      '      END;',
-      '    END IF;',
-      '    IF granted THEN',
-      '      BEGIN',
-      ...handOver.map((l) => `    ${l}`),
-      `        EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
-      '      EXCEPTION WHEN OTHERS THEN',
-      `        RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
-      '      END;',
-      '    END IF;',
+      // A block is compiled whole before it runs; a nested DO only when it runs: the fast path
+      // does not pay for compiling the full one.
+      '    DO $full$',
+      `    DECLARE u oid := ${lookUp}; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;`,
       '    BEGIN',
-      `      EXECUTE format('DROP ROLE %I', '{{name}}');`,
-      '    EXCEPTION WHEN OTHERS THEN',
-      `      RAISE WARNING 'pgvault: role % left disarmed: %', '{{name}}', SQLERRM;`,
-      '    END;',
+      ...fullPath(props.mark, disarmed, handOver).map((l) => `    ${l}`),
+      '    END',
+      '    $full$;',
       '  END IF;',
-      `  FOR d IN SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_shdescription s ON s.objoid = r.oid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass`,
-      `           WHERE ${isDisarmedSql('s.description', props.mark)} AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,
-      '    BEGIN',
-      `      EXECUTE format('DROP ROLE %I', d);`,
-      '    EXCEPTION WHEN OTHERS THEN NULL;',
-      '    END;',
-      '  END LOOP;',
       'END',
       '$$;',
     ].join('\n'),
+  ];
+}
+
+const lookUp = `pg_catalog.to_regrole(pg_catalog.quote_ident('{{name}}'))`;
+
+/**
+ * Step 0 of the revocation: the whole of it when the user has no session and nothing holds it.
+ * Sets `u` to NULL when the role is gone.
+ */
+const fastDrop = [
+  '  IF u IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) a WHERE a.usesysid = u) THEN',
+  '    BEGIN',
+  // A wait here delays the disarm below: short, and rolled back with the block.
+  `      PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);`,
+  `      EXECUTE format('DROP ROLE %I', '{{name}}');`,
+  '      u := NULL;',
+  '    EXCEPTION WHEN OTHERS THEN NULL;',
+  '    END;',
+  '  END IF;',
+];
+
+/** Steps 1 to 5 of the revocation, for a role `u` that has a session or that something holds. */
+function fullPath(envMark: string, disarmed: string, handOver: string[]): string[] {
+  return [
+    `  FOR g IN SELECT r.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.roleid WHERE m.member = u LOOP`,
+    '    BEGIN',
+    `      EXECUTE format('REVOKE %I FROM %I', g, '{{name}}');`,
+    '    EXCEPTION WHEN insufficient_privilege THEN NULL;',
+    '    END;',
+    '  END LOOP;',
+    `  EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL VALID UNTIL %L', '{{name}}', '1970-01-01 00:00:00+00');`,
+    `  EXECUTE format('COMMENT ON ROLE %I IS %L', '{{name}}', '${disarmed}');`,
+    // Nothing below may outlast Vault's request: its timeout would roll the disarm back.
+    `  PERFORM pg_catalog.set_config('lock_timeout', '2s', true);`,
+    '  IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.member = u) THEN',
+    // A revoke that only warned (another grantor, PostgreSQL 16+): granting the user to Vault's
+    // role would let that role inherit the group through it.
+    `    RAISE WARNING 'pgvault: role % still holds a membership; it is not granted to %, its objects are left for the superuser', '{{name}}', current_user;`,
+    '  ELSE',
+    '    BEGIN',
+    `      EXECUTE format('GRANT %I TO %I', '{{name}}', current_user);`,
+    `      SELECT pg_catalog.array_agg(pid) INTO p FROM pg_catalog.pg_stat_activity WHERE usesysid = u AND pid <> pg_catalog.pg_backend_pid();`,
+    '      PERFORM pg_catalog.pg_terminate_backend(x) FROM pg_catalog.unnest(p) x;',
+    '      FOR i IN 1..200 LOOP',
+    '        PERFORM pg_catalog.pg_stat_clear_snapshot();',
+    '        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = ANY (p));',
+    '        PERFORM pg_catalog.pg_sleep(0.01);',
+    '      END LOOP;',
+    '      granted := true;',
+    '    EXCEPTION WHEN OTHERS THEN',
+    `      RAISE WARNING 'pgvault: role % not taken over (the reaper ends its sessions): %', '{{name}}', SQLERRM;`,
+    '    END;',
+    '  END IF;',
+    '  IF granted THEN',
+    '    BEGIN',
+    ...handOver.map((l) => `  ${l}`),
+    `      EXECUTE format('DROP OWNED BY %I', '{{name}}');`,
+    '    EXCEPTION WHEN OTHERS THEN',
+    `      RAISE WARNING 'pgvault: objects of role % left: %', '{{name}}', SQLERRM;`,
+    '    END;',
+    '  END IF;',
+    '  BEGIN',
+    `    EXECUTE format('DROP ROLE %I', '{{name}}');`,
+    '  EXCEPTION WHEN OTHERS THEN',
+    `    RAISE WARNING 'pgvault: role % left disarmed: %', '{{name}}', SQLERRM;`,
+    '  END;',
+    `  FOR d IN SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_shdescription s ON s.objoid = r.oid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass`,
+    `           WHERE ${isDisarmedSql('s.description', envMark)} AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,
+    '    BEGIN',
+    `      EXECUTE format('DROP ROLE %I', d);`,
+    '    EXCEPTION WHEN OTHERS THEN NULL;',
+    '    END;',
+    '  END LOOP;',
   ];
 }
 

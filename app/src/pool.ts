@@ -112,12 +112,20 @@ const AUTH_FAILED = new Set(['28P01', '28000']);
 /** Rejects with REQUEST_DEADLINE when `deadline` passes first; the work itself goes on. */
 function beforeDeadline<T>(work: Promise<T>, deadline: number | undefined, what: string): Promise<T> {
   if (deadline === undefined) return work;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new AppError('REQUEST_DEADLINE', `gave up waiting for ${what}: the deadline passed`)), Math.max(0, deadline - Date.now()));
+  // One promise and one timer, no race: this runs for every query.
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new AppError('REQUEST_DEADLINE', `gave up waiting for ${what}: the deadline passed`)), Math.max(0, deadline - Date.now()));
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
   });
-  work.catch(() => undefined);
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 /** The connection broke under a statement that was sent: no answer says whether it took effect. */
@@ -334,45 +342,59 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    * happen. Without an answer within cancelTimeoutMillis (a frozen or unreachable server), the
    * caller's release(error) destroys the connection, and the outcome is unknown.
    */
-  private async bounded<T>(client: PoolClient, work: Promise<T>, deadline: number | undefined, onCancel: () => void): Promise<T> {
+  private bounded<T>(client: PoolClient, work: Promise<T>, deadline: number | undefined, onCancel: () => void): Promise<T> {
     if (deadline === undefined) return work;
+    // The answer before the deadline (nearly always) settles this with one timer and no race:
+    // it runs for every statement.
+    return new Promise<T>((resolve, reject) => {
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        this.pastDeadline(client, work, onCancel).then(resolve, reject);
+      }, Math.max(0, deadline - Date.now()));
+      work.then(
+        (value) => {
+          if (late) return;
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (error) => {
+          if (late) return;
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  /** bounded(), once the deadline passed without an answer: cancel, then wait a grace period for one. */
+  private async pastDeadline<T>(client: PoolClient, work: Promise<T>, onCancel: () => void): Promise<T> {
     type Settled = { value: T } | { error: any };
     const settled: Promise<Settled> = work.then((value) => ({ value }), (error) => ({ error }));
-    const after = (ms: number) => {
-      let timer: NodeJS.Timeout | undefined;
-      const p = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), Math.max(0, ms))));
-      return { p, stop: () => clearTimeout(timer) };
-    };
-    const toDeadline = after(deadline - Date.now());
-    let result = await Promise.race([settled, toDeadline.p]);
-    toDeadline.stop();
-    let cancelled = false;
+    onCancel();
+    this.count('deadline_cancel');
+    const waitMillis = this.opts.cancelTimeoutMillis ?? 1000;
+    const c = client as unknown as { processID?: number; secretKey?: number };
+    if (typeof c.processID === 'number' && typeof c.secretKey === 'number') {
+      void sendCancelRequest(this.opts.host, this.opts.port, c.processID, c.secretKey, waitMillis);
+    } else {
+      this.count('cancel_unavailable');
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), waitMillis)));
+    const result = await Promise.race([settled, grace]);
+    clearTimeout(timer);
     if (!result) {
-      cancelled = true;
-      onCancel();
-      this.count('deadline_cancel');
-      const waitMillis = this.opts.cancelTimeoutMillis ?? 1000;
-      const c = client as unknown as { processID?: number; secretKey?: number };
-      if (typeof c.processID === 'number' && typeof c.secretKey === 'number') {
-        void sendCancelRequest(this.opts.host, this.opts.port, c.processID, c.secretKey, waitMillis);
-      } else {
-        this.count('cancel_unavailable');
-      }
-      const grace = after(waitMillis);
-      result = await Promise.race([settled, grace.p]);
-      grace.stop();
-      if (!result) {
-        this.count('outcome_unknown');
-        // The caller may give the client back without an error (the pg.Pool face): it must not be reused.
-        destroyConnection(client);
-        throw new OutcomeUnknownError(
-          'DB_OUTCOME_UNKNOWN',
-          `no answer from Postgres by the deadline, nor within ${waitMillis} ms of the cancel request sent then (a frozen or unreachable server); the connection is closed, and whether the statement took effect is unknown`,
-        );
-      }
+      this.count('outcome_unknown');
+      // The caller may give the client back without an error (the pg.Pool face): it must not be reused.
+      destroyConnection(client);
+      throw new OutcomeUnknownError(
+        'DB_OUTCOME_UNKNOWN',
+        `no answer from Postgres by the deadline, nor within ${waitMillis} ms of the cancel request sent then (a frozen or unreachable server); the connection is closed, and whether the statement took effect is unknown`,
+      );
     }
     if ('error' in result) {
-      if (cancelled && result.error?.code === '57014') {
+      if (result.error?.code === '57014') {
         throw new QueryDeadlineError('DB_DEADLINE', 'the statement was cancelled at its deadline, and Postgres confirmed it: it did not take effect', '57014');
       }
       throw result.error;
@@ -486,6 +508,9 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
 
   /** acquire(), but a client that arrives after the deadline goes straight back. */
   private async acquireBefore(gen: Generation, deadline?: number): Promise<PoolClient> {
+    // More idle clients than callers queued before this one: pg-pool hands one over on the next
+    // tick (no I/O in between), so no deadline can pass; spares a timer on every query.
+    if (gen.pool.idleCount > gen.pool.waitingCount) return this.acquire(gen);
     const pending = this.acquire(gen);
     try {
       return await beforeDeadline(pending, deadline, 'a database connection');

@@ -42,12 +42,14 @@ test('revocation is one block that disarms before anything else, then cleans up,
   const stmts = sql.revocationStatements(writer);
   assert.equal(stmts.length, 1, 'one DO block: nothing after it can fail the transaction');
   const [block] = stmts;
-  const at = (needle: string) => {
-    const i = block.indexOf(needle);
-    assert.ok(i >= 0, `${needle} in\n${block}`);
+  const at = (text: string, needle: string) => {
+    const i = text.indexOf(needle);
+    assert.ok(i >= 0, `${needle} in\n${text}`);
     return i;
   };
   assert.match(block, /^DO \$\$/);
+  const full = block.indexOf('\n  IF u IS NOT NULL THEN\n');
+  assert.ok(full > 0, 'the full path is the block after the fast drop');
   const order = [
     "EXECUTE format('REVOKE %I FROM %I', g, '{{name}}')",
     'NOLOGIN PASSWORD NULL VALID UNTIL',
@@ -62,7 +64,7 @@ test('revocation is one block that disarms before anything else, then cleans up,
     'REASSIGN OWNED BY %I TO pgvault_local_retired',
     "DROP OWNED BY %I', '{{name}}'",
     "EXECUTE format('DROP ROLE %I', '{{name}}')",
-  ].map(at);
+  ].map((needle) => full + at(block.slice(full), needle));
   assert.deepEqual(order, [...order].sort((a, b) => a - b), 'memberships go before the user is granted to Vault\'s role; the drop is last');
   assert.match(block.slice(order[12] - 30, order[12] + 200), /BEGIN\n\s+EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n\s+EXCEPTION WHEN OTHERS THEN/);
   assert.match(block, /IF u IS NOT NULL THEN/, 'a role already gone is not an error');
@@ -90,8 +92,29 @@ test('nothing after the disarm can roll it back: each later step is in a block o
   const revoke = enclosing('REVOKE ALL ON ROUTINE');
   const reassign = enclosing('REASSIGN OWNED');
   assert.ok(revoke[0] > reassign[0] && revoke[1] < reassign[1], 'each routine\'s REVOKE in a block of its own, inside the hand-over block');
-  assert.ok(lines.findIndex((l) => l.includes('lock_timeout')) < grant[0], 'the lock timeout is set before the grant');
-  assert.ok(lines.findIndex((l) => l.includes('disarmed write')) < lines.findIndex((l) => l.includes('lock_timeout')), 'the disarm itself is not under it');
+  const lockTimeout = lines.findIndex((l) => l.includes("set_config('lock_timeout', '2s'"));
+  assert.ok(lockTimeout < grant[0], 'the lock timeout is set before the grant');
+  assert.ok(lines.findIndex((l) => l.includes('disarmed write')) < lockTimeout, 'the disarm itself is not under it');
+});
+
+test('revocation first drops a user that has no session, in a block of its own: the full path only when that fails', () => {
+  for (const p of [props, writer]) {
+    const [block] = sql.revocationStatements(p);
+    const fast = block.slice(0, block.indexOf('\n  IF u IS NOT NULL THEN\n'));
+    assert.match(
+      fast,
+      /\n {2}IF u IS NOT NULL AND NOT EXISTS \(SELECT 1 FROM pg_catalog\.pg_stat_get_activity\(NULL\) a WHERE a\.usesysid = u\) THEN\n {4}BEGIN\n {6}PERFORM pg_catalog\.set_config\('lock_timeout', '200ms', true\);\n {6}EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n {6}u := NULL;\n {4}EXCEPTION WHEN OTHERS THEN NULL;\n {4}END;\n {2}END IF;$/,
+      'a user with a session is not dropped here (nobody could terminate it after); u is cleared only once the drop succeeded',
+    );
+    assert.match(fast, /^DO \$\$\nDECLARE u oid := pg_catalog\.to_regrole\(pg_catalog\.quote_ident\('\{\{name\}\}'\)\);/, 'the user looked up by its exact (quoted) name');
+    for (const step of ['REVOKE %I FROM', 'NOLOGIN', 'COMMENT ON ROLE', 'GRANT %I TO', 'OWNED BY', 'pg_shdescription']) {
+      assert.ok(!fast.includes(step), `${step} is not on the fast path`);
+    }
+    const full = block.slice(block.indexOf('\n  IF u IS NOT NULL THEN\n'));
+    assert.match(full, /^\n {2}IF u IS NOT NULL THEN\n {4}DO \$full\$\n {4}DECLARE u oid := pg_catalog\.to_regrole\(pg_catalog\.quote_ident\('\{\{name\}\}'\)\);[^\n]*\n {4}BEGIN\n/, 'the full path is a nested block, compiled only when it runs');
+    assert.match(full, /pg_shdescription[\s\S]*LIMIT 3 LOOP[\s\S]*END LOOP;\n {4}END\n {4}\$full\$;\n {2}END IF;\nEND\n\$\$;$/, 'other disarmed roles are tried again on the full path only');
+    assert.equal(full.split('$full$').length, 3, 'the nested block\'s quote appears only around it');
+  }
 });
 
 test('revocation skips the grant to Vault\'s role when a membership survived the revoke', () => {
