@@ -188,6 +188,18 @@ test('a role names its database from postgres.databases; the default is postgres
   assert.equal(forDatabase(env, 'app'), env, 'the first database keeps the environment\'s names');
 });
 
+test('a shorthand role of another database takes that database\'s group role; a grants or migrate role there is refused with the fix', () => {
+  const env = resolveEnvironment('t', '/envs/t.json', twoDatabases());
+  assert.equal(env.roles.find((r) => r.name === 'reporter')!.groupRole, forDatabase(env, 'reports').database.groupRoles.read);
+  assert.equal(env.roles.find((r) => r.name === 'readonly')!.groupRole, env.database.groupRoles.read);
+  const shaped = twoDatabases();
+  shaped.roles.reporter = { grants: { 'app.*': ['SELECT'] }, database: 'reports', defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects(shaped, 'ENV_SCHEMA', 'roles.reporter.database', '"reports"', 'Use "access": "read" or "write"');
+  const migrator = twoDatabases();
+  migrator.roles.reporter = { access: 'migrate', database: 'reports', defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects(migrator, 'ENV_SCHEMA', 'roles.reporter.database', '"access": "migrate"');
+});
+
 test('fails when a role names a database the file does not declare, or a database name makes a role name too long', () => {
   const doc = twoDatabases();
   doc.roles.readonly.database = 'billing';
