@@ -6,7 +6,9 @@
  * that many seconds), and nothing else. stderr: its accessor, so that whoever delivers it can
  * check it later (sys/wrapping/lookup, the audit log) or destroy it.
  */
+import * as fs from 'node:fs';
 import { safeMessage } from '@pgvault/runtime';
+import { outputsFile } from './outputs';
 import { log } from './toolchain-env';
 import { issueSecretIdWithAccessor, secretIdPath } from './vault-admin';
 
@@ -45,13 +47,23 @@ export function parseSecretIdArgs(argv: readonly string[]): { env: string; app?:
   return { env, app, wrapTtlSeconds };
 }
 
+/**
+ * The app whose AppRole issues the secret_id: --app names one of the environment's apps; for an
+ * environment without "apps", its AppRole's name is accepted too (what --app meant before apps).
+ */
+function chooseApp(envName: string, app: string | undefined): string | undefined {
+  if (app === undefined) return undefined;
+  const outputs = JSON.parse(fs.readFileSync(outputsFile(envName), 'utf8'));
+  const apps = Object.keys(outputs.apps ?? {}).sort();
+  if (apps.includes(app)) return app;
+  if (apps.length <= 1 && app === secretIdPath(envName).role) return undefined;
+  throw new UsageError(`--app is "${app}"; environment ${envName} has the apps ${apps.map((a) => `"${a}"`).join(', ')}: give one of them, or leave --app out`);
+}
+
 async function main(): Promise<number> {
   const args = parseSecretIdArgs(process.argv.slice(2));
-  const { role } = secretIdPath(args.env);
-  if (args.app !== undefined && args.app !== role) {
-    throw new UsageError(`--app is "${args.app}"; environment ${args.env} has one app, "${role}": give --app ${role} or leave it out`);
-  }
-  const issued = await issueSecretIdWithAccessor(args.env, { wrapTtlSeconds: args.wrapTtlSeconds });
+  const app = chooseApp(args.env, args.app);
+  const issued = await issueSecretIdWithAccessor(args.env, { wrapTtlSeconds: args.wrapTtlSeconds, app });
   process.stdout.write(issued.value + '\n');
   log(issued.wrapped ? `wrapping token accessor: ${issued.accessor} (expires in ${args.wrapTtlSeconds} s; single use)` : `secret_id accessor: ${issued.accessor}`);
   return 0;

@@ -65,6 +65,8 @@ export interface AppConfig {
   readonly roles: readonly string[];
   /** The AppRole's and the policy's name: "appAccess.roleName" alone (no "apps"), else "<roleName>-<app>". */
   readonly roleName: string;
+  /** apps.<app>.jwt.boundSubject: the subject of the app's own JWT role; undefined: none (api: appAccess.jwt's). */
+  readonly jwtBoundSubject?: string;
 }
 
 /** The app that the top-level AppRole outputs describe, and that the runtime and `serve` use by default. */
@@ -583,12 +585,15 @@ function roleShape(file: string, envName: string, roleName: string, r: any): Pic
 function resolveApps(file: string, doc: any, roles: readonly RoleConfig[], roleName: string): AppConfig[] {
   const known = roles.map((r) => r.name);
   if (doc.apps === undefined) return [{ name: DEFAULT_APP, roles: known, roleName }];
-  return Object.entries(doc.apps as Record<string, { roles: string[] }>)
+  return Object.entries(doc.apps as Record<string, { roles: string[]; jwt?: { boundSubject: string } }>)
     .map(([name, a]) => {
       for (const [i, role] of a.roles.entries()) {
         if (!known.includes(role)) throw errors.unknownAppRole(file, name, i, role, known);
       }
-      return { name, roles: [...a.roles].sort(), roleName: `${roleName}-${name}` };
+      if (a.jwt && !doc.appAccess?.jwt) {
+        throw errors.schemaViolation(file, `apps.${name}.jwt`, a.jwt, '"appAccess.jwt" to be set too: it holds the jwt mount and the keys the app\'s JWT role checks tokens with. Set it, or remove the app\'s "jwt"');
+      }
+      return { name, roles: [...a.roles].sort(), roleName: `${roleName}-${name}`, ...(a.jwt ? { jwtBoundSubject: a.jwt.boundSubject } : {}) };
     })
     .sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -6,7 +6,7 @@ import { DEFAULT_APP, EnvironmentConfig, forDatabase, readJwtPublicKeys, REPO_RO
 import { DatabaseSecretsEngine } from './constructs/database-secrets-engine';
 import { DatabaseRole } from './constructs/database-role';
 import { AppAccess, AppLogin } from './constructs/app-access';
-import { JwtAccess } from './constructs/jwt-access';
+import { JwtAccess, JwtAppRole } from './constructs/jwt-access';
 import { ScriptHook, ScriptHookProps } from './constructs/script-hook';
 import { InfraStack } from './infra-stack';
 import { pinProviders, stateBackend } from './common';
@@ -145,15 +145,13 @@ export class SecretsStack extends TerraformStack {
     const jwt = env.appAccess.jwt;
     if (jwt) {
       this.jwt = new JwtAccess(this, 'jwt-access', {
-        policy: jwtApp(env, this.access.apps).policy,
+        roles: jwtRoles(env, this.access.apps),
         mount: jwt.mount,
-        roleName: jwt.roleName,
         publicKeys: readJwtPublicKeys(env),
         jwksUrl: jwt.jwksUrl,
         oidcDiscoveryUrl: jwt.oidcDiscoveryUrl,
         boundIssuer: jwt.boundIssuer,
         boundAudiences: jwt.boundAudiences,
-        boundSubject: jwt.boundSubject,
         userClaim: jwt.userClaim,
         tokenTtlSeconds: env.appAccess.tokenTtlSeconds,
         tokenMaxTtlSeconds: env.appAccess.tokenMaxTtlSeconds,
@@ -187,7 +185,9 @@ export class SecretsStack extends TerraformStack {
     };
     if (this.jwt) {
       outputs.jwt_mount = this.jwt.backend.path;
-      outputs.jwt_role_name = this.jwt.role.roleName;
+      const main = defaultApp && this.jwt.roles.get(defaultApp.name);
+      if (main) outputs.jwt_role_name = main.roleName;
+      for (const [app, role] of this.jwt.roles) (outputs.apps as Record<string, Record<string, unknown>>)[app].jwt_role_name = role.roleName;
     }
     // Several addresses (a cluster): the app fails over between them.
     if (env.vault.addresses.length > 1) outputs.vault_addresses = env.vault.addresses;
@@ -200,15 +200,24 @@ export class SecretsStack extends TerraformStack {
 }
 
 /**
- * The app whose policy the JWT role carries: `api`, or the only app. Several apps without `api`
- * have no one answer, so the file must say it (a per-app JWT role is not built yet).
+ * The JWT roles: the main app (`api`, or the one app of a file without "apps") gets
+ * appAccess.jwt's role and subject unless it sets its own; every other app with a
+ * "jwt.boundSubject" gets the role "<appAccess.jwt.roleName>-<app>".
  */
-function jwtApp(env: EnvironmentConfig, apps: ReadonlyMap<string, AppLogin>): AppLogin {
-  const app = apps.get(DEFAULT_APP) ?? (apps.size === 1 ? [...apps.values()][0] : undefined);
-  if (!app) {
+function jwtRoles(env: EnvironmentConfig, apps: ReadonlyMap<string, AppLogin>): JwtAppRole[] {
+  const jwt = env.appAccess.jwt!;
+  const roles: JwtAppRole[] = [];
+  for (const app of env.apps) {
+    const main = app.name === DEFAULT_APP;
+    const subject = app.jwtBoundSubject ?? (main ? jwt.boundSubject : undefined);
+    if (subject === undefined) continue;
+    roles.push({ app: app.name, id: main ? 'role' : `role-${app.name}`, roleName: main ? jwt.roleName : `${jwt.roleName}-${app.name}`, policy: apps.get(app.name)!.policy, boundSubject: subject });
+  }
+  if (roles.length === 0) {
     throw new Error(
-      `${env.file}: "appAccess.jwt" is set and "apps" declares ${[...apps.keys()].join(', ')} but no app named "${DEFAULT_APP}"; expected an app named "${DEFAULT_APP}", whose policy the JWT role carries. Fix: name the app that logs in with JWT "${DEFAULT_APP}", or remove "appAccess.jwt"`,
+      `${env.file}: "appAccess.jwt" is set but no app can log in with it: "apps" declares ${[...apps.keys()].join(', ')}, none named "${DEFAULT_APP}" and none with "jwt": { "boundSubject": … }. ` +
+        `Fix: give each app that logs in with JWT "apps.<app>.jwt.boundSubject", or remove "appAccess.jwt"`,
     );
   }
-  return app;
+  return roles;
 }

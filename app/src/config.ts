@@ -86,6 +86,8 @@ export interface DeployApp {
   readonly approle_role_id: string;
   readonly policy_name?: string;
   readonly roles: string[];
+  /** The app's JWT role, when it has one. */
+  readonly jwt_role_name?: string;
 }
 
 /** The app the top-level AppRole outputs describe. */
@@ -132,7 +134,7 @@ export function readOutputs(file: string, app?: string, env: NodeJS.ProcessEnv =
         : `${file}: app "${name}" (${app !== undefined ? 'as given' : 'PGVAULT_APP'}) is unknown: these outputs list no apps; redeploy the environment (npm run deploy -- <env>), or leave PGVAULT_APP unset.`,
     );
   }
-  return { ...raw, app: name, approle_role_name: chosen.approle_role_name, approle_role_id: chosen.approle_role_id, policy_name: chosen.policy_name, roles: [...chosen.roles] } as DeployOutputs;
+  return { ...raw, app: name, approle_role_name: chosen.approle_role_name, approle_role_id: chosen.approle_role_id, policy_name: chosen.policy_name, roles: [...chosen.roles], jwt_role_name: chosen.jwt_role_name } as DeployOutputs;
 }
 
 /** A secret_id source that reads `file` at every login, so an orchestrator can refresh it. */
@@ -149,7 +151,10 @@ function loginFromEnv(outputs: DeployOutputs, env: NodeJS.ProcessEnv): LoginMeth
   if (auth === 'jwt') {
     if (!env.PGVAULT_JWT_FILE) throw new AppConfigError('APP_JWT', 'PGVAULT_AUTH is "jwt" but PGVAULT_JWT_FILE is not set; set it to the file holding the workload\'s identity token (read again at every login)');
     if (!outputs.jwt_mount || !outputs.jwt_role_name) {
-      throw new AppConfigError('APP_JWT', 'PGVAULT_AUTH is "jwt" but the deploy outputs have no jwt_mount/jwt_role_name: set "appAccess.jwt" in the environment file and deploy again (npm run deploy -- <env>)');
+      throw new AppConfigError(
+        'APP_JWT',
+        `PGVAULT_AUTH is "jwt" but the deploy outputs have no ${outputs.jwt_mount ? `JWT role for app "${outputs.app ?? DEFAULT_APP}"` : 'jwt_mount'}: set "appAccess.jwt" in the environment file (and, for an app other than "${DEFAULT_APP}", "apps.<app>.jwt.boundSubject"), then deploy again (npm run deploy -- <env>)`,
+      );
     }
     return jwtLogin({ mount: outputs.jwt_mount, role: outputs.jwt_role_name, file: env.PGVAULT_JWT_FILE });
   }

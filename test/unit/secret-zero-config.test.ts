@@ -75,3 +75,30 @@ test('secret-id arguments: an environment, --app and --wrap-ttl; anything else i
   assert.throws(() => parseSecretIdArgs(['local', '--wrap']), /unknown option "--wrap"/);
   assert.throws(() => parseSecretIdArgs(['local', 'ha']), /unexpected argument "ha"/);
 });
+
+test('per app: each app with jwt.boundSubject gets its own JWT role with its own policy; api keeps appAccess.jwt\'s role', T, () => {
+  const doc0 = {
+    ...base({ roleName: 'svc', jwt: { ...jwt, roleName: 'svc-jwt', publicKeyFiles: [pub] } }),
+    roles: { readonly: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 }, shop_writer: { access: 'write', defaultTtlSeconds: 60, maxTtlSeconds: 120 } },
+    apps: { api: { roles: ['readonly'] }, shop: { roles: ['shop_writer'], jwt: { boundSubject: 'system:serviceaccount:shop:shop' } }, report: { roles: ['readonly'] } },
+  };
+  const env = resolveEnvironment('e', 'e.json', doc0);
+  const doc = JSON.parse(Testing.synth(new SecretsStack(Testing.app(), 'e-secrets', { env })));
+  const roles = Object.values(doc.resource.vault_jwt_auth_backend_role) as any[];
+  const by = Object.fromEntries(roles.map((r) => [r.role_name, r]));
+  assert.deepEqual(Object.keys(by).sort(), ['svc-jwt', 'svc-jwt-shop'], 'report has no subject: no role');
+  assert.equal(by['svc-jwt'].bound_subject, 'system:serviceaccount:shop:api');
+  assert.equal(by['svc-jwt-shop'].bound_subject, 'system:serviceaccount:shop:shop');
+  assert.match(JSON.stringify(by['svc-jwt-shop'].token_policies), /policy-shop_/);
+  assert.match(JSON.stringify(by['svc-jwt'].token_policies), /policy-api_/);
+  assert.match(doc.output.jwt_role_name.value, /jwt-access_role_[0-9A-F]+\.role_name/, 'the role of the construct ID it had before apps');
+  assert.match(doc.output.apps.value.shop.jwt_role_name, /jwt-access_role-shop_/);
+  assert.equal(doc.output.apps.value.report.jwt_role_name, undefined);
+  // An app's jwt without appAccess.jwt: refused with the fix.
+  const noMount = { ...doc0, appAccess: { roleName: 'svc' } };
+  assert.throws(() => resolveEnvironment('e', 'e.json', noMount), (e: any) => e.code === 'ENV_SCHEMA' && /apps\.shop\.jwt/.test(e.message) && /"appAccess\.jwt" to be set too/.test(e.message));
+  // No app can use the mount: refused at synth, naming the fix.
+  const none = { ...doc0, apps: { shop: { roles: ['shop_writer'] } } };
+  const envNone = resolveEnvironment('e', 'e.json', none);
+  assert.throws(() => new SecretsStack(Testing.app(), 'e-secrets', { env: envNone }), /apps\.<app>\.jwt\.boundSubject/);
+});
