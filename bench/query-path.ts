@@ -98,7 +98,7 @@ async function rowId(rt: CredentialRuntime, env: EnvironmentConfig, writer: stri
 
 export async function queryPath(rt: CredentialRuntime, env: EnvironmentConfig, role: string, opts: { clients: number; poolSize: number; seconds: number; rounds: number; writer?: string }): Promise<void> {
   const table = `${q(env.database.schema)}.items`;
-  const group = env.roles.find((r) => r.name === role)?.access === 'write' ? env.database.groupRoles.write : env.database.groupRoles.read;
+  const group = env.roles.find((r) => r.name === role)?.groupRole ?? env.database.groupRoles.read;
   const id = await rowId(rt, env, opts.writer);
   const stat = await staticRole(env, group);
   const plain = new Pool({

@@ -63,7 +63,7 @@ export async function setUpFloor(b: Bench): Promise<Floor> {
   const password = randomBytes(18).toString('base64url');
   const ours = await vault(b, 'GET', `${env.secretsEngine.mountPath}/roles/${b.role}`);
   const conn = await vault(b, 'GET', `${env.secretsEngine.mountPath}/config/${env.secretsEngine.connectionName}`);
-  const group = env.roles.find((r) => r.name === b.role)?.access === 'write' ? env.database.groupRoles.write : env.database.groupRoles.read;
+  const group = env.roles.find((r) => r.name === b.role)?.groupRole ?? env.database.groupRoles.read;
   const su = await superuser(env);
   try {
     const existing = await su.query(`SELECT pg_catalog.shobj_description(oid, 'pg_authid') AS c FROM pg_catalog.pg_roles WHERE rolname = $1`, [user]);

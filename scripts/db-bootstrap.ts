@@ -587,7 +587,11 @@ async function readCatalog(client: Client, env: EnvironmentConfig, decl: GroupDe
 /** Brings every existing group role to its declaration; returns the named tables that do not exist. */
 async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<string[]> {
   const missing = new Set<string>();
-  for (const decl of groupDeclarations(env)) {
+  const declared = groupDeclarations(env);
+  // A role since removed from the file, or no longer shaped, keeps its marked group role until
+  // teardown: its live users must lose what it granted, so it converges to nothing.
+  const gone = (await markedGroupRoles(client, env)).filter((g) => !declared.some((d) => d.group === g));
+  for (const decl of [...declared, ...gone.map((group) => ({ group, grants: [] }))]) {
     if (!(await client.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [decl.group])).rowCount) continue;
     const plan = grantPlan(decl, await readCatalog(client, env, decl));
     for (const stmt of [...plan.revoke, ...plan.grant]) await client.query(stmt);

@@ -450,10 +450,50 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       throw errors.schemaViolation(file, 'postgres.databases', db, `a shorter database name: its Postgres role "${longest}" would be longer than Postgres's 63 characters (shorten the database name, the environment name or "secretsEngine.vaultUser")`);
     }
   }
+  // Every Postgres role the environment makes, with the setting that names it: two settings must
+  // never land on one role (a database named "g" and a grants role "write" would both give
+  // pgvault_<env>_g_write), or one role would carry both sets of privileges.
+  const named = new Map<string, string>();
+  const claim = (role: string, setting: string) => {
+    const other = named.get(role);
+    if (other !== undefined && other !== setting) {
+      throw errors.schemaViolation(file, setting, role, `a name whose Postgres role differs from that of "${other}" (both would be "${role}", and one role would hold both's privileges). Rename one of them`);
+    }
+    named.set(role, setting);
+  };
+  claim(database.ownerRole, 'the owner role');
+  claim(database.retiredRole, 'the retired role');
+  claim(vaultUser, 'secretsEngine.vaultUser');
+  claim(database.groupRoles.read, 'roles (access: read)');
+  claim(database.groupRoles.write, 'roles (access: write)');
+  for (const db of postgres.databases.slice(1)) {
+    for (const n of [`${prefix}_${db}_read`, `${prefix}_${db}_write`]) claim(n, `postgres.databases (${db})`);
+    claim(`${vaultUser}_${db}`, `postgres.databases (${db}: Vault's role there)`);
+  }
+  for (const r of roles) if (r.access === 'grants' || r.access === 'migrate') claim(r.groupRole, `roles.${r.name}`);
+  if (doc.infrastructure === 'existing' && postgres.databases.length > 1 && !postgres.restrictPublicConnect && roles.some((r) => r.access === 'migrate')) {
+    throw errors.schemaViolation(
+      file,
+      'postgres.restrictPublicConnect',
+      false,
+      `true for an environment with several databases and a role with "access": "migrate": a migrate user acts as the owner role, which owns the app schema of every database of the environment, so PUBLIC's CONNECT on ${postgres.databases.slice(1).join(', ')} would let it in there. Set it to true (the bootstrap then revokes PUBLIC's CONNECT on the server's other databases), or use one database`,
+    );
+  }
   const state = resolveState(file, doc);
   const aa = doc.appAccess ?? {};
   const roleName: string = aa.roleName ?? 'pgvault-app';
   const apps = resolveApps(file, doc, roles, roleName);
+  // One JWT subject, one app: a workload whose token two apps' roles accept could pick either policy.
+  const subjects = new Map<string, string>();
+  for (const app of apps) {
+    const subject = app.jwtBoundSubject ?? (app.name === DEFAULT_APP ? doc.appAccess?.jwt?.boundSubject : undefined);
+    if (subject === undefined) continue;
+    const other = subjects.get(subject);
+    if (other !== undefined) {
+      throw errors.schemaViolation(file, `apps.${app.name}.jwt.boundSubject`, subject, `a subject no other app's JWT role is bound to (app "${other}" has it too), so that a token logs in as one app only. Give each app its own service account`);
+    }
+    subjects.set(subject, app.name);
+  }
   const tokenTtlSeconds = aa.tokenTtlSeconds ?? 3600;
   const tokenMaxTtlSeconds = aa.tokenMaxTtlSeconds ?? 86400;
   if (tokenTtlSeconds > tokenMaxTtlSeconds) {
@@ -565,6 +605,9 @@ function roleShape(file: string, envName: string, roleName: string, r: any): Pic
   for (const [on, value] of Object.entries<any>(r.grants)) {
     const [schema, table] = on.split('.');
     const setting = `${at}.grants.${on}`;
+    if (schema.startsWith('pg_') || schema === 'information_schema') {
+      throw errors.schemaViolation(file, `${at}.grants`, on, `a table of an application schema, not of the system schema "${schema}": the bootstrap grants as the superuser, and Postgres's catalogs are not the app's to hand out. Name the app's own tables`);
+    }
     const perColumn = !Array.isArray(value);
     const privileges: [TablePrivilege, string[] | undefined][] = perColumn ? Object.entries<string[]>(value).map(([p, cols]) => [p as TablePrivilege, cols]) : value.map((p: TablePrivilege) => [p, undefined]);
     for (const [privilege, columns] of privileges) {

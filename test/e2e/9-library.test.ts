@@ -157,7 +157,11 @@ describe('the runtime as a package: pack, install elsewhere, plain pg, Kysely, D
     tarball = path.join(consumer, packed.filename);
     const files: string[] = packed.files.map((f: { path: string }) => f.path).sort();
     console.log(`# figure: tarball ${packed.filename}: ${files.length} files, ${(packed.size / 1024).toFixed(1)} KiB packed, ${(packed.unpackedSize / 1024).toFixed(1)} KiB unpacked`);
-    for (const f of files) assert.match(f, /^(package\.json|README\.md|dist\/[a-z-]+\.(js|d\.ts))$/, `only the build, its types, the README and package.json ship (found ${f})`);
+    for (const f of files) {
+      assert.match(f, /^(package\.json|README\.md|dist\/[a-z-]+\.(js|d\.ts)|alerts\/[a-z-]+\.yml)$/, `only the build, its types, the alert rules, the README and package.json ship (found ${f})`);
+    }
+    assert.ok(files.includes('alerts/pgvault-alerts.yml'), 'the alert rules for the runtime\'s metrics ship with it');
+    assert.ok(!files.some((f) => f.endsWith('.test.yml')), 'their promtool tests do not');
     for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/pg-pool.js', 'README.md']) assert.ok(files.includes(f), `${f} ships`);
 
     fs.writeFileSync(path.join(consumer, 'package.json'), JSON.stringify({ name: 'pgvault-consumer', private: true, version: '1.0.0' }));

@@ -242,3 +242,21 @@ test('at destroy the AppRole mount goes after the hook that revokes every lease 
   assert.ok(revoke.depends_on.includes(`vault_auth_backend.${backend}`), JSON.stringify(revoke.depends_on));
   assert.ok(revoke.depends_on.some((d: string) => /rotate-root-reports/.test(d)), 'and after every connection\'s rotation');
 });
+
+test('review fixes: names that would share one Postgres role, system schemas in grants and one JWT subject for two apps are refused, naming both', () => {
+  const clash = twoDatabases();
+  clash.postgres.databases = ['g'];
+  clash.roles.reporter = { access: 'write', database: 'g', defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  clash.roles.write = { grants: { 'app.items': ['SELECT'] }, defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects(clash, 'ENV_SCHEMA', 'roles.write', 'pgvault_t_g_write', 'postgres.databases (g)');
+  const system = base() as Json;
+  system.roles.readonly = { grants: { 'pg_catalog.pg_authid': ['SELECT'] }, defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects(system, 'ENV_SCHEMA', 'roles.readonly.grants', 'pg_catalog');
+  const twins = withApps() as Json;
+  twins.appAccess = { jwt: { jwksUrl: 'https://issuer/jwks', boundAudiences: ['pgvault'], boundSubject: 'sa:api' } };
+  twins.apps.shop.jwt = { boundSubject: 'sa:api' };
+  rejects(twins, 'ENV_SCHEMA', 'apps.shop.jwt.boundSubject', 'app "api" has it too');
+  const migrate = twoDatabases();
+  migrate.roles.migrator = { access: 'migrate', defaultTtlSeconds: 60, maxTtlSeconds: 120 };
+  rejects(migrate, 'ENV_SCHEMA', 'postgres.restrictPublicConnect', 'migrate');
+});
