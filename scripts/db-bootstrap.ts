@@ -602,6 +602,15 @@ async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<s
   // if a migration changed the owner's defaults. Only the global form can revoke a built-in
   // default; a per-schema default can only add.
   await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${client.escapeIdentifier(env.database.ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
+  // A migrator acts as the owner, so it can also GRANT EXECUTE on its routines to PUBLIC or to a
+  // group role by hand, and that grant outlives its lease: every deploy takes it back, in the
+  // schemas this environment made (marked) only. The project grants EXECUTE on nothing.
+  const q = (x: string) => client.escapeIdentifier(x);
+  const schemas = [...new Set([env.database.schema, ...rolesHere(env).flatMap((r) => r.grants.map((g) => g.schema))])];
+  const found = await client.query(`SELECT nspname, pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)`, [schemas]);
+  const marked = { rows: found.rows.filter((x) => isMarked(x.comment, env.database.mark)) };
+  const groups = ['PUBLIC', ...[...new Set([...declared.map((d) => d.group), ...gone])].map(q)].join(', ');
+  for (const { nspname } of marked.rows) await client.query(`REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA ${q(nspname)} FROM ${groups}`);
   return [...missing].sort();
 }
 

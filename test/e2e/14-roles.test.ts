@@ -155,7 +155,14 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
     await admin.query('CREATE ROLE legacy_app NOLOGIN');
     await admin.query('CREATE TABLE public.legacy (id int)');
     await admin.query('GRANT SELECT, INSERT ON public.legacy TO legacy_app');
+    // A migrator, acting as the owner, opens its SECURITY DEFINER function to everyone by hand:
+    // a grant that would outlive its lease.
+    const m = await connect(await issue('migrator'));
+    await m.query('GRANT EXECUTE ON FUNCTION app.wipe_secrets() TO PUBLIC');
+    await m.end();
     const output = await deployLogged();
+    const fn = await admin.query(`SELECT proacl::text AS acl FROM pg_proc WHERE proname = 'wipe_secrets'`);
+    assert.doesNotMatch(fn.rows[0].acl ?? '', /(^|[{,])=X/, 'the deploy took EXECUTE on the migrator\'s function from PUBLIC again');
     const legacy = await admin.query(`SELECT pg_get_userbyid(relowner) AS owner, relacl::text AS acl FROM pg_class WHERE oid = 'public.legacy'::regclass`);
     assert.equal(legacy.rows[0].owner, 'postgres', 'its owner is unchanged');
     assert.match(legacy.rows[0].acl, /legacy_app=ar\/postgres/, 'its own grants are unchanged');
