@@ -608,9 +608,9 @@ async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<s
   const q = (x: string) => client.escapeIdentifier(x);
   const schemas = [...new Set([env.database.schema, ...rolesHere(env).flatMap((r) => r.grants.map((g) => g.schema))])];
   const found = await client.query(`SELECT nspname, pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)`, [schemas]);
-  const marked = { rows: found.rows.filter((x) => isMarked(x.comment, env.database.mark)) };
+  const marked = found.rows.filter((x) => isMarked(x.comment, env.database.mark));
   const groups = ['PUBLIC', ...[...new Set([...declared.map((d) => d.group), ...gone])].map(q)].join(', ');
-  for (const { nspname } of marked.rows) await client.query(`REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA ${q(nspname)} FROM ${groups}`);
+  for (const { nspname } of marked) await client.query(`REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA ${q(nspname)} FROM ${groups}`);
   return [...missing].sort();
 }
 
