@@ -35,7 +35,10 @@ type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined
 export class VaultPgPool extends Pool {
   readonly #source: RotatingPool;
   readonly #connectionTimeoutMillis: number;
+  /** Clients connect() handed out and not yet released. */
   readonly #out = new Set<PoolClient>();
+  /** query() calls under way (their clients are not in #out). */
+  #queries = 0;
   #endWaiter?: () => void;
   readonly #onIdleError = (error: Error, client: PoolClient) => {
     if (this.listenerCount('error') > 0) this.emit('error', error, client);
@@ -96,17 +99,7 @@ export class VaultPgPool extends Pool {
       if (callback) return void setImmediate(() => callback(e));
       return Promise.reject(e);
     }
-    const work = (async () => {
-      const client = await this.#checkout();
-      try {
-        const result = await (client.query as (...a: unknown[]) => Promise<QueryResult>)(...args);
-        client.release();
-        return result;
-      } catch (e) {
-        client.release(e as Error);
-        throw e;
-      }
-    })();
+    const work = this.#queryOnce(args);
     if (!callback) return work;
     work.then(
       (r) => callback(undefined, r),
@@ -126,7 +119,7 @@ export class VaultPgPool extends Pool {
       ? Promise.reject(new AppError('POOL_ENDED', 'end() was called on this pool more than once; call it once, at shutdown'))
       : (async () => {
           state.ending = true;
-          if (this.#out.size > 0) await new Promise<void>((resolve) => (this.#endWaiter = resolve));
+          if (this.#out.size > 0 || this.#queries > 0) await new Promise<void>((resolve) => (this.#endWaiter = resolve));
           this.#source.off('idleError', this.#onIdleError);
           state.ended = true;
         })();
@@ -137,11 +130,24 @@ export class VaultPgPool extends Pool {
     );
   }
 
+  /** pool.query(): the hot path of every ORM call, so one call into the rotating pool. */
+  async #queryOnce(args: unknown[]): Promise<QueryResult> {
+    if (this.ending) throw this.#ended();
+    this.#queries++;
+    try {
+      return await this.#source.statement<QueryResult>(args, Date.now() + this.#connectionTimeoutMillis);
+    } catch (e: any) {
+      throw e?.code === 'REQUEST_DEADLINE' ? this.#connectTimeout(e) : e;
+    } finally {
+      this.#queries--;
+      this.#maybeEnded();
+    }
+  }
+
   async #checkout(): Promise<PoolClient> {
-    if (this.ending) throw new AppError('POOL_ENDED', 'this pool was ended (end() was called); get a new one from the runtime: runtime.pgPool(role)');
+    if (this.ending) throw this.#ended();
     const client = await this.#source.checkout({ deadline: Date.now() + this.#connectionTimeoutMillis }).catch((e: any) => {
-      if (e?.code !== 'REQUEST_DEADLINE') throw e;
-      throw new AppError('PG_POOL_CONNECT_TIMEOUT', `timeout exceeded when trying to connect: no client within ${this.#connectionTimeoutMillis} ms (connectionTimeoutMillis); ${e.message}`, { cause: e });
+      throw e?.code === 'REQUEST_DEADLINE' ? this.#connectTimeout(e) : e;
     });
     const giveBack = client.release;
     this.#out.add(client);
@@ -150,9 +156,21 @@ export class VaultPgPool extends Pool {
       try {
         giveBack(error);
       } finally {
-        if (this.ending && this.#out.size === 0) this.#endWaiter?.();
+        this.#maybeEnded();
       }
     };
     return client;
+  }
+
+  #ended(): AppError {
+    return new AppError('POOL_ENDED', 'this pool was ended (end() was called); get a new one from the runtime: runtime.pgPool(role)');
+  }
+
+  #connectTimeout(e: Error): AppError {
+    return new AppError('PG_POOL_CONNECT_TIMEOUT', `timeout exceeded when trying to connect: no client within ${this.#connectionTimeoutMillis} ms (connectionTimeoutMillis); ${e.message}`, { cause: e });
+  }
+
+  #maybeEnded(): void {
+    if (this.ending && this.#out.size === 0 && this.#queries === 0) this.#endWaiter?.();
   }
 }

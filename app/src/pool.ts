@@ -232,6 +232,28 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   }
 
   /**
+   * One statement (pg's `client.query` arguments) on a client of the current credentials, for the
+   * pg.Pool face's `query()`: the client comes within `connectDeadline` (else REQUEST_DEADLINE,
+   * nothing sent); the statement is bounded as every statement is (statementTimeoutMillis), and
+   * its errors are pg's own. The face's hot path: one call, no wrapper around the client.
+   */
+  async statement<R = unknown>(args: unknown[], connectDeadline: number): Promise<R> {
+    if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
+    const client = await this.connect(connectDeadline);
+    const owner = this.generationOf(client);
+    let failure: Error | undefined;
+    try {
+      return await (client.query as (...a: unknown[]) => Promise<R>)(...args);
+    } catch (e: any) {
+      failure = e instanceof Error ? e : new Error(String(e));
+      throw e;
+    } finally {
+      client.release(failure ?? this.spoiled(client));
+      this.done(owner);
+    }
+  }
+
+  /**
    * A client of the current credentials for a caller that gives it back itself, with
    * `client.release(error?)` (the pg.Pool face). It stays on its credentials until then: their
    * pool drains, and their lease is revoked, only after it is released or the drain timeout passes.
@@ -507,10 +529,14 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   }
 
   /** acquire(), but a client that arrives after the deadline goes straight back. */
-  private async acquireBefore(gen: Generation, deadline?: number): Promise<PoolClient> {
+  private acquireBefore(gen: Generation, deadline?: number): Promise<PoolClient> {
     // More idle clients than callers queued before this one: pg-pool hands one over on the next
-    // tick (no I/O in between), so no deadline can pass; spares a timer on every query.
+    // tick (no I/O in between), so no deadline can pass; spares a timer (and a promise) on every query.
     if (gen.pool.idleCount > gen.pool.waitingCount) return this.acquire(gen);
+    return this.acquireWaiting(gen, deadline);
+  }
+
+  private async acquireWaiting(gen: Generation, deadline?: number): Promise<PoolClient> {
     const pending = this.acquire(gen);
     try {
       return await beforeDeadline(pending, deadline, 'a database connection');

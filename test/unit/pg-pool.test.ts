@@ -23,7 +23,7 @@ class FakeClient {
   };
 }
 
-/** A fake of what the face uses of RotatingPool: checkout(), stats() and the 'idleError' event. */
+/** A fake of what the face uses of RotatingPool: checkout(), statement(), stats() and the 'idleError' event. */
 class FakeRotatingPool extends EventEmitter {
   clients: FakeClient[] = [];
   deadlines: Array<number | undefined> = [];
@@ -35,6 +35,18 @@ class FakeRotatingPool extends EventEmitter {
     const c = this.next();
     this.clients.push(c);
     return c as unknown as PoolClient;
+  }
+  /** RotatingPool#statement as the face uses it: a client within the deadline, one query, release. */
+  async statement(args: unknown[], deadline: number): Promise<unknown> {
+    const c = (await this.checkout({ deadline })) as unknown as FakeClient;
+    try {
+      const r = await c.query(...args);
+      c.release();
+      return r;
+    } catch (e) {
+      c.release(e);
+      throw e;
+    }
   }
   stats() {
     return { total: 3, idle: 2, waiting: 1, retiring: 0 };
