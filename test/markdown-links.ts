@@ -7,12 +7,22 @@ import * as path from 'node:path';
 /** What GitHub keeps of a heading's text for its anchor: letters, marks, digits, `_`, `-` and spaces. */
 const NOT_KEPT = /[^\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\- ]/gu;
 
+const NAMED_ENTITIES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+
+/** The character an HTML entity renders (named ones of the five XML entities, or numeric). */
+function decodeEntity(e: string): string {
+  const lower = e.toLowerCase();
+  if (lower in NAMED_ENTITIES) return NAMED_ENTITIES[lower];
+  return String.fromCodePoint(lower.startsWith('#x') ? parseInt(lower.slice(2), 16) : parseInt(lower.slice(1), 10));
+}
+
 /** A heading's text as rendered: links become their text; code, emphasis and HTML marks go. */
 export function headingText(raw: string): string {
   return raw
     .replace(/\s+#+\s*$/, '') // the optional closing sequence of an ATX heading
     .replace(/!?\[([^\]]*)\]\([^)]*\)/g, '$1')
     .replace(/<[^>]+>/g, '')
+    .replace(/&(amp|lt|gt|quot|apos|#\d+|#x[\da-f]+);/gi, (_, e: string) => decodeEntity(e))
     .replace(/`/g, '')
     .replace(/(^|[^\p{L}\p{N}])_+([^_]+)_+(?=$|[^\p{L}\p{N}])/gu, '$1$2')
     .trim();

@@ -49,6 +49,7 @@ test('githubSlug follows GitHub: lowercase, punctuation gone except - and _, spa
   assert.equal(githubSlug('Use [the API](api.md) *now*'), 'use-the-api-now');
   assert.equal(githubSlug('Ünïcode Straße 2'), 'ünïcode-straße-2');
   assert.equal(githubSlug('Closing hashes ##'), 'closing-hashes');
+  assert.equal(githubSlug('Tom &amp; Jerry &#233;t&#xE9;'), 'tom--jerry-été');
 });
 
 test('anchors number duplicate headings -1, -2 and ignore headings inside code fences', T, () => {
