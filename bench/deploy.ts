@@ -236,7 +236,7 @@ async function main(): Promise<void> {
     const t = cold[c.label];
     console.log(`  ${c.label}`.padEnd(24) + `deploy ${fmt(median(t.deploy))} (${t.deploy.map((x) => x.toFixed(1)).join(' ')})   destroy ${fmt(median(t.destroy))} (${t.destroy.map((x) => x.toFixed(1)).join(' ')})`);
   }
-  if (!before) console.log('  before: see README "Measured times" (cold deploy 19–27 s, destroy 17–25 s), or run with --before e343d9d');
+  if (!before) console.log('  before: see docs/measurements.md, "Measured times" (cold deploy 19–27 s, destroy 17–25 s), or run with --before e343d9d');
   console.log(`\nThe environment ${envName} is destroyed.`);
 }
 

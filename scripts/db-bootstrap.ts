@@ -386,7 +386,7 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
         `schema "${schema}" already exists in database "${env.postgres.database}" and was not created by environment ${env.name} ` +
           `(it lacks the comment '${mark}'); the deploy will not adopt, alter or drop it, nor grant anything in it. ` +
           `Fix: set "postgres.database" in ${env.file} to a database of the environment's own. Nothing was changed. ` +
-          `(If environment ${env.name} made it with a version of pgvault-creds from before objects were marked, see "Upgrading" in the README.)`,
+          `(If environment ${env.name} made it with a version of pgvault-creds from before objects were marked, see "Upgrading" in docs/troubleshooting.md.)`,
       );
     }
     const table = await client.query(

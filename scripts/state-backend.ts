@@ -27,7 +27,7 @@ export function stateLocked(env: EnvironmentConfig, command: string): StateLocke
   return new StateLockedError(
     `another deploy of ${env.name} holds the state lock${where}; this ${command} changed nothing. ` +
       `Wait for it to finish, then run 'npm run ${command} -- ${env.name}' again. ` +
-      'If no deploy is running any more, its database session still holds the lock: find it with the query in README.md, "Working as a team", ' +
+      'If no deploy is running any more, its database session still holds the lock: find it with the query in docs/team.md, "A stuck lock", ' +
       "and end it with pg_terminate_backend(<pid>); 'terraform force-unlock' cannot release this lock.",
   );
 }

@@ -32,7 +32,7 @@ export function hookStateTampered(envName: string, command: string, stackId: str
     'STATE_HOOK_TAMPERED',
     `the state of ${stackId} (${where}) was changed outside Terraform: the hook ${address} has ${field} ${JSON.stringify(inState)} there, ` +
       `but the configuration says ${JSON.stringify(configured)}. The ${command} of ${envName} refused to start; nothing ran and nothing was changed. ` +
-      'Whoever can write this state can try to make a deploy run commands (README, "Who can write the state"): find out who changed it. ' +
+      'Whoever can write this state can try to make a deploy run commands (docs/security.md, "Who can write the state"): find out who changed it. ' +
       `Once the rest of the state is checked, drop the hook from it: 'terraform -chdir=cdktf.out/stacks/${stackId} state rm ${address}' ` +
       `(this runs nothing; the next deploy creates the hook again from the configuration), then run 'npm run ${command} -- ${envName}' again.`,
   );
@@ -44,7 +44,7 @@ export function hookInputRefused(action: string, environment: string, why: strin
     'HOOK_INPUT_REFUSED',
     `hook ${action} for ${JSON.stringify(environment)} refused: ${why}. Nothing ran. ` +
       'The state was changed outside Terraform, or the hook was not started by the synthesized configuration; ' +
-      'see README, "Who can write the state", and remove the hook from the state (terraform state rm) once the rest is checked.',
+      'see docs/security.md, "Who can write the state", and remove the hook from the state (terraform state rm) once the rest is checked.',
   );
 }
 

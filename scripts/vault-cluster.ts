@@ -15,7 +15,7 @@ import { scramVerifier } from './db-bootstrap';
 import { writePrivateFile } from './local-secrets';
 import { log } from './toolchain-env';
 
-/** The admin token's period: every deploy renews it; unused for longer, it expires (see README). */
+/** The admin token's period: every deploy renews it; unused for longer, it expires (see docs/ha.md). */
 export const ADMIN_TOKEN_PERIOD = '168h';
 export const ADMIN_POLICY = 'pgvault-admin';
 export { auditLog } from '../stacks/cluster-files';
