@@ -457,6 +457,7 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
       await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    await convergeVaultRoleSettings(client, env, version);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
@@ -659,6 +660,7 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
     await client.query('BEGIN');
     await client.query("SET LOCAL lock_timeout = '10s'");
     const missing = await convergeGroups(client, env);
+    await convergeVaultRoleSettings(client, env, await serverVersion(client));
     await client.query('COMMIT');
     reportMissing(env, missing);
     return missing;
@@ -668,6 +670,28 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
   } finally {
     await client.end();
   }
+}
+
+/**
+ * `secretsEngine.scramIterations`: the SCRAM-SHA-256 iteration count of the passwords Vault's role
+ * sets (its users' at creation, its own at rotation), as a default of that role, so it applies
+ * from Vault's next connection on. Unset: Postgres's own (4096). A role Vault's role does not
+ * have yet is the bootstrap's.
+ */
+async function convergeVaultRoleSettings(client: Client, env: EnvironmentConfig, version: number): Promise<void> {
+  const iterations = env.secretsEngine.scramIterations;
+  if (version < 160000) {
+    if (iterations === undefined) return;
+    throw new Error(
+      `${env.file}: "secretsEngine.scramIterations" is ${iterations}, which needs PostgreSQL 16 or later (the scram_iterations setting); ` +
+        `${env.postgres.clientHost}:${env.postgres.clientPort} runs ${Math.floor(version / 10000)}. Fix: remove the setting, or upgrade the server. Nothing was changed.`,
+    );
+  }
+  const vaultUser = env.secretsEngine.vaultUser;
+  const exists = await client.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [vaultUser]);
+  if (!exists.rowCount) return;
+  const role = client.escapeIdentifier(vaultUser);
+  await client.query(iterations === undefined ? `ALTER ROLE ${role} RESET scram_iterations` : `ALTER ROLE ${role} SET scram_iterations = ${iterations}`);
 }
 
 // --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
