@@ -27,7 +27,7 @@
 import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
-import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../ops';
 import { peerPhase } from './peer';
 import { queryPath, rotationUnderLoad } from './query-path';
 import { loadavg, massRevocation } from './revocation';

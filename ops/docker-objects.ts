@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { EnvironmentConfig, listEnvironments, localDir } from '../stacks/config';
-import { DockerObjects, dockerUnanswered, environmentNames } from './state-trust';
+import { DockerObjects, dockerUnanswered, environmentNames } from './terraform/state-trust';
 
 /** How long one `docker ... ls` may take before the answer counts as "unknown". */
 export const DOCKER_LIST_TIMEOUT_MS = 15_000;

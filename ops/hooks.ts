@@ -1,11 +1,11 @@
 /**
  * The actions Terraform runs through the stacks' terraform_data hooks (stacks/constructs/script-hook.ts):
  *
- *   node dist/scripts/hooks.js bootstrap      <env>   prepare Postgres (values: vault_mount)
- *   node dist/scripts/hooks.js teardown       <env>   remove what the bootstrap created (at destroy)
- *   node dist/scripts/hooks.js revoke-leases  <env>   revoke every lease of the mount (at destroy)
- *   node dist/scripts/hooks.js write-outputs  <env>   write .local/<env>/outputs.json (values: outputs)
- *   node dist/scripts/hooks.js remove-outputs <env>   delete it (at destroy)
+ *   node dist/ops/hooks.js bootstrap      <env>   prepare Postgres (values: vault_mount)
+ *   node dist/ops/hooks.js teardown       <env>   remove what the bootstrap created (at destroy)
+ *   node dist/ops/hooks.js revoke-leases  <env>   revoke every lease of the mount (at destroy)
+ *   node dist/ops/hooks.js write-outputs  <env>   write .local/<env>/outputs.json (values: outputs)
+ *   node dist/ops/hooks.js remove-outputs <env>   delete it (at destroy)
  *
  * Values arrive as JSON in PGVAULT_HOOK_<NAME>. Nothing here prints a secret.
  *
@@ -16,10 +16,10 @@
  */
 import * as fs from 'node:fs';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
-import { checkHookInput } from './state-trust';
-import { down, up } from './db-bootstrap';
+import { checkHookInput } from './terraform/state-trust';
+import { down, up } from './postgres/db-bootstrap';
 import { outputsFile, writeOutputsFile } from './outputs';
-import { revokeAllLeases } from './vault-admin';
+import { revokeAllLeases } from './vault/vault-admin';
 
 function value(name: string): any {
   const raw = process.env[`PGVAULT_HOOK_${name.toUpperCase()}`];

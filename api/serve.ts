@@ -2,7 +2,7 @@
 /**
  * The REST API against a deployed environment:
  *   npm run serve -- <env> [app]            (builds first; npm passes SIGTERM/SIGINT on)
- *   node dist/scripts/serve.js <env> [app]  (containers, systemd: no npm in between)
+ *   node dist/api/serve.js <env> [app]      (containers, systemd: no npm in between)
  * The app (its AppRole and roles) is the second argument, else PGVAULT_APP, else the app the
  * top-level outputs describe ("api"). The API reads through its readonly and writes through its
  * readwrite role, so the app must have both.
@@ -19,10 +19,10 @@
  * SIGTERM / SIGINT: stop taking work, drain, revoke every lease and the token, exit 0.
  */
 import { appConfigFromOutputs, appRoleLogin, AppConfigError, CredentialRuntime, readOutputs, safeMessage, backoffDelay, sleep, createLogger } from '@pgvault/runtime';
-import { ApiServer } from '../api/server';
+import { ApiServer } from './server';
 import { loadEnvironment } from '../stacks/config';
-import { outputsFile } from './ops';
-import { destroySecretIdAccessor, issueSecretIdWithAccessor, IssuedSecretId } from './vault-admin';
+import { outputsFile } from '../ops/outputs';
+import { destroySecretIdAccessor, issueSecretIdWithAccessor, IssuedSecretId } from '../ops/vault/vault-admin';
 
 const logger = createLogger('pgvault-serve');
 
