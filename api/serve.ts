@@ -21,7 +21,7 @@
 import { appConfigFromOutputs, appRoleLogin, AppConfigError, CredentialRuntime, readOutputs, safeMessage, backoffDelay, sleep, createLogger } from '@pgvault/runtime';
 import { ApiServer } from './server';
 import { loadEnvironment } from '../stacks/config';
-import { outputsFile } from '../ops/outputs';
+import { outputsFile } from '../ops/local/outputs';
 import { destroySecretIdAccessor, issueSecretIdWithAccessor, IssuedSecretId } from '../ops/vault/vault-admin';
 
 const logger = createLogger('pgvault-serve');

@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
 import { checkHookInput } from './terraform/state-trust';
 import { down, up } from './postgres/db-bootstrap';
-import { outputsFile, writeOutputsFile } from './outputs';
+import { outputsFile, writeOutputsFile } from './local/outputs';
 import { revokeAllLeases } from './vault/vault-admin';
 
 function value(name: string): any {

@@ -2,12 +2,12 @@
  * The deploy and the destroy of one environment, as the list of their phases. `npm run deploy`
  * runs each phase's `up` from the top; `npm run destroy` runs each phase's `down` from the
  * bottom. Each phase is a file of ops/phases/ that says what its `up` and `down` do; how a
- * list runs (stack phases side by side share one Terraform run) is ops/phase.ts.
+ * list runs (stack phases side by side share one Terraform run) is ops/phases/phase.ts.
  */
 import { loadEnvironment } from '../stacks/config';
-import { log } from './toolchain-env';
-import { outputsFile } from './outputs';
-import { PipelineRun, Phase, runPhases } from './phase';
+import { log } from './local/toolchain-env';
+import { outputsFile } from './local/outputs';
+import { PipelineRun, Phase, runPhases } from './phases/phase';
 import { deployedStacks, stackIds } from './terraform/stacks';
 import { localFiles } from './phases/local-files';
 import { clusterFiles } from './phases/cluster-files';
@@ -17,15 +17,18 @@ import { secretsStack } from './phases/secrets-stack';
 import { grants } from './phases/grants';
 import { outputs } from './phases/outputs';
 
-export const PHASES: readonly Phase[] = [
-  localFiles, //    .local/<env>: secrets, data volume check       | generated files, once Docker holds nothing
-  clusterFiles, //  ha: node and Postgres TLS/seal files            | (with .local/<env>)
-  infraStack, //    <env>-infra: containers, network, volumes       | destroyed
-  clusterInit, //   ha: init the Vault cluster, join its nodes      | (with the containers)
-  secretsStack, //  <env>-secrets: mount, roles, apps; its hooks    | destroyed; its hooks revoke leases, tear down
-  grants, //        group roles' grants converge to the file        | (the teardown hook)
-  outputs, //       .local/<env>/outputs.json                       | (with the generated files)
-];
+/**
+ * phase          up (deploy, top down)                            down (destroy, bottom up)
+ * local-files    .local/<env>: secrets; the data volume checked   the generated files, once Docker holds nothing
+ * cluster-files  ha: nodes' and Postgres's TLS and seal files     -
+ * infra-stack    <env>-infra: containers, network, volumes        destroyed
+ * cluster-init   ha: the Vault cluster initialized, nodes joined  -
+ * secrets-stack  <env>-secrets: mount, roles, apps; its hooks     destroyed; its hooks revoke the leases
+ *                bootstrap Postgres                               and tear down what the bootstrap made
+ * grants         the group roles' grants converge to the file     -
+ * outputs        .local/<env>/outputs.json                        -
+ */
+export const PHASES: readonly Phase[] = [localFiles, clusterFiles, infraStack, clusterInit, secretsStack, grants, outputs];
 
 /** Deploys the environment; returns the stacks' outputs, and `.local/<env>/outputs.json` holds them. */
 export async function deploy(name: string): Promise<Record<string, unknown>> {

@@ -5,7 +5,7 @@
  * down: nothing of its own; the files go with `.local/<env>` (local-files).
  */
 import { prepareClusterFiles, preparePostgresFiles } from '../vault/vault-cluster';
-import { Phase } from '../phase';
+import { Phase } from './phase';
 
 export const clusterFiles: Phase = {
   name: 'cluster-files',

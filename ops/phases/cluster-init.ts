@@ -5,7 +5,7 @@
  * down: nothing; the cluster goes with its containers (infra-stack).
  */
 import { initializeCluster } from '../vault/vault-cluster';
-import { Phase } from '../phase';
+import { Phase } from './phase';
 
 export const clusterInit: Phase = {
   name: 'cluster-init',

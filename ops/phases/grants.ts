@@ -4,7 +4,7 @@
  * down: nothing; the secrets stack's teardown hook removes the group roles.
  */
 import { convergeGrants } from '../postgres/db-bootstrap';
-import { Phase } from '../phase';
+import { Phase } from './phase';
 
 export const grants: Phase = {
   name: 'grants',

@@ -8,12 +8,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { localDir } from '../../stacks/config';
-import { prepareLocalSecrets } from '../local-secrets';
-import { outputsFile } from '../outputs';
-import { checkPostgresDataVolume } from '../preflight';
-import { environmentDockerObjects, isEmpty } from '../docker-objects';
+import { prepareLocalSecrets } from '../local/local-secrets';
+import { outputsFile } from '../local/outputs';
+import { checkPostgresDataVolume } from '../local/preflight';
+import { environmentDockerObjects, isEmpty } from '../terraform/docker-objects';
 import { dockerObjectsRemain } from '../terraform/state-trust';
-import { Phase } from '../phase';
+import { Phase } from './phase';
 
 export const localFiles: Phase = {
   name: 'local-files',

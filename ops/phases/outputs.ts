@@ -4,8 +4,8 @@
  *     that changed nothing would leave this machine without it, or with a stale one.
  * down: nothing of its own; the file goes with the other generated files (local-files).
  */
-import { writeOutputsFile } from '../outputs';
-import { Phase } from '../phase';
+import { writeOutputsFile } from '../local/outputs';
+import { Phase } from './phase';
 
 export const outputs: Phase = {
   name: 'outputs',

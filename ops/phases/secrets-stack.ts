@@ -4,7 +4,7 @@
  * Postgres and write the outputs; down: destroys it, and its hooks revoke the leases and
  * tear down what the bootstrap created (ops/hooks.ts).
  */
-import { Phase } from '../phase';
+import { Phase } from './phase';
 
 export const secretsStack: Phase = {
   name: 'secrets-stack',

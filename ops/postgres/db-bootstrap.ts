@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { Client } from 'pg';
 import { EnvironmentConfig, roleGroupName } from '../../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
-import { readSecretFile } from '../local-secrets';
+import { readSecretFile } from '../local/local-secrets';
 import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../../stacks/statements';
 import { forDatabase, localDir } from '../../stacks/config';
 

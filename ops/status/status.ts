@@ -16,8 +16,8 @@ import { EnvironmentConfig, loadEnvironment, localDir, REPO_ROOT } from '../../s
 import { nodeName } from '../../stacks/cluster-files';
 import { stateFile, stateSchema } from '../../stacks/state-location';
 import { adminConnect } from '../postgres/db-bootstrap';
-import { outputsFile } from '../outputs';
-import { readSecretFile } from '../local-secrets';
+import { outputsFile } from '../local/outputs';
+import { readSecretFile } from '../local/local-secrets';
 import { connectionString } from '../terraform/state-backend';
 import { VaultAdminError, vaultFetch } from '../vault/vault-admin';
 import {

@@ -4,7 +4,7 @@
  * deploy and destroy can go on.
  */
 import { EnvironmentConfig } from '../../stacks/config';
-import { log } from '../toolchain-env';
+import { log } from '../local/toolchain-env';
 import { mountState, vaultAdmin } from '../vault/vault-admin';
 import { hasResources } from './stacks';
 

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { EnvironmentConfig } from '../../stacks/config';
 import { pgBackendAttributes, stateFile, stateSchema } from '../../stacks/state-location';
-import { readSecretFile } from '../local-secrets';
+import { readSecretFile } from '../local/local-secrets';
 import { stateUnreadable } from './state-trust';
 import { killAtTimeout, runTimeoutSeconds, StackRunError, TIMED_OUT } from './runner';
 

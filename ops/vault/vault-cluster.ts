@@ -12,8 +12,8 @@ import { execFileSync } from 'node:child_process';
 import { EnvironmentConfig } from '../../stacks/config';
 import { clusterFiles, clusterNodeDirs, nodeConfig, nodeName, postgresFiles, replicationNames } from '../../stacks/cluster-files';
 import { scramVerifier } from '../postgres/db-bootstrap';
-import { writePrivateFile } from '../local-secrets';
-import { log } from '../toolchain-env';
+import { writePrivateFile } from '../local/local-secrets';
+import { log } from '../local/toolchain-env';
 
 /** The admin token's period: every deploy renews it; unused for longer, it expires (see README). */
 export const ADMIN_TOKEN_PERIOD = '168h';

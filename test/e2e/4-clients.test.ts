@@ -14,7 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../../stacks/config';
 import { issueSecretId, outputsFile, readSecretFile } from '../../ops';
-import { checkPostgresDataVolume, postgresDataVolume } from '../../ops/preflight';
+import { checkPostgresDataVolume, postgresDataVolume } from '../../ops/local/preflight';
 import * as h from '../harness';
 
 const ENV = 'clients';

@@ -6,7 +6,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { EnvironmentConfig, localDir } from '../stacks/config';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
 
 function randomSecret(): string {
   return crypto.randomBytes(24).toString('base64url');

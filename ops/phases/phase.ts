@@ -1,13 +1,14 @@
 /**
- * What a phase of the deploy is, and how a list of them runs (the list is ops/pipeline.ts).
+ * What a phase of the deploy is, and how a list of them runs (the list is ops/pipeline.ts; the
+ * phases are the other files of this folder).
  * A deploy runs each phase's `up` in the list's order, a destroy each `down` in the reverse.
  */
-import { EnvironmentConfig, localDir } from '../stacks/config';
-import { StackCommand } from './terraform/runner';
-import { StateLockedError, holdingStateLock } from './terraform/state-backend';
-import { StateTrustError } from './terraform/state-trust';
-import { stackIds, terraformStacks } from './terraform/stacks';
-import { recoverInterruptedTeardown } from './terraform/interrupted-teardown';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
+import { StackCommand } from '../terraform/runner';
+import { StateLockedError, holdingStateLock } from '../terraform/state-backend';
+import { StateTrustError } from '../terraform/state-trust';
+import { stackIds, terraformStacks } from '../terraform/stacks';
+import { recoverInterruptedTeardown } from '../terraform/interrupted-teardown';
 
 /** One deploy or destroy of one environment, as its phases see it. */
 export interface PipelineRun {
@@ -41,6 +42,33 @@ export interface Phase {
   readonly midway?: boolean;
 }
 
+/** One step of a run: a phase's own `up` or `down`, or one Terraform run over stacks side by side. */
+export type Step = { readonly phase: Phase } | { readonly phase: Phase; readonly stacks: readonly string[] };
+
+/**
+ * The steps of a run through the phases in the order given: those the environment goes through
+ * that have something to do, stack phases side by side merged into one Terraform run (in the
+ * order of stackIds). A destroy tears down only what is deployed: a half-deployed environment
+ * may have only its -infra stack.
+ */
+export function steps(env: EnvironmentConfig, command: StackCommand, phases: readonly Phase[], deployed: readonly string[]): Step[] {
+  const step = command === 'deploy' ? 'up' : 'down';
+  const todo = phases.filter((p) => (p.appliesTo?.(env) ?? true) && (p.stack !== undefined || p[step] !== undefined));
+  const out: Step[] = [];
+  for (let i = 0; i < todo.length; ) {
+    if (todo[i].stack === undefined) {
+      out.push({ phase: todo[i++] });
+      continue;
+    }
+    const first = todo[i];
+    const group: string[] = [];
+    while (i < todo.length && todo[i].stack !== undefined) group.push(`${env.name}-${todo[i++].stack}`);
+    const stacks = stackIds(env).filter((id) => group.includes(id) && (command === 'deploy' || deployed.includes(id)));
+    if (stacks.length) out.push({ phase: first, stacks });
+  }
+  return out;
+}
+
 /**
  * Runs the phases in the order given, `up` to deploy and `down` to destroy. Before the first
  * Terraform run, an interrupted teardown is finished under the state lock
@@ -49,29 +77,20 @@ export interface Phase {
  */
 export async function runPhases(run: PipelineRun, phases: readonly Phase[]): Promise<void> {
   const { env, command } = run;
-  const step = command === 'deploy' ? 'up' : 'down';
-  const todo = phases.filter((p) => (p.appliesTo?.(env) ?? true) && (p.stack !== undefined || p[step] !== undefined));
   let recovered = false;
-  for (let i = 0; i < todo.length; ) {
-    const phase = todo[i];
+  for (const s of steps(env, command, phases, run.deployed)) {
     try {
-      if (phase.stack === undefined) {
-        i++;
-        await phase[step]!(run);
+      if (!('stacks' in s)) {
+        await s.phase[command === 'deploy' ? 'up' : 'down']!(run);
         continue;
       }
-      const group: string[] = [];
-      while (i < todo.length && todo[i].stack !== undefined) group.push(`${env.name}-${todo[i++].stack}`);
-      // A destroy tears down only what is deployed: a half-deployed environment may have only its -infra stack.
-      const ids = stackIds(env).filter((id) => group.includes(id) && (command === 'deploy' || run.deployed.includes(id)));
-      if (!ids.length) continue;
       if (!recovered) {
         await holdingStateLock(env, `${env.name}-secrets`, command, () => recoverInterruptedTeardown(env, command === 'deploy'));
         recovered = true;
       }
-      Object.assign(run.outputs, await terraformStacks(env, command, ids));
+      Object.assign(run.outputs, await terraformStacks(env, command, [...s.stacks]));
     } catch (e: any) {
-      if ((phase.stack === undefined && !phase.midway) || e instanceof StateLockedError || e instanceof StateTrustError) throw e;
+      if ((!('stacks' in s) && !s.phase.midway) || e instanceof StateLockedError || e instanceof StateTrustError) throw e;
       throw command === 'deploy' ? deployFailed(env, e) : destroyFailed(env, e);
     }
   }

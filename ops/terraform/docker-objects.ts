@@ -3,8 +3,8 @@
  * deletes `.local/<env>` only when this is empty.
  */
 import { spawnSync } from 'node:child_process';
-import { EnvironmentConfig, listEnvironments, localDir } from '../stacks/config';
-import { DockerObjects, dockerUnanswered, environmentNames } from './terraform/state-trust';
+import { EnvironmentConfig, listEnvironments, localDir } from '../../stacks/config';
+import { DockerObjects, dockerUnanswered, environmentNames } from './state-trust';
 
 /** How long one `docker ... ls` may take before the answer counts as "unknown". */
 export const DOCKER_LIST_TIMEOUT_MS = 15_000;
