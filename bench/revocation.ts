@@ -10,8 +10,8 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import type { EnvironmentConfig } from '../stacks/config';
-import { postgresSsl } from '../scripts/db-bootstrap';
-import { readSecretFile, vaultFetch } from '../scripts/ops';
+import { postgresSsl } from '../ops/postgres/db-bootstrap';
+import { readSecretFile, vaultFetch } from '../ops';
 import { mapBounded, perLease, ratio } from './stats';
 
 export const FLOOR_MOUNT = 'bench-floor';

@@ -30,7 +30,7 @@
 import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
-import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../ops';
 import { peerPhase } from './peer';
 import { queryPath, rotationUnderLoad } from './query-path';
 import { issuanceBreakdown } from './breakdown';

@@ -14,9 +14,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { readOutputs } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT, resolveEnvironment } from '../../stacks/config';
-import { issueSecretId, outputsFile } from '../../scripts/ops';
-import { MissingDatabaseError, up } from '../../scripts/db-bootstrap';
-import { liveLeaseCount } from '../../scripts/vault-admin';
+import { issueSecretId, outputsFile } from '../../ops';
+import { MissingDatabaseError, up } from '../../ops/postgres/db-bootstrap';
+import { liveLeaseCount } from '../../ops/vault/vault-admin';
 import * as h from '../harness';
 
 const ENV = 'apps';
@@ -264,7 +264,7 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
   });
 
   test('serve runs as the app it is given: shop\'s secret_id, shop\'s roles; an unknown app or one without the API\'s roles stops it with the reason', { timeout: TEST_MS }, async () => {
-    const serve = path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js');
+    const serve = path.join(REPO_ROOT, 'dist', 'api', 'serve.js');
     const fail = (args: string[], extra: NodeJS.ProcessEnv) => spawnSync(process.execPath, [serve, ENV, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...extra, PORT: String(API_PORT) } });
     const unknown = fail([], { PGVAULT_APP: 'billing' });
     assert.equal(unknown.status, 1);

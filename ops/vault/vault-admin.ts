@@ -2,9 +2,9 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
-import { readSecretFile } from './local-secrets';
-import { outputsFile } from './outputs';
+import { EnvironmentConfig, loadEnvironment } from '../../stacks/config';
+import { readSecretFile } from '../local/local-secrets';
+import { outputsFile } from '../local/outputs';
 import { readOutputs } from '@pgvault/runtime/config';
 
 /** Vault answered with an error status. `detail` is Vault's own error text, which never holds a secret. */

@@ -1,6 +1,6 @@
 /**
  * Prepares Postgres for Vault, as the Postgres superuser (its password read from a file),
- * run by Terraform's terraform_data hooks (scripts/hooks.ts):
+ * run by Terraform's terraform_data hooks (ops/hooks.ts):
  *
  *   up    creates what is missing: the NOLOGIN owner, retired and group roles, the app schema
  *         and table, the role Vault connects as (with the setup password, which Vault then
@@ -21,11 +21,11 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client } from 'pg';
-import { EnvironmentConfig, roleGroupName } from '../stacks/config';
+import { EnvironmentConfig, roleGroupName } from '../../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
-import { readSecretFile } from './local-secrets';
-import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../stacks/statements';
-import { forDatabase, localDir } from '../stacks/config';
+import { readSecretFile } from '../local/local-secrets';
+import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../../stacks/statements';
+import { forDatabase, localDir } from '../../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
