@@ -14,7 +14,7 @@
  * Only the environment's own mount is used, so a cluster's least-privilege admin token suffices.
  */
 import { randomBytes } from 'node:crypto';
-import { vaultFetch } from '../scripts/ops';
+import { vaultFetch } from '../ops';
 import { Bench, loadavg, superuser, vault } from './revocation';
 import { mapBounded } from './stats';
 import { percentile } from './stats';
