@@ -456,7 +456,9 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
       }
       await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
-    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    // The retired role owns every table handed over at revocation: on 16+ Vault's role holds it
+    // without its privileges, and lends it to itself inside a revocation for the REASSIGN only.
+    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}${version >= 160000 ? ' WITH ADMIN OPTION, INHERIT FALSE, SET FALSE' : ''}`);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
@@ -729,10 +731,16 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   const vaultUser = env.secretsEngine.vaultUser;
   const client = await adminConnect(env);
   const q = (s: string) => client.escapeIdentifier(s);
+  const marked = async (role: string) => {
+    const c = await roleComment(client, role);
+    return c.exists && isMarked(c.comment, mark);
+  };
   const dropRole = async (role: string) => {
     const c = await roleComment(client, role);
     if (!c.exists || !isMarked(c.comment, mark)) return false;
     await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [role]);
+    // What a writer made as the write group (a server before 16 lets users SET ROLE to it) is data: handed over, never dropped.
+    if (role === groupRoles.write && (await marked(retiredRole))) await client.query(`REASSIGN OWNED BY ${q(role)} TO ${q(retiredRole)}`);
     await client.query(`DROP OWNED BY ${q(role)}`);
     try {
       await client.query(`DROP ROLE ${q(role)}`);
@@ -746,10 +754,6 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   };
   try {
     // Users are ours only when the roles that identify them are: the group roles, their grantor and the retired role.
-    const marked = async (role: string) => {
-      const c = await roleComment(client, role);
-      return c.exists && isMarked(c.comment, mark);
-    };
     const ours = (await marked(vaultUser)) && (await marked(groupRoles.read)) && (await marked(groupRoles.write)) && (await marked(retiredRole));
     const users = ours ? await dropDynamicUsers(client, env) : { dropped: [], kept: [] };
     if (users.dropped.length) say(env, `dropped ${users.dropped.length} dynamic user(s) that Vault had not revoked or had left disarmed`);
