@@ -739,8 +739,6 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
     const c = await roleComment(client, role);
     if (!c.exists || !isMarked(c.comment, mark)) return false;
     await client.query('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1', [role]);
-    // What a writer made as the write group (a server before 16 lets users SET ROLE to it) is data: handed over, never dropped.
-    if (role === groupRoles.write && (await marked(retiredRole))) await client.query(`REASSIGN OWNED BY ${q(role)} TO ${q(retiredRole)}`);
     await client.query(`DROP OWNED BY ${q(role)}`);
     try {
       await client.query(`DROP ROLE ${q(role)}`);
@@ -758,6 +756,9 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
     const users = ours ? await dropDynamicUsers(client, env) : { dropped: [], kept: [] };
     if (users.dropped.length) say(env, `dropped ${users.dropped.length} dynamic user(s) that Vault had not revoked or had left disarmed`);
     if (users.kept.length) say(env, `LEFT ${users.kept.length} disarmed role(s) that could not be dropped (they cannot log in and hold no membership): ${users.kept.join(', ')}`);
+    // What a writer made as the write group (before PostgreSQL 16, or before its users lost SET on it) is a
+    // writer's: it goes with the retired role's objects (kept, or dropped with dropDataOnDestroy), never on its own.
+    if ((await marked(groupRoles.write)) && (await marked(retiredRole))) await client.query(`REASSIGN OWNED BY ${q(groupRoles.write)} TO ${q(retiredRole)}`);
     const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
     const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
     if (env.postgres.dropDataOnDestroy) {
