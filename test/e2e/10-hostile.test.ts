@@ -304,11 +304,15 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
   });
 
   test('a readwrite user that leaves objects in another database is still disarmed; the superuser hands them over there, rows intact', { timeout: 90_000 }, async () => {
+    // Another team's database where anyone may create (as public was before PostgreSQL 15).
+    const su = await adminConnect(env, 10_000, OTHER_DB);
+    await su.query('GRANT CREATE ON SCHEMA public TO PUBLIC');
     const creds = await session.issue(mount, 'readwrite');
     const other = await connect(creds, OTHER_DB);
     await other.query('CREATE TABLE public.hostile_elsewhere (x int)');
     await other.query('INSERT INTO public.hostile_elsewhere SELECT generate_series(1, 10)');
     await other.query('CREATE FUNCTION public.hostile_elsewhere_f() RETURNS int LANGUAGE sql SECURITY DEFINER AS $$ SELECT 1 $$');
+    const lo = (await other.query("SELECT lo_from_bytea(0, 'kept data') AS oid")).rows[0].oid;
     const pid = (await other.query('SELECT pg_backend_pid() AS p')).rows[0].p;
 
     await session.revoke(creds.leaseId);
@@ -319,19 +323,22 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     assert.notEqual(await h.tryLogin(env, creds.username, creds.password, { ...env.postgres, database: OTHER_DB }), 'ok', 'no login, there either');
     await h.waitFor('its session in the other database to end', async () => (await sessions([pid])) === 0, 5000);
 
-    const { dropped, kept } = await dropDynamicUsers(admin, env, { disarmedOnly: true });
-    assert.deepEqual({ dropped, kept }, { dropped: [creds.username], kept: [] });
-    const su = await adminConnect(env, 10_000, OTHER_DB);
     try {
+      const { dropped, kept } = await dropDynamicUsers(admin, env, { disarmedOnly: true });
+      assert.deepEqual({ dropped, kept }, { dropped: [creds.username], kept: [] });
       const t = await su.query(
         `SELECT pg_get_userbyid(c.relowner) AS owner, (SELECT sum(x)::int FROM public.hostile_elsewhere) AS total,
-                (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'hostile_elsewhere_f') AS fowner
+                (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'hostile_elsewhere_f') AS fowner,
+                (SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata WHERE oid = $1) AS loowner,
+                convert_from(lo_get($1), 'UTF8') AS lo
            FROM pg_class c WHERE c.oid = 'public.hostile_elsewhere'::regclass`,
+        [lo],
       );
-      assert.deepEqual(t.rows[0], { owner: env.database.retiredRole, total: 55, fowner: env.database.retiredRole }, 'handed to the retired role, never dropped');
-      // The retired role must own nothing outside the app's database when the environment is destroyed.
-      await su.query('DROP TABLE public.hostile_elsewhere; DROP FUNCTION public.hostile_elsewhere_f()');
+      assert.deepEqual(t.rows[0], { owner: env.database.retiredRole, total: 55, fowner: env.database.retiredRole, loowner: env.database.retiredRole, lo: 'kept data' }, 'handed to the retired role, never dropped');
     } finally {
+      // The retired role must own nothing outside the app's database when the environment is destroyed.
+      await su.query('DROP TABLE IF EXISTS public.hostile_elsewhere; DROP FUNCTION IF EXISTS public.hostile_elsewhere_f(); REVOKE CREATE ON SCHEMA public FROM PUBLIC').catch(() => undefined);
+      await su.query('SELECT lo_unlink($1)', [lo]).catch(() => undefined);
       await su.end();
     }
   });
@@ -453,6 +460,9 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     assert.equal((await role(creds.username))?.comment, `${env.database.mark} disarmed read`);
     // Closed now (a database being restored, say): the superuser's clean-up cannot connect there, so the role stays.
     await admin.query(`ALTER DATABASE ${CLOSED_DB} ALLOW_CONNECTIONS false`);
+    // A table the write group owns, as a writer could make before PostgreSQL 16 (SET ROLE): the teardown hands it
+    // to the retired role with the rest, so it does not stop DROP SCHEMA ... RESTRICT.
+    await admin.query(`CREATE TABLE app.hostile_group_owned (x int); ALTER TABLE app.hostile_group_owned OWNER TO ${admin.escapeIdentifier(env.database.groupRoles.write)}`);
     for (const x of opened.splice(0)) await x.end().catch(() => undefined);
     await admin.end();
     adminEnded = true;
