@@ -26,7 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { REPO_ROOT, loadEnvironment, localDir } from '../stacks/config';
-import { loadToolchainEnv, readSecretFile } from '../scripts/ops';
+import { loadToolchainEnv, readSecretFile } from '../ops';
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);

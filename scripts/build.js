@@ -31,6 +31,8 @@ const INPUTS = [
   'stacks',
   'app',
   'api',
+  'ops',
+  'demo',
   'scripts',
   'test',
   'bench',

@@ -11,7 +11,7 @@ import * as assert from 'node:assert/strict';
 import { Client } from 'pg';
 import { DatabaseCredentials, VaultSession } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
-import { adminConnect, dropDynamicUsers, postgresSsl } from '../../scripts/db-bootstrap';
+import { adminConnect, dropDynamicUsers, postgresSsl } from '../../ops/postgres/db-bootstrap';
 import * as h from '../harness';
 
 const ENV = 'hostile';

@@ -13,8 +13,8 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig, localDir } from '../../stacks/config';
-import { verifyRole } from '../../scripts/verify';
-import { connectWith } from '../../scripts/verify';
+import { verifyRole } from '../../demo/verify';
+import { connectWith } from '../../demo/verify';
 import * as h from '../harness';
 
 const ENV = 'existing-example';

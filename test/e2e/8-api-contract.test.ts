@@ -68,7 +68,7 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
     await h.destroy(ENV);
     await h.deploy(ENV);
     const out = fs.openSync(serverLog, 'a');
-    server = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js'), ENV], { env: { ...process.env, PORT: String(PORT), LOG_LEVEL: 'info' }, stdio: ['ignore', out, out] });
+    server = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'api', 'serve.js'), ENV], { env: { ...process.env, PORT: String(PORT), LOG_LEVEL: 'info' }, stdio: ['ignore', out, out] });
     fs.closeSync(out);
     await h.waitFor('the API to be ready', async () => (await fetch(`${BASE}/readyz`)).status === 200, 60_000);
     console.log(`# server log: ${serverLog}`);

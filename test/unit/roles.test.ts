@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as sql from '../../stacks/statements';
-import { containment } from '../../scripts/verify';
+import { containment } from '../../demo/verify';
 
 // --- grantPlan: read like a table -----------------------------------------------------------
 

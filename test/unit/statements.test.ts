@@ -254,7 +254,7 @@ test('fails when the app has no role (an empty lease_id list would admit every l
 });
 
 test('the setup password reaches Postgres as a SCRAM verifier, never as text', async () => {
-  const { scramVerifier } = await import('../../scripts/db-bootstrap');
+  const { scramVerifier } = await import('../../ops/postgres/db-bootstrap');
   const v = scramVerifier('setup-secret', Buffer.alloc(16, 1), 4096);
   assert.match(v, /^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$/);
   assert.ok(!v.includes('setup-secret'));

@@ -7,7 +7,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, loadEnvironment, REPO_ROOT, resolveEnvironment, resolveVaultImage } from '../../stacks/config';
-import { serverVersion, warnOldServer } from '../../scripts/db-bootstrap';
+import { serverVersion, warnOldServer } from '../../ops/postgres/db-bootstrap';
 
 function versionsEnv(): Record<string, string> {
   const text = fs.readFileSync(path.join(REPO_ROOT, 'toolchain', 'versions.env'), 'utf8');

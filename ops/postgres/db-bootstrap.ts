@@ -1,6 +1,6 @@
 /**
  * Prepares Postgres for Vault, as the Postgres superuser (its password read from a file),
- * run by Terraform's terraform_data hooks (scripts/hooks.ts):
+ * run by Terraform's terraform_data hooks (ops/hooks.ts):
  *
  *   up    creates what is missing: the NOLOGIN owner, retired and group roles, the app schema
  *         and table, the role Vault connects as (with the setup password, which Vault then
@@ -21,11 +21,11 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client } from 'pg';
-import { EnvironmentConfig, roleGroupName } from '../stacks/config';
+import { EnvironmentConfig, roleGroupName } from '../../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
-import { readSecretFile } from './local-secrets';
-import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../stacks/statements';
-import { forDatabase, localDir } from '../stacks/config';
+import { readSecretFile } from '../local/local-secrets';
+import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../../stacks/statements';
+import { forDatabase, localDir } from '../../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
@@ -459,6 +459,7 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
     // The retired role owns every table handed over at revocation: on 16+ Vault's role holds it
     // without its privileges, and lends it to itself inside a revocation for the REASSIGN only.
     await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}${version >= 160000 ? ' WITH ADMIN OPTION, INHERIT FALSE, SET FALSE' : ''}`);
+    await convergeVaultRoleSettings(client, env, version);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
@@ -661,6 +662,7 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
     await client.query('BEGIN');
     await client.query("SET LOCAL lock_timeout = '10s'");
     const missing = await convergeGroups(client, env);
+    await convergeVaultRoleSettings(client, env, await serverVersion(client));
     await client.query('COMMIT');
     reportMissing(env, missing);
     return missing;
@@ -670,6 +672,28 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
   } finally {
     await client.end();
   }
+}
+
+/**
+ * `secretsEngine.scramIterations`: the SCRAM-SHA-256 iteration count of the passwords Vault's role
+ * sets (its users' at creation, its own at rotation), as a default of that role, so it applies
+ * from Vault's next connection on. Unset: Postgres's own (4096). A role Vault's role does not
+ * have yet is the bootstrap's.
+ */
+async function convergeVaultRoleSettings(client: Client, env: EnvironmentConfig, version: number): Promise<void> {
+  const iterations = env.secretsEngine.scramIterations;
+  if (version < 160000) {
+    if (iterations === undefined) return;
+    throw new Error(
+      `${env.file}: "secretsEngine.scramIterations" is ${iterations}, which needs PostgreSQL 16 or later (the scram_iterations setting); ` +
+        `${env.postgres.clientHost}:${env.postgres.clientPort} runs ${Math.floor(version / 10000)}. Fix: remove the setting, or upgrade the server. Nothing was changed.`,
+    );
+  }
+  const vaultUser = env.secretsEngine.vaultUser;
+  const exists = await client.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [vaultUser]);
+  if (!exists.rowCount) return;
+  const role = client.escapeIdentifier(vaultUser);
+  await client.query(iterations === undefined ? `ALTER ROLE ${role} RESET scram_iterations` : `ALTER ROLE ${role} SET scram_iterations = ${iterations}`);
 }
 
 // --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
