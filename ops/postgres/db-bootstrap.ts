@@ -456,7 +456,9 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
       }
       await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
-    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    // The retired role owns every table handed over at revocation: on 16+ Vault's role holds it
+    // without its privileges, and lends it to itself inside a revocation for the REASSIGN only.
+    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}${version >= 160000 ? ' WITH ADMIN OPTION, INHERIT FALSE, SET FALSE' : ''}`);
     await convergeVaultRoleSettings(client, env, version);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
@@ -753,6 +755,10 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   const vaultUser = env.secretsEngine.vaultUser;
   const client = await adminConnect(env);
   const q = (s: string) => client.escapeIdentifier(s);
+  const marked = async (role: string) => {
+    const c = await roleComment(client, role);
+    return c.exists && isMarked(c.comment, mark);
+  };
   const dropRole = async (role: string) => {
     const c = await roleComment(client, role);
     if (!c.exists || !isMarked(c.comment, mark)) return false;
@@ -770,14 +776,13 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   };
   try {
     // Users are ours only when the roles that identify them are: the group roles, their grantor and the retired role.
-    const marked = async (role: string) => {
-      const c = await roleComment(client, role);
-      return c.exists && isMarked(c.comment, mark);
-    };
     const ours = (await marked(vaultUser)) && (await marked(groupRoles.read)) && (await marked(groupRoles.write)) && (await marked(retiredRole));
     const users = ours ? await dropDynamicUsers(client, env) : { dropped: [], kept: [] };
     if (users.dropped.length) say(env, `dropped ${users.dropped.length} dynamic user(s) that Vault had not revoked or had left disarmed`);
     if (users.kept.length) say(env, `LEFT ${users.kept.length} disarmed role(s) that could not be dropped (they cannot log in and hold no membership): ${users.kept.join(', ')}`);
+    // What a writer made as the write group (before PostgreSQL 16, or before its users lost SET on it) is a
+    // writer's: it goes with the retired role's objects (kept, or dropped with dropDataOnDestroy), never on its own.
+    if ((await marked(groupRoles.write)) && (await marked(retiredRole))) await client.query(`REASSIGN OWNED BY ${q(groupRoles.write)} TO ${q(retiredRole)}`);
     const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
     const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
     if (env.postgres.dropDataOnDestroy) {

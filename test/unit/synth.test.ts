@@ -166,10 +166,10 @@ test('roles: each grants a group role, with its TTLs, and revocation statements'
   const ro = roles.find((r) => r.name === 'readonly')!;
   assert.equal(ro.default_ttl, 3600);
   assert.equal(ro.max_ttl, 86400);
-  assert.match(ro.creation_statements[0], /IN ROLE pgvault_local_read;/);
-  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_local_write;/);
+  assert.match(ro.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_local_read'/);
+  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_local_write'/);
   assert.match(ro.creation_statements[0], / CONNECTION LIMIT 20 /);
-  assert.match(ro.creation_statements[3], /COMMENT ON ROLE "\{\{name\}\}" IS 'pgvault:local user statement-ms=300000 idle-ms=60000';/);
+  assert.match(ro.creation_statements[4], /COMMENT ON ROLE "\{\{name\}\}" IS 'pgvault:local user statement-ms=300000 idle-ms=60000';/);
   assert.doesNotMatch(ro.revocation_statements[0], /REASSIGN OWNED/, 'a read user\'s objects are dropped');
   assert.match(roles.find((r) => r.name === 'readwrite')!.revocation_statements[0], /REASSIGN OWNED BY %I TO pgvault_local_retired/);
   assert.equal(ro.revocation_statements.length, 1);
