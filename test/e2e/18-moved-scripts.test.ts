@@ -30,7 +30,11 @@ const NEW_HOOKS = '../../../dist/ops/hooks.js';
 /** The time the old tree's build and deploy may take. */
 const OLD_STEP_TIMEOUT_MS = 600_000;
 
-/** BEFORE_MOVE extracted and built in a scratch directory (kept for later runs: the build is skipped when up to date). */
+/**
+ * BEFORE_MOVE extracted and built in a scratch directory (kept for later runs: the build is
+ * skipped when up to date). Its node_modules links to this tree's packages, made again on every
+ * run (the clone an earlier run linked to, a CI checkout, may be gone), and its cdktf.out goes.
+ */
 function oldTree(): string {
   const dir = path.join(os.tmpdir(), `pgvault-before-move-${BEFORE_MOVE}`);
   if (!fs.existsSync(path.join(dir, 'package.json'))) {
@@ -40,13 +44,16 @@ function oldTree(): string {
       fs.rmSync(dir, { recursive: true, force: true });
       throw new Error(`end-to-end prerequisite missing: the commit ${BEFORE_MOVE} (the code before the move) in ${REPO_ROOT}'s git history: ${r.stderr.trim()}. Run this test from a git clone of the project.`);
     }
-    const modules = path.join(dir, 'node_modules');
-    fs.mkdirSync(path.join(modules, '@pgvault'), { recursive: true });
-    for (const name of fs.readdirSync(path.join(REPO_ROOT, 'node_modules'))) {
-      if (name !== '@pgvault') fs.symlinkSync(path.join(REPO_ROOT, 'node_modules', name), path.join(modules, name));
-    }
-    fs.symlinkSync(path.join('..', '..', 'app'), path.join(modules, '@pgvault', 'runtime'));
   }
+  // Its Terraform working directories name the state of the tree an earlier run deployed into.
+  fs.rmSync(path.join(dir, 'cdktf.out'), { recursive: true, force: true });
+  const modules = path.join(dir, 'node_modules');
+  fs.rmSync(modules, { recursive: true, force: true }); // links only: rm does not follow them
+  fs.mkdirSync(path.join(modules, '@pgvault'), { recursive: true });
+  for (const name of fs.readdirSync(path.join(REPO_ROOT, 'node_modules'))) {
+    if (name !== '@pgvault') fs.symlinkSync(path.join(REPO_ROOT, 'node_modules', name), path.join(modules, name));
+  }
+  fs.symlinkSync(path.join('..', '..', 'app'), path.join(modules, '@pgvault', 'runtime'));
   return dir;
 }
 
