@@ -415,8 +415,8 @@ write_env() {
     echo "export TF_CLI_CONFIG_FILE=$CACHE/terraform.rc"
     # The project's images, online and offline (stacks/config.ts: an environment file's
     # docker.vaultImage / postgresImage is the one way to another server, and a cluster
-    # takes no VAULT_IMAGE).
-    echo "export POSTGRES_IMAGE=$PROJECT_POSTGRES_IMAGE"
+    # takes no VAULT_IMAGE). A user's own POSTGRES_IMAGE stays (expanded by the eval).
+    echo "export POSTGRES_IMAGE=\"\${POSTGRES_IMAGE:-$PROJECT_POSTGRES_IMAGE}\""
     echo "export VAULT_IMAGE=$PROJECT_VAULT_IMAGE"
   } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
