@@ -19,14 +19,13 @@ export function loadToolchainEnv(): void {
   applyToolchainEnv(r.stdout, process.env);
 }
 
-/** Sets the `export NAME=value` lines of `text` in `env`, as a shell's eval would ($PATH and ${NAME:-default} expanded). */
+/** Sets the `export NAME=value` lines of `text` in `env`, as a shell's eval would ($PATH expanded); a user's own POSTGRES_IMAGE stays. */
 export function applyToolchainEnv(text: string, env: NodeJS.ProcessEnv): void {
   for (const line of text.split('\n')) {
     const m = line.match(/^export ([A-Z_][A-Z0-9_]*)=(.*)$/);
     if (!m) continue;
     if (USER_WINS.has(m[1]) && env[m[1]]) continue;
     let value = m[2].replace(/^"(.*)"$/, '$1');
-    value = value.replace(/\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}/g, (_, name: string, fallback: string) => env[name] || fallback);
     value = value.replace(/\$PATH/g, env.PATH ?? '');
     env[m[1]] = value;
   }

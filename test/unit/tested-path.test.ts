@@ -68,12 +68,17 @@ test('another server is an explicit setting of the environment file, and a clust
   assert.equal(resolveVaultImage('x.json', undefined, false, undefined), DEFAULT_VAULT_IMAGE);
 });
 
-/** The env file the toolchain's write_env writes (in a scratch cache). */
-function toolchainEnvFile(): string {
+/** What `toolchain.sh env` prints, from an env file write_env wrote in a scratch cache, with POSTGRES_IMAGE as given. */
+function toolchainEnv(own: string | undefined): string {
   const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-env-'));
+  const toolchain = path.join(REPO_ROOT, 'toolchain', 'toolchain.sh');
   try {
-    const script = `. '${path.join(REPO_ROOT, 'toolchain', 'toolchain.sh')}'; CACHE='${cache}'; ENV_FILE='${cache}/toolchain.env'; BIN=/b; OFFLINE=1; VAULT_SERVER_BIN=/v; HOST_PG_BINDIR=/p; TF_NAME=terraform; write_env; cat "$ENV_FILE"`;
-    const r = spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, PGVAULT_TOOLCHAIN_SOURCE_ONLY: '1' } });
+    const write = `. '${toolchain}'; BIN=/b; OFFLINE=1; VAULT_SERVER_BIN=/v; HOST_PG_BINDIR=/p; TF_NAME=terraform; write_env`;
+    const env: NodeJS.ProcessEnv = { ...process.env, PGVAULT_CACHE: cache };
+    delete env.POSTGRES_IMAGE;
+    const w = spawnSync('bash', ['-c', write], { encoding: 'utf8', timeout: 20_000, env: { ...env, PGVAULT_TOOLCHAIN_SOURCE_ONLY: '1' } });
+    assert.equal(w.status, 0, w.stderr);
+    const r = spawnSync('bash', [toolchain, 'env'], { encoding: 'utf8', timeout: 20_000, env: { ...env, ...(own !== undefined && { POSTGRES_IMAGE: own }) } });
     assert.equal(r.status, 0, r.stderr);
     return r.stdout;
   } finally {
@@ -98,10 +103,9 @@ test("the Postgres image: the environment file's setting, else a POSTGRES_IMAGE 
   assert.equal(resolvePostgresImage(undefined, ''), DEFAULT_POSTGRES_IMAGE, 'an empty variable counts as unset');
 
   // The toolchain's environment keeps a user's own POSTGRES_IMAGE: loaded by the npm commands, and eval'd by a shell.
-  const text = toolchainEnvFile();
   const load = (own?: string) => {
     const env: NodeJS.ProcessEnv = { PATH: '/usr/bin', ...(own !== undefined && { POSTGRES_IMAGE: own }) };
-    applyToolchainEnv(text, env);
+    applyToolchainEnv(toolchainEnv(own), env);
     return env;
   };
   assert.equal(load().POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'unset: the project image');
@@ -109,14 +113,16 @@ test("the Postgres image: the environment file's setting, else a POSTGRES_IMAGE 
   assert.equal(load('postgres:15').POSTGRES_IMAGE, 'postgres:15', "the user's own is kept");
   assert.equal(load('postgres:15').VAULT_IMAGE, DEFAULT_VAULT_IMAGE, 'the Vault image is the project one (the file is the way to another)');
   assert.equal(load().PATH, '/b:/usr/bin');
-  // An env file written by an earlier toolchain (a plain export) does not overwrite it either.
-  const earlier = { POSTGRES_IMAGE: 'postgres:15' } as NodeJS.ProcessEnv;
-  applyToolchainEnv(`export POSTGRES_IMAGE=${DEFAULT_POSTGRES_IMAGE}\n`, earlier);
-  assert.equal(earlier.POSTGRES_IMAGE, 'postgres:15');
-  for (const [own, expected] of [[undefined, DEFAULT_POSTGRES_IMAGE], ['postgres:15', 'postgres:15']] as const) {
-    const env = { ...process.env, POSTGRES_IMAGE: own ?? '' };
-    const r = spawnSync('sh', ['-c', 'eval "$ENV_TEXT" && printf %s "$POSTGRES_IMAGE"'], { encoding: 'utf8', timeout: 10_000, env: { ...env, ENV_TEXT: text } });
-    assert.equal(r.stdout, expected, `a shell's eval with POSTGRES_IMAGE=${own ?? '(unset)'}: ${r.stderr}`);
+  // The env file itself is unchanged (plain exports, as every checkout's loader reads it); this loader keeps the user's own over it too.
+  const plain = { POSTGRES_IMAGE: 'postgres:15' } as NodeJS.ProcessEnv;
+  applyToolchainEnv(toolchainEnv(undefined), plain);
+  assert.equal(plain.POSTGRES_IMAGE, 'postgres:15');
+  for (const own of [undefined, 'postgres:15']) {
+    const env: NodeJS.ProcessEnv = { ...process.env, ENV_TEXT: toolchainEnv(own) };
+    if (own === undefined) delete env.POSTGRES_IMAGE;
+    else env.POSTGRES_IMAGE = own;
+    const r = spawnSync('sh', ['-c', 'eval "$ENV_TEXT" && printf %s "$POSTGRES_IMAGE"'], { encoding: 'utf8', timeout: 10_000, env });
+    assert.equal(r.stdout, own ?? DEFAULT_POSTGRES_IMAGE, `a shell's eval with POSTGRES_IMAGE=${own ?? '(unset)'}: ${r.stderr}`);
   }
 });
 
