@@ -236,8 +236,9 @@ export type FakeStatementMode =
  */
 export class FakePostgres {
   port = 0;
-  /** Logins it accepts; any other gets 28P01, as Postgres answers for a dropped or expired user. */
+  /** Logins it accepts; any other gets `refusalCode`: 28P01, as Postgres answers for a dropped or expired user, or 28000 (pg_hba, NOLOGIN). */
   accepts: (user: string) => boolean = () => true;
+  refusalCode: '28P01' | '28000' = '28P01';
   mode: FakeStatementMode = 'answer';
   /** In 'answer' mode, the value of column `x` for a statement of `user` (`u => u` stands for `SELECT current_user`). */
   rowValue: (user: string, text: string) => string = () => '1';
@@ -372,7 +373,8 @@ export class FakePostgres {
           for (let i = 0; i + 1 < parts.length && parts[i]; i += 2) params[parts[i]] = parts[i + 1];
           this.startups.push(params);
           if (!this.accepts(params.user)) {
-            socket.end(FakePostgres.error('FATAL', '28P01', `password authentication failed for user "${params.user}"`));
+            const text = this.refusalCode === '28P01' ? `password authentication failed for user "${params.user}"` : `pg_hba.conf rejects connection for user "${params.user}"`;
+            socket.end(FakePostgres.error('FATAL', this.refusalCode, text));
             return;
           }
           pid = this.#nextPid++;
