@@ -26,8 +26,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { REPO_ROOT, loadEnvironment, localDir } from '../stacks/config';
-import { loadToolchainEnv, readSecretFile } from '../scripts/ops';
-import { killAtTimeout } from '../scripts/terraform-runner';
+import { loadToolchainEnv, readSecretFile } from '../ops';
+import { killAtTimeout } from '../ops/terraform/runner';
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);

@@ -10,7 +10,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import { Pool } from 'pg';
 import type { CredentialRuntime } from '@pgvault/runtime';
 import type { EnvironmentConfig } from '../stacks/config';
-import { postgresSsl } from '../scripts/db-bootstrap';
+import { postgresSsl } from '../ops/postgres/db-bootstrap';
 import { loadavg, superuser } from './revocation';
 import { median, percentile, ratesAroundEvents, ratio } from './stats';
 

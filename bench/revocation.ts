@@ -10,13 +10,13 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import type { EnvironmentConfig } from '../stacks/config';
-import { postgresSsl } from '../scripts/db-bootstrap';
-import { readSecretFile, vaultFetch } from '../scripts/ops';
+import { postgresSsl } from '../ops/postgres/db-bootstrap';
+import { readSecretFile, vaultFetch } from '../ops';
 import { mapBounded, perLease, ratio } from './stats';
 
 export const FLOOR_MOUNT = 'bench-floor';
 const FLOOR_CONNECTION = 'pg';
-const FLOOR_ROLE = 'floor';
+export const FLOOR_ROLE = 'floor';
 /** Bound of a call whose work grows with N: a base plus per lease. */
 const callMillis = (n: number) => 120_000 + n * 100;
 
@@ -58,25 +58,8 @@ export interface Floor {
 /** Creates (or refreshes) the floor's role and mount; idempotent. */
 export async function setUpFloor(b: Bench): Promise<Floor> {
   const env = b.env;
-  const user = `${env.database.retiredRole.replace(/_retired$/, '')}_bench_floor`;
-  const mark = `${env.database.mark} bench`;
-  const password = randomBytes(18).toString('base64url');
-  const ours = await vault(b, 'GET', `${env.secretsEngine.mountPath}/roles/${b.role}`);
+  const { user, password, creationStatements } = await floorRole(b);
   const conn = await vault(b, 'GET', `${env.secretsEngine.mountPath}/config/${env.secretsEngine.connectionName}`);
-  const group = env.roles.find((r) => r.name === b.role)?.groupRole ?? env.database.groupRoles.read;
-  const su = await superuser(env);
-  try {
-    const existing = await su.query(`SELECT pg_catalog.shobj_description(oid, 'pg_authid') AS c FROM pg_catalog.pg_roles WHERE rolname = $1`, [user]);
-    if (existing.rowCount && existing.rows[0].c !== mark) throw new Error(`role ${user} exists and is not the bench's (comment "${mark}"); the bench will not alter it`);
-    if (!existing.rowCount) await su.query(`CREATE ROLE ${q(user)} LOGIN CREATEROLE`);
-    await su.query(`ALTER ROLE ${q(user)} PASSWORD '${password}'`);
-    await su.query(`COMMENT ON ROLE ${q(user)} IS '${mark}'`);
-    const v16 = Number((await su.query('SHOW server_version_num')).rows[0].server_version_num) >= 160000;
-    await su.query(`GRANT ${q(group)} TO ${q(user)} WITH ADMIN OPTION${v16 ? ', INHERIT FALSE, SET FALSE' : ''}`);
-    await su.query(`GRANT CONNECT ON DATABASE ${q(env.postgres.database)} TO ${q(user)}`);
-  } finally {
-    await su.end();
-  }
   await vault(b, 'POST', `sys/mounts/${FLOOR_MOUNT}`, { type: 'database' }).catch((e) => {
     if (!/already in use/.test(e.message)) throw e;
   });
@@ -92,17 +75,46 @@ export async function setUpFloor(b: Bench): Promise<Floor> {
   });
   await vault(b, 'POST', `${FLOOR_MOUNT}/roles/${FLOOR_ROLE}`, {
     db_name: FLOOR_CONNECTION,
-    creation_statements: ours.data.creation_statements,
+    creation_statements: creationStatements,
     revocation_statements: ['DROP ROLE "{{name}}";'],
     default_ttl: 3600,
     max_ttl: 86400,
   });
-  return { user, password, creationStatements: ours.data.creation_statements, connectionUrl };
+  return { user, password, creationStatements, connectionUrl };
+}
+
+/** The floor's Postgres role alone (CREATEROLE, ADMIN on the role's group, as Vault's role has), and the role's creation statements. */
+export async function floorRole(b: Bench): Promise<{ user: string; password: string; creationStatements: string[] }> {
+  const env = b.env;
+  const user = `${env.database.retiredRole.replace(/_retired$/, '')}_bench_floor`;
+  const mark = `${env.database.mark} bench`;
+  const password = randomBytes(18).toString('base64url');
+  const ours = await vault(b, 'GET', `${env.secretsEngine.mountPath}/roles/${b.role}`);
+  const group = env.roles.find((r) => r.name === b.role)?.groupRole ?? env.database.groupRoles.read;
+  const su = await superuser(env);
+  try {
+    const existing = await su.query(`SELECT pg_catalog.shobj_description(oid, 'pg_authid') AS c FROM pg_catalog.pg_roles WHERE rolname = $1`, [user]);
+    if (existing.rowCount && existing.rows[0].c !== mark) throw new Error(`role ${user} exists and is not the bench's (comment "${mark}"); the bench will not alter it`);
+    if (!existing.rowCount) await su.query(`CREATE ROLE ${q(user)} LOGIN CREATEROLE`);
+    await su.query(`ALTER ROLE ${q(user)} PASSWORD '${password}'`);
+    await su.query(`COMMENT ON ROLE ${q(user)} IS '${mark}'`);
+    const v16 = Number((await su.query('SHOW server_version_num')).rows[0].server_version_num) >= 160000;
+    await su.query(`GRANT ${q(group)} TO ${q(user)} WITH ADMIN OPTION${v16 ? ', INHERIT FALSE, SET FALSE' : ''}`);
+    await su.query(`GRANT CONNECT ON DATABASE ${q(env.postgres.database)} TO ${q(user)}`);
+  } finally {
+    await su.end();
+  }
+  return { user, password, creationStatements: ours.data.creation_statements };
 }
 
 /** Removes the floor's mount (Vault revokes its leases) and its Postgres role. */
-export async function tearDownFloor(b: Bench, floor: Floor): Promise<void> {
+export async function tearDownFloor(b: Bench, floor: { user: string }): Promise<void> {
   await vault(b, 'DELETE', `sys/mounts/${FLOOR_MOUNT}`, undefined, callMillis(10_000)).catch((e) => console.error(`bench: unmount ${FLOOR_MOUNT}: ${e.message}`));
+  await dropFloorRole(b, floor);
+}
+
+/** The floor's Postgres role, unless roles it made are left. */
+export async function dropFloorRole(b: Bench, floor: { user: string }): Promise<void> {
   const su = await superuser(b.env);
   try {
     const left = await su.query(`SELECT count(*)::int AS n FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.member WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1) AND r.rolname <> $1`, [floor.user]);

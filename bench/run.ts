@@ -14,11 +14,14 @@
  *  revocation revoke-prefix of N leases (sync=true and sync=false) against Vault's floor (a mount
  *             whose role revokes with a bare DROP ROLE) and a plain DROP ROLE of N roles.
  *  peer       vault-benchmark's postgresql_secret test alternating with our issuance.
+ *  breakdown  where one issuance's time goes: the request floor, one storage write (Raft on a
+ *             cluster), the creation statements on Postgres, the rest; a new TLS connection's cost.
  *
  * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase,
  * default 10), BENCH_QUERY_SECONDS (per round, default 1), BENCH_QUERY_ROUNDS (default 10),
  * BENCH_ROTATION_SECONDS (default 12), BENCH_REVOKE_N (default "1000,4000"),
- * BENCH_PEER_SECONDS (per round, default 20), BENCH_PEER_ROUNDS (default 2).
+ * BENCH_PEER_SECONDS (per round, default 20), BENCH_PEER_ROUNDS (default 2), BENCH_BREAKDOWN_N
+ * (requests per step, default 200).
  *
  * It revokes every lease of the role with `sys/leases/revoke-prefix` and the admin token. On a
  * shared Vault that would drop other applications' live credentials too, so outside docker
@@ -27,10 +30,11 @@
 import { appConfigFromOutputs, CredentialRuntime, readOutputs, VaultSession } from '@pgvault/runtime';
 import { ApiServer } from '../api/server';
 import { loadEnvironment } from '../stacks/config';
-import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { deploy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../ops';
 import { peerPhase } from './peer';
 import { queryPath, rotationUnderLoad } from './query-path';
-import { loadavg, massRevocation } from './revocation';
+import { issuanceBreakdown } from './breakdown';
+import { dropFloorRole, floorRole, loadavg, massRevocation } from './revocation';
 import { percentile } from './stats';
 
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
@@ -42,7 +46,8 @@ const ROTATION_SECONDS = Number(process.env.BENCH_ROTATION_SECONDS ?? 12);
 const REVOKE_N = (process.env.BENCH_REVOKE_N ?? '1000,4000').split(',').map(Number);
 const PEER_SECONDS = Number(process.env.BENCH_PEER_SECONDS ?? 20);
 const PEER_ROUNDS = Number(process.env.BENCH_PEER_ROUNDS ?? 2);
-const PHASES = ['issuance', 'api', 'query', 'rotation', 'revocation', 'peer'] as const;
+const BREAKDOWN_N = Number(process.env.BENCH_BREAKDOWN_N ?? 200);
+const PHASES = ['issuance', 'breakdown', 'api', 'query', 'rotation', 'revocation', 'peer'] as const;
 /** Bound of a revoke-prefix, whose work grows with the number of leases. */
 const REVOKE_ALL_MILLIS = 600_000;
 
@@ -167,6 +172,16 @@ async function main(): Promise<void> {
   const role = outputs.roles[0];
   const writer = outputs.roles.find((r) => env.roles.find((c) => c.name === r)?.access === 'write');
   const bench = { env, admin: readSecretFile(env.vault.tokenFile, 'admin token'), vault: outputs.vault_address, role };
+
+  // 1b. Where an issuance's time goes.
+  if (phases.has('breakdown')) {
+    const floor = await floorRole(bench);
+    try {
+      await issuanceBreakdown(bench, floor, { n: BREAKDOWN_N, block: 20 });
+    } finally {
+      await dropFloorRole(bench, floor);
+    }
+  }
 
   if (phases.has('api') || phases.has('query') || phases.has('rotation')) {
     const rtCfg = appConfigFromOutputs(outputs, { secretId: await issueSecretId(envName) });

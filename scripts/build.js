@@ -31,6 +31,8 @@ const INPUTS = [
   'stacks',
   'app',
   'api',
+  'ops',
+  'demo',
   'scripts',
   'test',
   'bench',
@@ -40,7 +42,7 @@ const INPUTS = [
 const SKIP_DIRS = new Set(['node_modules', 'dist', 'cdktf.out', '.local', '.git']);
 
 /** Build outputs that must exist for a matching stamp to count (a deleted output rebuilds). */
-const OUTPUTS = ['dist/scripts/cli.js', 'dist/stacks/main.js', 'app/dist/index.js'];
+const OUTPUTS = ['dist/scripts/cli.js', 'dist/stacks/main.js', 'dist/ops/hooks.js', 'app/dist/index.js'];
 
 /** Written after a successful build: the hash of the inputs it was made from. */
 const STAMP = path.join(ROOT, 'dist', '.build-stamp');

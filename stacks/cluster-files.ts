@@ -3,7 +3,7 @@ import { EnvironmentConfig, localDir } from './config';
 
 /**
  * Where a Vault cluster's local files live, under `.local/<env>/`. Keys are made outside
- * Terraform (scripts/vault-cluster.ts), so none is ever in state or in cdk.tf.json.
+ * Terraform (ops/vault/vault-cluster.ts), so none is ever in state or in cdk.tf.json.
  */
 export function clusterFiles(env: EnvironmentConfig) {
   const dir = localDir(env.name);
@@ -35,6 +35,8 @@ export function nodeConfig(env: EnvironmentConfig, i: number): string {
     .filter((j) => j !== i)
     .map((j) => `  retry_join {\n    leader_api_addr     = "https://${nodeName(env, j)}:8200"\n    leader_ca_cert_file = "/pgvault/config/ca.pem"\n  }`)
     .join('\n');
+  // The text keeps the script's old path (now ops/vault/vault-cluster.ts): its digest is in the
+  // -infra stack (configDigests), and any change would restart every node of deployed clusters.
   return `# Made by scripts/vault-cluster.ts; no secret in it (the keys are files beside it).
 disable_mlock = true
 ui            = false
@@ -77,7 +79,7 @@ seal "static" {
 
 
 /**
- * Postgres's TLS and replication files (docker.postgresTls), made by scripts/vault-cluster.ts
+ * Postgres's TLS and replication files (docker.postgresTls), made by ops/vault/vault-cluster.ts
  * from the environment's CA and bind-mounted read-only at /pgvault/postgres. Each directory is
  * owned by the image's postgres user: Postgres refuses a key that is not its own (mode 0600).
  *   primary/  tls.pem, tls-key.pem, replication.scram (the replication role's SCRAM verifier only)

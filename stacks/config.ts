@@ -149,6 +149,11 @@ export interface EnvironmentConfig {
     readonly setupPasswordFile: string;
     readonly setupPasswordVersion: number;
     readonly maxOpenConnections: number;
+    /**
+     * SCRAM-SHA-256 iterations of the passwords Vault sets (PostgreSQL 16+); undefined: Postgres's
+     * own 4096. Opt-in speed: see docs/measurements.md, "Where an issuance's time goes".
+     */
+    readonly scramIterations?: number;
   };
   readonly roles: readonly RoleConfig[];
   /** Where Terraform keeps each stack's state. */
@@ -376,7 +381,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       adminUser: pg.adminUser ?? 'postgres',
       adminPasswordFile: path.join(local, 'postgres-password'),
       sslmode: pg.sslmode ?? (docker.postgresTls ? 'verify-full' : 'disable'),
-      // The environment's CA (scripts/vault-cluster.ts); each Vault node has a copy in its configuration directory.
+      // The environment's CA (ops/vault/vault-cluster.ts); each Vault node has a copy in its configuration directory.
       caCertFile: docker.postgresTls ? path.join(local, 'tls', 'ca.pem') : undefined,
       caCertFileOnVault: docker.postgresTls ? '/pgvault/config/postgres-ca.pem' : undefined,
       replica: docker.postgresReplica
@@ -385,7 +390,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       dropDataOnDestroy: true,
       restrictPublicConnect: pg.restrictPublicConnect ?? true,
     };
-    // A cluster serves TLS with the environment's own CA (made by the deploy, scripts/vault-cluster.ts).
+    // A cluster serves TLS with the environment's own CA (made by the deploy, ops/vault/vault-cluster.ts).
     const addresses = docker.vaultNodes ? vaultPorts.map((p) => `https://127.0.0.1:${p}`) : [`http://127.0.0.1:${docker.vaultHostPort}`];
     vaultResolved = {
       address: addresses[0],
@@ -522,6 +527,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
       setupPasswordFile: path.join(local, 'vault-setup-password'),
       setupPasswordVersion: se.setupPasswordVersion ?? 1,
       maxOpenConnections: se.maxOpenConnections ?? 4,
+      scramIterations: se.scramIterations,
     },
     roles,
     state,

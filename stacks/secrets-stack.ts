@@ -50,7 +50,7 @@ export class SecretsStack extends TerraformStack {
     });
 
     // Terraform runs this stack in cdktf.out/stacks/<id>: the hooks script is found from there.
-    const script = path.relative(path.join(REPO_ROOT, 'cdktf.out', 'stacks', id), path.resolve(__dirname, '..', 'scripts', 'hooks.js'));
+    const script = path.relative(path.join(REPO_ROOT, 'cdktf.out', 'stacks', id), path.resolve(__dirname, '..', 'ops', 'hooks.js'));
     const hook = (hookId: string, props: Omit<ScriptHookProps, 'script' | 'environment'>) =>
       new ScriptHook(this, hookId, { script, environment: env.name, ...props });
 

@@ -90,9 +90,27 @@ export function userComment(props: RoleStatementsProps): string {
 }
 
 /**
- * A login role that expires with the lease, inherits the group's privileges, may hold a bounded
- * number of connections, and starts its sessions with statement and idle-in-transaction timeouts.
- * The user can SET those away; the reaper enforces the same bounds from the comment.
+ * The user's membership of its group role: inherited, never SET (PostgreSQL 16+). A user that could
+ * SET ROLE to the group would create objects (tables, SECURITY DEFINER functions, large objects)
+ * owned by the group, which its revocation neither drops nor hands over. Before 16 every
+ * membership allows SET ROLE: the plain GRANT there is what `CREATE ROLE ... IN ROLE` gives. The
+ * server decides when Vault runs it, since the environment file does not say which version it is.
+ * Vault's role holds the group WITH ADMIN OPTION, which lets it grant any option.
+ */
+export function membershipStatement(group: string): string {
+  const g = ident('groupRole', group);
+  return (
+    `DO $$BEGIN IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN ` +
+    `EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', '${g}', '{{name}}'); ` +
+    `ELSE EXECUTE format('GRANT %I TO %I', '${g}', '{{name}}'); END IF; END$$;`
+  );
+}
+
+/**
+ * A login role that expires with the lease, inherits the group's privileges (without SET ROLE to
+ * it), may hold a bounded number of connections, and starts its sessions with statement and
+ * idle-in-transaction timeouts. The user can SET those away; the reaper enforces the same bounds
+ * from the comment.
  */
 export function creationStatements(props: RoleStatementsProps): string[] {
   const group = ident('groupRole', props.groupRole);
@@ -103,7 +121,8 @@ export function creationStatements(props: RoleStatementsProps): string[] {
   // only through the session's role, so its tables are the owner's and revocation reassigns nothing.
   const owner = props.setRole === undefined ? undefined : ident('setRole', props.setRole);
   return [
-    `CREATE ROLE "{{name}}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT ${limit} PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE ${group};`,
+    `CREATE ROLE "{{name}}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT ${limit} PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
+    membershipStatement(group),
     ...(owner ? [`GRANT ${owner} TO "{{name}}" WITH INHERIT FALSE, SET TRUE;`, `ALTER ROLE "{{name}}" SET role = '${owner}';`] : []),
     `ALTER ROLE "{{name}}" SET statement_timeout = '${statement}s';`,
     `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '${idle}s';`,
@@ -145,13 +164,15 @@ export function rollbackStatements(): string[] {
  *     about). A login that lands after (NOLOGIN commits with the transaction) is the reaper's;
  *  3. only when 2 succeeded, clean up in this database: take EXECUTE on its routines away from
  *     PUBLIC (each on its own); a write user's objects go to the retired role (which holds no
- *     privilege); a read user's are dropped, large objects included; DROP OWNED takes what is left
+ *     privilege; Vault's role holds it only for that statement, on PostgreSQL 16+); a read user's
+ *     are dropped, large objects included; DROP OWNED takes what is left
  *     (privileges, default privileges). In a block of its own: whatever fails here (a lock held past
  *     the timeout), the disarm above commits;
  *  4. DROP ROLE in a block of its own: when an object (here, or in another database) holds the
  *     role, the drop fails, and the role stays disarmed and marked, for the bootstrap or the
  *     teardown (as the superuser, the only one that reaches other databases) to clean up: a
- *     writer's objects are handed over there too, never dropped. The revocation succeeds;
+ *     writer's objects are handed over there too, never dropped. Vault's role gives up its
+ *     membership of the role (granted in 2). The revocation succeeds;
  *  5. other disarmed roles of the environment are tried again (a few): one whose blocking object
  *     is gone is dropped. Only on the full path: on the fast one it would scan every role's
  *     comment, and try drops that fail, for each of thousands of revocations.
@@ -173,7 +194,15 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
         `        RAISE WARNING 'pgvault: EXECUTE on % kept for PUBLIC: %', f, SQLERRM;`,
         '      END;',
         '    END LOOP;',
+        // Vault's role holds the retired role without its privileges (PostgreSQL 16+), so that it
+        // cannot use the tables handed over before; REASSIGN needs them (and SET) on the target:
+        // lent to itself for this statement, taken back in the same block (rolled back with it).
+        `    IF NOT pg_catalog.pg_has_role(current_user, '${retired}', 'USAGE') THEN`,
+        `      EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET TRUE', '${retired}', current_user);`,
+        '      lent := true;',
+        '    END IF;',
         `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
+        `    IF lent THEN EXECUTE format('REVOKE %I FROM %I', '${retired}', current_user); END IF;`,
       ]
     : [];
   return [
@@ -187,7 +216,7 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
       // A block is compiled whole before it runs; a nested DO only when it runs: the fast path
       // does not pay for compiling the full one.
       '    DO $full$',
-      `    DECLARE u oid := ${lookUp}; g name; f regprocedure; d name; i int; p int[]; granted boolean := false;`,
+      `    DECLARE u oid := ${lookUp}; g name; f regprocedure; d name; i int; p int[]; granted boolean := false; lent boolean := false;`,
       '    BEGIN',
       ...fullPath(props.mark, disarmed, handOver).map((l) => `    ${l}`),
       '    END',
@@ -261,6 +290,14 @@ function fullPath(envMark: string, disarmed: string, handOver: string[]): string
     `    EXECUTE format('DROP ROLE %I', '{{name}}');`,
     '  EXCEPTION WHEN OTHERS THEN',
     `    RAISE WARNING 'pgvault: role % left disarmed: %', '{{name}}', SQLERRM;`,
+    // Vault's role must not stay a member of a role it could not drop (it would keep the owner's rights on what that role still owns).
+    '    IF granted THEN',
+    '      BEGIN',
+    `        EXECUTE format('REVOKE %I FROM %I', '{{name}}', current_user);`,
+    '      EXCEPTION WHEN OTHERS THEN',
+    `        RAISE WARNING 'pgvault: % is still a member of role %: %', current_user, '{{name}}', SQLERRM;`,
+    '      END;',
+    '    END IF;',
     '  END;',
     `  FOR d IN SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_shdescription s ON s.objoid = r.oid AND s.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass`,
     `           WHERE ${isDisarmedSql('s.description', envMark)} AND r.rolname <> '{{name}}' AND NOT r.rolcanlogin LIMIT 3 LOOP`,

@@ -8,10 +8,10 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig, REPO_ROOT, loadEnvironment } from '../stacks/config';
-import { deploy, destroy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../scripts/ops';
+import { deploy, destroy, issueSecretId, loadToolchainEnv, outputsFile, readSecretFile, vaultFetch } from '../ops';
 import { localDir } from '../stacks/config';
 import { AppConfig, appConfigFromOutputs, readOutputs, VaultSession } from '@pgvault/runtime';
-import { postgresSsl } from '../scripts/db-bootstrap';
+import { postgresSsl } from '../ops/postgres/db-bootstrap';
 
 /** Fails (never skips) with what is missing and how to get it. */
 export function requireToolchain(): void {
@@ -59,7 +59,7 @@ export async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; second
 }
 
 export { deploy, destroy, loadEnvironment };
-export { prepareLocalSecrets } from '../scripts/ops';
+export { prepareLocalSecrets } from '../ops';
 
 /** Superuser connection to the environment's Postgres. */
 export async function adminClient(env: EnvironmentConfig): Promise<Client> {

@@ -4,7 +4,8 @@ import { DataResource } from 'cdktf/lib/terraform-data-resource';
 
 export interface ScriptHookProps {
   /**
-   * Path of the compiled hooks script (scripts/hooks.js), relative to the directory Terraform
+   * Path of the compiled hooks script (ops/hooks.js; scripts/hooks.js before it moved, which
+   * stays as a shim for older configurations), relative to the directory Terraform
    * runs the stack in, so that nothing of one machine's layout lands in state.
    */
   readonly script: string;
@@ -44,7 +45,7 @@ const SAFE_ARGUMENT = /^[A-Za-z0-9._/][A-Za-z0-9._/-]*$/;
  * and the environment are literals of the configuration, run without a shell (`interpreter`),
  * after `--`. A destroy provisioner reads `self` from the state, which whoever can write the
  * state controls; the state's input only reaches the script as data (PGVAULT_HOOK_INPUT),
- * which it compares with its arguments and refuses when they differ (scripts/state-trust.ts).
+ * which it compares with its arguments and refuses when they differ (ops/terraform/state-trust.ts).
  */
 export class ScriptHook extends Construct {
   public readonly resource: DataResource;

@@ -14,7 +14,7 @@ export interface VaultClusterProps {
   readonly firstHostPort: number;
   /**
    * Each node's configuration directory on the host: config.hcl, TLS files and the seal key,
-   * made outside Terraform (scripts/vault-cluster.ts) so no key is ever in state.
+   * made outside Terraform (ops/vault/vault-cluster.ts) so no key is ever in state.
    */
   readonly configDirs: readonly string[];
   /**
@@ -34,7 +34,7 @@ export interface VaultClusterProps {
 /**
  * An OpenBao cluster on integrated Raft storage: one container per node on the private
  * network, TLS on the API and cluster listeners, static-key auto-unseal, a file audit log on
- * the node's volume. The cluster is initialized after apply (scripts/vault-cluster.ts).
+ * the node's volume. The cluster is initialized after apply (ops/vault/vault-cluster.ts).
  */
 export class VaultCluster extends Construct {
   public readonly containers: Container[];

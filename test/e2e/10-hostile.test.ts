@@ -4,12 +4,14 @@
  * against the real deploy (Terraform, Vault, Postgres 17 in Docker, the reaper); the assertions
  * are Postgres's view afterwards: no login, no session, nothing owned by the revoked role.
  */
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Client } from 'pg';
 import { DatabaseCredentials, VaultSession } from '@pgvault/runtime';
-import { EnvironmentConfig } from '../../stacks/config';
-import { adminConnect, dropDynamicUsers, postgresSsl } from '../../scripts/db-bootstrap';
+import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
+import { adminConnect, dropDynamicUsers, postgresSsl } from '../../ops/postgres/db-bootstrap';
 import * as h from '../harness';
 
 const ENV = 'hostile';
@@ -20,10 +22,14 @@ const IDLE_SECONDS = 3;
 const REAPER_SLACK_MILLIS = 2000;
 /** Another team's database on the same server, open to PUBLIC as CREATE DATABASE leaves it. */
 const OTHER_DB = 'hostile_other';
+/** A database that allows no connections (as a template or a database being restored): the superuser's clean-up cannot reach it. */
+const CLOSED_DB = 'hostile_closed';
 
 describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
   let env: EnvironmentConfig;
   let admin: Client;
+  /** The last test destroys the environment itself, with its admin connection ended first. */
+  let adminEnded = false;
   let session: VaultSession;
   let mount: string;
   const opened: Client[] = [];
@@ -106,7 +112,7 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
   after(async () => {
     for (const c of opened) await c.end().catch(() => undefined);
     await session?.revokeSelf().catch(() => undefined);
-    await admin?.end().catch(() => undefined);
+    if (!adminEnded) await admin?.end().catch(() => undefined);
     await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
   }, { timeout: 5 * 60_000 });
 
@@ -151,6 +157,9 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
       const m = await admin.query(`SELECT pg_has_role($1, $2, 'USAGE') AS usage, pg_has_role($1, $2, 'SET') AS set, pg_has_role($1, $2, 'USAGE WITH ADMIN OPTION') AS admin`, [vault, group]);
       assert.deepEqual(m.rows[0], { usage: false, set: false, admin: true }, group);
     }
+    // Nor through the retired role, which owns every table handed over at revocation: it lends it to itself only inside a revocation.
+    const retired = await admin.query(`SELECT pg_has_role($1, $2, 'USAGE') AS usage, pg_has_role($1, $2, 'SET') AS set`, [vault, env.database.retiredRole]);
+    assert.deepEqual(retired.rows[0], { usage: false, set: false }, env.database.retiredRole);
     const left = await admin.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'hostile-canary'");
     assert.equal(left.rows[0].n, 1);
   });
@@ -214,6 +223,8 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
        UNION ALL SELECT p.proname, pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.proname IN ('hostile_f', 'hostile_p') ORDER BY 1`,
     );
     assert.deepEqual(owners.rows, ['hostile_f', 'hostile_kept', 'hostile_p'].map((what) => ({ what, owner: env.database.retiredRole })));
+    const vaultUses = await admin.query(`SELECT has_table_privilege($1, 'app.hostile_kept', 'SELECT') AS s, has_table_privilege($1, 'app.hostile_kept', 'DELETE') AS d`, [env.secretsEngine.vaultUser]);
+    assert.deepEqual(vaultUses.rows[0], { s: false, d: false }, 'Vault\'s role cannot read or change a handed-over table');
     const exec = await admin.query(
       `SELECT count(*)::int AS n FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
         WHERE p.proname IN ('hostile_f', 'hostile_p') AND a.grantee = 0`,
@@ -240,6 +251,8 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
       assert.ok(after, 'kept: the lock stopped the hand-over, so its table holds it');
       assert.deepEqual({ canlogin: after.canlogin, memberships: after.memberships, comment: after.comment }, { canlogin: false, memberships: 0, comment: `${env.database.mark} disarmed write` });
       assert.notEqual(await h.tryLogin(env, creds.username, creds.password), 'ok', 'no login');
+      const member = await admin.query(`SELECT pg_has_role($1, $2, 'USAGE') AS usage, pg_has_role($1, $2, 'SET') AS set`, [env.secretsEngine.vaultUser, creds.username]);
+      assert.deepEqual(member.rows[0], { usage: false, set: false }, 'Vault\'s role gave up the membership that would give it the owner\'s rights on the table');
       // The superuser's clean-up waits for the lock a bounded time too, then leaves the role for the next pass.
       const { value: early, seconds: cleanUpSeconds } = await h.timed(() => dropDynamicUsers(admin, env, { disarmedOnly: true }));
       console.log(`# figure: the superuser's clean-up of that writer, its table still locked, gave up after ${cleanUpSeconds.toFixed(2)}s`);
@@ -259,6 +272,75 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     );
     assert.deepEqual(t.rows[0], { owner: env.database.retiredRole, rows: 100, total: 5050 }, 'handed to the retired role, never dropped');
     await admin.query('DROP TABLE app.hostile_migrated');
+  });
+
+  test('SET ROLE to the group role is refused (42501), as readonly and as readwrite; what the user then makes is its own, and goes with its revocation', { timeout: 90_000 }, async () => {
+    for (const [r, group] of [['readonly', env.database.groupRoles.read], ['readwrite', env.database.groupRoles.write]] as const) {
+      const creds = await session.issue(mount, r);
+      const c = await connect(creds);
+      await assert.rejects(c.query(`SET ROLE ${c.escapeIdentifier(group)}`), { code: '42501' }, `${r}: SET ROLE ${group}`);
+      assert.equal((await c.query('SELECT current_user AS u')).rows[0].u, creds.username);
+      // Still the group's privileges, by inheritance.
+      assert.ok((await c.query("SELECT has_table_privilege('app.items', 'SELECT') AS s")).rows[0].s);
+      const lo = (await c.query("SELECT lo_from_bytea(0, repeat('y', 1024 * 1024)::bytea) AS oid")).rows[0].oid;
+      const owner = await admin.query('SELECT pg_get_userbyid(lomowner) AS o FROM pg_largeobject_metadata WHERE oid = $1', [lo]);
+      assert.equal(owner.rows[0].o, creds.username, 'the large object is the user\'s own, not the group\'s');
+      await session.revoke(creds.leaseId);
+      assert.equal(await role(creds.username), undefined);
+      const los = await admin.query('SELECT count(*)::int AS n FROM pg_largeobject_metadata WHERE oid = $1', [lo]);
+      // A reader's is dropped; a writer's is handed to the retired role (a large object can be data), never kept by the group.
+      assert.deepEqual(
+        { n: los.rows[0].n, owner: (await admin.query('SELECT pg_get_userbyid(lomowner) AS o FROM pg_largeobject_metadata WHERE oid = $1', [lo])).rows[0]?.o },
+        r === 'readonly' ? { n: 0, owner: undefined } : { n: 1, owner: env.database.retiredRole },
+        r,
+      );
+      if (r === 'readwrite') await admin.query('SELECT lo_unlink($1)', [lo]);
+    }
+    const groupOwned = await admin.query(
+      `SELECT count(*)::int AS n FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid WHERE s.deptype = 'o' AND r.rolname = ANY($1)`,
+      [[env.database.groupRoles.read, env.database.groupRoles.write]],
+    );
+    assert.equal(groupOwned.rows[0].n, 0, 'the group roles own nothing');
+  });
+
+  test('a readwrite user that leaves objects in another database is still disarmed; the superuser hands them over there, rows intact', { timeout: 90_000 }, async () => {
+    // Another team's database where anyone may create (as public was before PostgreSQL 15).
+    const su = await adminConnect(env, 10_000, OTHER_DB);
+    await su.query('GRANT CREATE ON SCHEMA public TO PUBLIC');
+    const creds = await session.issue(mount, 'readwrite');
+    const other = await connect(creds, OTHER_DB);
+    await other.query('CREATE TABLE public.hostile_elsewhere (x int)');
+    await other.query('INSERT INTO public.hostile_elsewhere SELECT generate_series(1, 10)');
+    await other.query('CREATE FUNCTION public.hostile_elsewhere_f() RETURNS int LANGUAGE sql SECURITY DEFINER AS $$ SELECT 1 $$');
+    const lo = (await other.query("SELECT lo_from_bytea(0, 'kept data') AS oid")).rows[0].oid;
+    const pid = (await other.query('SELECT pg_backend_pid() AS p')).rows[0].p;
+
+    await session.revoke(creds.leaseId);
+
+    const after = await role(creds.username);
+    assert.ok(after, 'kept: its table in another database holds it');
+    assert.deepEqual({ canlogin: after.canlogin, memberships: after.memberships, comment: after.comment }, { canlogin: false, memberships: 0, comment: `${env.database.mark} disarmed write` });
+    assert.notEqual(await h.tryLogin(env, creds.username, creds.password, { ...env.postgres, database: OTHER_DB }), 'ok', 'no login, there either');
+    await h.waitFor('its session in the other database to end', async () => (await sessions([pid])) === 0, 5000);
+
+    try {
+      const { dropped, kept } = await dropDynamicUsers(admin, env, { disarmedOnly: true });
+      assert.deepEqual({ dropped, kept }, { dropped: [creds.username], kept: [] });
+      const t = await su.query(
+        `SELECT pg_get_userbyid(c.relowner) AS owner, (SELECT sum(x)::int FROM public.hostile_elsewhere) AS total,
+                (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'hostile_elsewhere_f') AS fowner,
+                (SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata WHERE oid = $1) AS loowner,
+                convert_from(lo_get($1), 'UTF8') AS lo
+           FROM pg_class c WHERE c.oid = 'public.hostile_elsewhere'::regclass`,
+        [lo],
+      );
+      assert.deepEqual(t.rows[0], { owner: env.database.retiredRole, total: 55, fowner: env.database.retiredRole, loowner: env.database.retiredRole, lo: 'kept data' }, 'handed to the retired role, never dropped');
+    } finally {
+      // The retired role must own nothing outside the app's database when the environment is destroyed.
+      await su.query('DROP TABLE IF EXISTS public.hostile_elsewhere; DROP FUNCTION IF EXISTS public.hostile_elsewhere_f(); REVOKE CREATE ON SCHEMA public FROM PUBLIC').catch(() => undefined);
+      await su.query('SELECT lo_unlink($1)', [lo]).catch(() => undefined);
+      await su.end();
+    }
   });
 
   test('SET statement_timeout = 0 does not escape the statement bound: the reaper ends the statement', { timeout: 60_000 }, async () => {
@@ -366,5 +448,39 @@ describe('hostile dynamic users', { timeout: 20 * 60_000 }, () => {
     assert.equal(await role(creds.username), undefined);
     assert.equal(await dependencies(creds.username), 0);
     assert.notEqual(await h.tryLogin(env, creds.username, creds.password), 'ok');
+  });
+
+  // Last: it destroys the environment (the after() hook then finds nothing deployed).
+  test('destroy with a role the clean-up cannot drop exits 0 and says what it left', { timeout: 6 * 60_000 }, async () => {
+    await admin.query(`CREATE DATABASE ${CLOSED_DB}`);
+    const creds = await session.issue(mount, 'readonly');
+    const c = await connect(creds, CLOSED_DB);
+    await c.query("SELECT lo_from_bytea(0, 'out of reach')");
+    await session.revoke(creds.leaseId);
+    assert.equal((await role(creds.username))?.comment, `${env.database.mark} disarmed read`);
+    // Closed now (a database being restored, say): the superuser's clean-up cannot connect there, so the role stays.
+    await admin.query(`ALTER DATABASE ${CLOSED_DB} ALLOW_CONNECTIONS false`);
+    // A table the write group owns, as a writer could make before PostgreSQL 16 (SET ROLE): the teardown hands it
+    // to the retired role with the rest, so it does not stop DROP SCHEMA ... RESTRICT.
+    await admin.query(`CREATE TABLE app.hostile_group_owned (x int); ALTER TABLE app.hostile_group_owned OWNER TO ${admin.escapeIdentifier(env.database.groupRoles.write)}`);
+    for (const x of opened.splice(0)) await x.end().catch(() => undefined);
+    await admin.end();
+    adminEnded = true;
+
+    // The CLI a user runs, its output on its own stdout (not the test's cdktf log).
+    const { code, out, seconds } = await new Promise<{ code: number | null; out: string; seconds: number }>((resolve, reject) => {
+      const t = Date.now();
+      const child = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'scripts', 'cli.js'), 'destroy', ENV], { cwd: REPO_ROOT, env: { ...process.env, PGVAULT_CDKTF_LOG: '' } });
+      let text = '';
+      child.stdout.on('data', (d) => (text += d));
+      child.stderr.on('data', (d) => (text += d));
+      const timer = setTimeout(() => (child.kill('SIGKILL'), reject(new Error(`destroy of ${ENV} hung, killed after 300 s; its output:\n${text}`))), 300_000);
+      child.on('close', (code) => (clearTimeout(timer), resolve({ code, out: text, seconds: (Date.now() - t) / 1000 })));
+    });
+    console.log(`# figure: destroy of ${ENV} with a role left over took ${seconds.toFixed(1)}s`);
+    assert.equal(code, 0, out);
+    assert.match(out, new RegExp(`LEFT 1 disarmed role\\(s\\) that could not be dropped[^\\n]*${creds.username.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`), out);
+    assert.equal(h.docker('ps', '-a', '--filter', `name=pgvault-${ENV}-`, '--format', '{{.Names}}'), '', 'its containers are gone (the leftover with them)');
+    assert.equal(h.docker('volume', 'ls', '--filter', `name=pgvault-${ENV}-`, '--format', '{{.Name}}'), '');
   });
 });

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
-import { outputsFile, readSecretFile } from '../../scripts/ops';
+import { outputsFile, readSecretFile } from '../../ops';
 import * as h from '../harness';
 
 const ENV = 'trust';
@@ -135,7 +135,7 @@ describe('the deploy trusts nothing it reads from state', () => {
     const hook = hookOf(JSON.parse(fs.readFileSync(stateFile(SECRETS), 'utf8')), 'outputs-file');
     const direct = terraform(SECRETS, ['destroy', '-auto-approve', '-refresh=false', `-target=terraform_data.${hook.name}`]);
     assert.notEqual(direct.status, 0, `terraform destroy of the hook succeeded:\n${direct.output}`);
-    assert.match(direct.output, /Executing: \["node" "--" "\.\.\/\.\.\/\.\.\/dist\/scripts\/hooks\.js" "remove-outputs" "trust"\]/, 'the argument vector is the configuration\'s literals');
+    assert.match(direct.output, /Executing: \["node" "--" "\.\.\/\.\.\/\.\.\/dist\/ops\/hooks\.js" "remove-outputs" "trust"\]/, 'the argument vector is the configuration\'s literals');
     assert.match(direct.output, /remove-outputs failed: hook remove-outputs for "trust" refused: the state's input names the environment "x\\"; touch /);
     assertIntact();
 

@@ -9,8 +9,8 @@ import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { DatabaseCredentials, VaultSession } from '@pgvault/runtime';
 import { EnvironmentConfig } from '../../stacks/config';
-import { postgresSsl } from '../../scripts/db-bootstrap';
-import { verifyRole } from '../../scripts/verify';
+import { postgresSsl } from '../../ops/postgres/db-bootstrap';
+import { verifyRole } from '../../demo/verify';
 import * as h from '../harness';
 
 const ENV = 'roles';

@@ -14,9 +14,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { readOutputs } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT, resolveEnvironment } from '../../stacks/config';
-import { issueSecretId, outputsFile } from '../../scripts/ops';
-import { MissingDatabaseError, up } from '../../scripts/db-bootstrap';
-import { liveLeaseCount } from '../../scripts/vault-admin';
+import { issueSecretId, outputsFile } from '../../ops';
+import { MissingDatabaseError, up } from '../../ops/postgres/db-bootstrap';
+import { liveLeaseCount } from '../../ops/vault/vault-admin';
 import * as h from '../harness';
 
 const ENV = 'apps';
@@ -81,6 +81,8 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
     h.requireToolchain();
     h.localCopy(ENV, { postgres: PG_PORT, vault: VAULT_PORT }, (doc) => {
       doc.postgres.databases = ['reports'];
+      // The opt-in speed setting, on both databases' Vault roles.
+      doc.secretsEngine = { ...doc.secretsEngine, scramIterations: 16 };
       doc.roles.shop_writer = { access: 'write', defaultTtlSeconds: 600, maxTtlSeconds: 3600 };
       doc.roles.reporter = { access: 'read', database: 'reports', defaultTtlSeconds: 600, maxTtlSeconds: 3600 };
       doc.apps = {
@@ -178,6 +180,23 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
     }
   });
 
+  test('secretsEngine.scramIterations: the passwords Vault sets in either database are hashed with that count, and log in', { timeout: TEST_MS }, async () => {
+    const users = [await creds(tokens.get('report')!, 'reporter'), await creds(tokens.get('api')!, 'readonly')];
+    const admin = await h.adminClient(env);
+    try {
+      for (const u of users) {
+        const r = await admin.query('SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1', [u.user]);
+        assert.match(String(r.rows[0]?.rolpassword).slice(0, 20), /^SCRAM-SHA-256\$16:/, `${u.user}'s verifier has 16 iterations`);
+      }
+      const setting = await admin.query(`SELECT r.rolname, s.setconfig FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole WHERE r.rolname = $1`, [env.secretsEngine.vaultUser]);
+      assert.deepEqual(setting.rows[0]?.setconfig, ['scram_iterations=16'], 'set on Vault\'s role');
+    } finally {
+      await admin.end();
+    }
+    assert.equal(await connectTo(env, 'reports', users[0].user, users[0].password), 'ok');
+    assert.equal(await connectTo(env, 'app', users[1].user, users[1].password), 'ok');
+  });
+
   test('a lease of the second database is revoked through its own connection: its user is dropped', { timeout: TEST_MS }, async () => {
     const report = tokens.get('report')!;
     const c = await creds(report, 'reporter');
@@ -245,7 +264,7 @@ describe('apps: one AppRole per app; databases: each role reaches its own', () =
   });
 
   test('serve runs as the app it is given: shop\'s secret_id, shop\'s roles; an unknown app or one without the API\'s roles stops it with the reason', { timeout: TEST_MS }, async () => {
-    const serve = path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js');
+    const serve = path.join(REPO_ROOT, 'dist', 'api', 'serve.js');
     const fail = (args: string[], extra: NodeJS.ProcessEnv) => spawnSync(process.execPath, [serve, ENV, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...extra, PORT: String(API_PORT) } });
     const unknown = fail([], { PGVAULT_APP: 'billing' });
     assert.equal(unknown.status, 1);

@@ -15,8 +15,8 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { jwtLogin, VaultSession } from '@pgvault/runtime';
 import { REPO_ROOT } from '../../stacks/config';
-import { destroySecretIdAccessor, secretIdAccessors } from '../../scripts/vault-admin';
-import { outputsFile } from '../../scripts/ops';
+import { destroySecretIdAccessor, secretIdAccessors } from '../../ops/vault/vault-admin';
+import { outputsFile } from '../../ops';
 import * as h from '../harness';
 
 const ENV = 'zero';
@@ -27,8 +27,8 @@ const AUDIENCE = 'pgvault';
 const SUBJECT = 'system:serviceaccount:shop:api';
 const TOKEN_TTL = 4;
 const TOKEN_MAX_TTL = 8;
-const SERVE = path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js');
-const SECRET_ID = path.join(REPO_ROOT, 'dist', 'scripts', 'secret-id.js');
+const SERVE = path.join(REPO_ROOT, 'dist', 'api', 'serve.js');
+const SECRET_ID = path.join(REPO_ROOT, 'dist', 'ops', 'vault', 'secret-id.js');
 const T = (seconds: number) => ({ timeout: seconds * 1000 });
 
 let work: string;

@@ -27,8 +27,8 @@ const VAULT_PORT = 18390;
 const API_PORT = 18391;
 const PROMETHEUS_PORT = 18392;
 const LEASE_TTL_SECONDS = 20;
-const STATUS = path.join(__dirname, '..', '..', 'scripts', 'status.js');
-const SERVE = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+const STATUS = path.join(__dirname, '..', '..', 'ops', 'status', 'status.js');
+const SERVE = path.join(__dirname, '..', '..', 'api', 'serve.js');
 const RULES = path.join(REPO_ROOT, 'app', 'alerts', 'pgvault-alerts.yml');
 const VAULT_CONTAINER = `pgvault-${ENV}-vault`;
 

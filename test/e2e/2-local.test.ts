@@ -10,8 +10,8 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
 import { VaultRequestError } from '@pgvault/runtime';
-import { connectWith } from '../../scripts/verify';
-import { outputsFile } from '../../scripts/ops';
+import { connectWith } from '../../demo/verify';
+import { outputsFile } from '../../ops';
 import * as h from '../harness';
 
 const ENV = 'local';
@@ -452,7 +452,7 @@ const API = `http://127.0.0.1:${API_PORT}`;
 
 /** The REST API as a real process on the local environment. */
 function startServer() {
-  const serve = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+  const serve = path.join(__dirname, '..', '..', 'api', 'serve.js');
   const child = spawn(process.execPath, [serve, ENV], { env: { ...process.env, PORT: String(API_PORT), LOG_LEVEL: 'warn' }, stdio: 'ignore' });
   return child;
 }

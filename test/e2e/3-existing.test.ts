@@ -13,8 +13,8 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig, localDir } from '../../stacks/config';
-import { verifyRole } from '../../scripts/verify';
-import { connectWith } from '../../scripts/verify';
+import { verifyRole } from '../../demo/verify';
+import { connectWith } from '../../demo/verify';
 import * as h from '../harness';
 
 const ENV = 'existing-example';
@@ -92,6 +92,7 @@ describe('existing-infrastructure environment, end to end', () => {
       doc.postgres.database = 'app_b';
       doc.secretsEngine = { mountPath: 'database-b' };
       doc.appAccess = { approleMount: 'approle-b', roleName: 'pgvault-app-b' };
+      doc.postgres.restrictPublicConnect = true;
     });
     env = h.loadEnvironment(ENV);
     await h.waitFor('Vault to answer over TLS', async () => Boolean(await h.vaultAdmin(env, 'GET', 'sys/health')));
@@ -121,6 +122,12 @@ describe('existing-infrastructure environment, end to end', () => {
     } else {
       assert.doesNotMatch(log, /before PostgreSQL 16 a CREATEROLE role/, `no warning for PostgreSQL ${hostPg.major}`);
     }
+    // What bounds a lost credential here but is the operator's to switch on: both said at the deploy.
+    assert.match(log, /WARNING: PUBLIC may connect to database\(s\) [^\n]*\bapp_b\b[^\n]*set "postgres\.restrictPublicConnect": true/, 'the databases open to PUBLIC, and the fix');
+    const reaper = path.join(localDir(ENV), 'reaper.sql');
+    assert.match(log, new RegExp(`schedule ${reaper.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`), 'the reaper job is named');
+    assert.match(fs.readFileSync(reaper, 'utf8'), /pg_terminate_backend[\s\S]*pgvault:existing-example disarmed/);
+    assert.equal(fs.statSync(reaper).mode & 0o777, 0o600);
     console.log(`# figure: deploy of ${ENV} (existing servers): ${seconds.toFixed(1)}s`);
     assert.equal(outputs.vault_address, `https://127.0.0.1:${VAULT_PORT}`);
     assert.equal(outputs.postgres_port, PG_PORT);
@@ -144,7 +151,21 @@ describe('existing-infrastructure environment, end to end', () => {
   });
 
   test('two environments share the servers: both work, and destroying one leaves the other and its data untouched', async () => {
+    const publicConnect = async () =>
+      (await superuser.query(
+        `SELECT datname FROM pg_database WHERE datallowconn AND datname <> 'app_b'
+            AND (datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')) ORDER BY 1`,
+      )).rows.map((r) => r.datname);
+    const openBefore = await publicConnect();
+    assert.ok(openBefore.includes('app_c'), `PUBLIC may connect to app_c before: ${openBefore}`);
+    const mark = h.cdktfLogSize();
     await h.deploy('existing-b');
+    // existing-b sets restrictPublicConnect: its bootstrap takes CONNECT from PUBLIC everywhere else, and warns no more.
+    const openAfter = await publicConnect();
+    // Given back for the tests after this one (the revoke is the opt-in's point, not theirs).
+    for (const db of openBefore) await superuser.query(`GRANT CONNECT ON DATABASE ${superuser.escapeIdentifier(db)} TO PUBLIC`);
+    assert.deepEqual(openAfter, [], 'no other database is open to PUBLIC');
+    assert.doesNotMatch(h.cdktfLogSince(mark), /WARNING: PUBLIC may connect/);
     const b = h.loadEnvironment('existing-b');
     const { cfg, session } = await h.appSession('existing-b');
     const bAdmin = await h.adminClient(b);
@@ -157,6 +178,7 @@ describe('existing-infrastructure environment, end to end', () => {
       const held = await session.issue(cfg.mountPath, 'readonly');
       await h.destroy(ENV);
       destroyed = true;
+      assert.equal(fs.existsSync(path.join(localDir(ENV), 'reaper.sql')), false, 'the teardown removes the reaper job file');
       assert.equal(await h.tryLogin(b, held.username, held.password), 'ok', "existing-b's live user is untouched");
       assert.equal((await bAdmin.query("SELECT count(*)::int AS n FROM app.items WHERE name = 'team-b-row'")).rows[0].n, 1, "existing-b's data is untouched");
       const report = await verifyRole(session, cfg, 'readwrite', 'write');

@@ -13,8 +13,8 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Client } from 'pg';
 import { EnvironmentConfig } from '../../stacks/config';
-import { issueSecretId, outputsFile, readSecretFile } from '../../scripts/ops';
-import { checkPostgresDataVolume, postgresDataVolume } from '../../scripts/preflight';
+import { issueSecretId, outputsFile, readSecretFile } from '../../ops';
+import { checkPostgresDataVolume, postgresDataVolume } from '../../ops/local/preflight';
 import * as h from '../harness';
 
 const ENV = 'clients';

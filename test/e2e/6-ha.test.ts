@@ -13,15 +13,15 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { EnvironmentConfig, REPO_ROOT, localDir } from '../../stacks/config';
 import { clusterFiles } from '../../stacks/cluster-files';
-import { auditLog, nodeCall } from '../../scripts/vault-cluster';
-import { outputsFile } from '../../scripts/ops';
+import { auditLog, nodeCall } from '../../ops/vault/vault-cluster';
+import { outputsFile } from '../../ops';
 import { appConfigFromOutputs, readOutputs, VaultSession, AppConfig } from '@pgvault/runtime';
 import * as h from '../harness';
 
 const ENV = 'ha';
 const API_PORT = 18240;
 const BASE = `http://127.0.0.1:${API_PORT}`;
-const SERVE = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+const SERVE = path.join(__dirname, '..', '..', 'api', 'serve.js');
 const NODES = ['pgvault-ha-vault-0', 'pgvault-ha-vault-1', 'pgvault-ha-vault-2'];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -14,14 +14,14 @@ import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import * as http from 'node:http';
 import { Client } from 'pg';
 import { EnvironmentConfig, localDir, REPO_ROOT } from '../../stacks/config';
-import { issueSecretId, outputsFile } from '../../scripts/ops';
+import { issueSecretId, outputsFile } from '../../ops';
 import { appConfigFromOutputs, AppConfig, CredentialRuntime, pgSsl, readOutputs, RuntimeMetrics, VaultSession } from '@pgvault/runtime';
 import * as h from '../harness';
 
 const ENV = 'ha';
 const API_PORT = 18241;
 const BASE = `http://127.0.0.1:${API_PORT}`;
-const SERVE = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+const SERVE = path.join(__dirname, '..', '..', 'api', 'serve.js');
 const PRIMARY = 'pgvault-ha-postgres';
 const REPLICA = 'pgvault-ha-postgres-replica';
 /** The bound the README states for a revoked user's sessions on the replica. */

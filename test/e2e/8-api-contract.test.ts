@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { appConfigFromOutputs, CredentialRuntime, readOutputs } from '@pgvault/runtime';
 import { ApiServer } from '../../api/server';
-import { issueSecretId, outputsFile } from '../../scripts/ops';
+import { issueSecretId, outputsFile } from '../../ops';
 import { loadEnvironment, REPO_ROOT } from '../../stacks/config';
 import * as h from '../harness';
 
@@ -71,7 +71,7 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
     await h.destroy(ENV);
     await h.deploy(ENV);
     const out = fs.openSync(serverLog, 'a');
-    server = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js'), ENV], { env: { ...process.env, PORT: String(PORT), LOG_LEVEL: 'info' }, stdio: ['ignore', out, out] });
+    server = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'api', 'serve.js'), ENV], { env: { ...process.env, PORT: String(PORT), LOG_LEVEL: 'info' }, stdio: ['ignore', out, out] });
     fs.closeSync(out);
     await h.waitFor('the API to be ready', async () => (await fetch(`${BASE}/readyz`)).status === 200, 60_000);
     console.log(`# server log: ${serverLog}`);

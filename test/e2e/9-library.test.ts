@@ -20,7 +20,7 @@ import { spawnSync } from 'node:child_process';
 import { Client, Pool, PoolClient } from 'pg';
 import { appConfigFromOutputs, CredentialRuntime, DatabaseCredentials, readOutputs } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
-import { issueSecretId, outputsFile, readSecretFile } from '../../scripts/ops';
+import { issueSecretId, outputsFile, readSecretFile } from '../../ops';
 import * as h from '../harness';
 
 const ENV = 'lib';

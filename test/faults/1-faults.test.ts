@@ -17,7 +17,7 @@ import * as h from '../harness';
 const ENV = 'faults';
 const PORT = 18181;
 const BASE = `http://127.0.0.1:${PORT}`;
-const SERVE = path.join(__dirname, '..', '..', 'scripts', 'serve.js');
+const SERVE = path.join(__dirname, '..', '..', 'api', 'serve.js');
 const DEFAULT_TTL = 10;
 const MAX_TTL = 24;
 /** The server's request deadline (serve's default) and the margin its answers may take past it (the cancel's 1 s bound, the backstop). */

@@ -15,11 +15,11 @@ import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import { appConfigFromOutputs, CredentialRuntime, readOutputs } from '@pgvault/runtime';
 import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
-import { issueSecretId, outputsFile } from '../../scripts/ops';
+import { issueSecretId, outputsFile } from '../../ops';
 import * as h from '../harness';
 
 const ENV = 'longrun';
-const SERVE = path.join(REPO_ROOT, 'dist', 'scripts', 'serve.js');
+const SERVE = path.join(REPO_ROOT, 'dist', 'api', 'serve.js');
 const SECRET_ID_TTL = 15;
 const TOKEN_TTL = 6;
 const TOKEN_MAX_TTL = 15;
@@ -402,10 +402,10 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     const out = fs.openSync(log, 'a');
     const childEnv: NodeJS.ProcessEnv = { ...process.env, PORT: String(port) };
     delete childEnv.PGVAULT_SECRET_ID_FILE;
-    // Exactly as the README says: `npm run serve -- <env>`, or `node dist/scripts/serve.js <env>`.
+    // Exactly as the README says: `npm run serve -- <env>`, or `node dist/api/serve.js <env>` (dist/scripts/serve.js is the deprecated path).
     const child = how === 'npm'
       ? spawn('npm', ['run', 'serve', '--', ENV], { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', out, out] })
-      : spawn(process.execPath, ['dist/scripts/serve.js', ENV], { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', out, out] });
+      : spawn(process.execPath, ['dist/api/serve.js', ENV], { cwd: REPO_ROOT, env: childEnv, stdio: ['ignore', out, out] });
     fs.closeSync(out);
     started.push(child);
     await h.waitFor(`the server (${how}) to be ready`, async () => (await status(port, '/readyz')) === 200, 120_000);
@@ -415,7 +415,7 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     child.kill(signal);
     const code = await exited(child, 30_000);
     const seconds = (Date.now() - t0) / 1000;
-    console.log(`# figure: ${how === 'npm' ? 'npm run serve' : 'node dist/scripts/serve.js'} + ${signal}: exit ${code} after ${seconds.toFixed(1)}s; processes below it: ${below.length}`);
+    console.log(`# figure: ${how === 'npm' ? 'npm run serve' : 'node dist/api/serve.js'} + ${signal}: exit ${code} after ${seconds.toFixed(1)}s; processes below it: ${below.length}`);
     assert.equal(code, 0, fs.readFileSync(log, 'utf8').slice(-2000));
     await h.waitFor('every process below it to be gone', async () => below.every((p) => !alive(p)), 5000);
     assert.equal(await status(port, '/healthz'), 0, 'nothing serves on the port any more');
@@ -432,7 +432,7 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     await signalRun('npm', 'SIGINT', PORTS.npmInt);
   });
 
-  test('node dist/scripts/serve.js (no npm, as for containers and systemd) + SIGTERM: the same', async () => {
+  test('node dist/api/serve.js (no npm, as for containers and systemd) + SIGTERM: the same', async () => {
     await signalRun('node', 'SIGTERM', PORTS.node);
   });
 });

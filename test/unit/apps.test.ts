@@ -225,10 +225,10 @@ test('each database gets its own Vault connection (own Vault role, own root rota
   const roles = Object.values(doc.resource.vault_database_secret_backend_role as Record<string, Json>);
   const reporter = roles.find((r) => r.name === 'reporter')!;
   assert.match(reporter.db_name, /connection-reports/);
-  assert.match(reporter.creation_statements[0], /IN ROLE pgvault_t_reports_read;$/);
+  assert.match(reporter.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_t_reports_read'/);
   assert.ok(reporter.depends_on.some((d: string) => /rotate-root-reports/.test(d)));
   const readonly = roles.find((r) => r.name === 'readonly')!;
-  assert.match(readonly.creation_statements[0], /IN ROLE pgvault_t_read;$/);
+  assert.match(readonly.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_t_read'/);
   assert.deepEqual(doc.output.role_endpoints.value.reporter, { host: 'db.example', port: 5432, target: 'primary', database: 'reports' });
   assert.equal(doc.output.role_endpoints.value.readonly.database, undefined, 'the default database is postgres_database');
   const bootstrap = Object.values(doc.resource.terraform_data as Record<string, Json>).find((h) => h.triggers_replace?.vault_mount)!;

@@ -282,3 +282,15 @@ test('each role bounds its users: connections, statements and idle transactions,
   doc.roles.readonly.connectionLimit = 0;
   rejects(doc, 'ENV_SCHEMA', 'roles.readonly.connectionLimit', '0');
 });
+
+test('secretsEngine.scramIterations: unset by default (Postgres\'s own 4096); an opt-in count from 1 to 4096; anything else refused', () => {
+  assert.equal(resolveEnvironment('local', '/envs/local.json', shipped('local')).secretsEngine.scramIterations, undefined);
+  const doc = shipped('local');
+  doc.secretsEngine = { scramIterations: 16 };
+  assert.equal(resolveEnvironment('local', '/envs/local.json', doc).secretsEngine.scramIterations, 16);
+  for (const bad of [0, 5000, 1.5, '16']) {
+    const d = shipped('local');
+    d.secretsEngine = { scramIterations: bad };
+    rejects(d, 'ENV_SCHEMA', 'secretsEngine.scramIterations');
+  }
+});

@@ -5,7 +5,7 @@ import { App, Testing } from 'cdktf';
 import { InfraStack } from '../../stacks/infra-stack';
 import { SecretsStack } from '../../stacks/secrets-stack';
 import { loadEnvironment } from '../../stacks/config';
-import { adminPolicy } from '../../scripts/vault-cluster';
+import { adminPolicy } from '../../ops/vault/vault-cluster';
 
 type Json = Record<string, any>;
 

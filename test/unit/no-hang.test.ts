@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { runStacks, StackRunError } from '../../scripts/terraform-runner';
+import { runStacks, StackRunError } from '../../ops/terraform/runner';
 import { REPO_ROOT } from '../../stacks/config';
 import { nodeTestArgs, tapCounts } from '../run';
 

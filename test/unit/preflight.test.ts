@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { resolveEnvironment } from '../../stacks/config';
-import { imagePostgresMajor, postgresDataVersionMismatch, postgresDataVolume } from '../../scripts/preflight';
+import { imagePostgresMajor, postgresDataVersionMismatch, postgresDataVolume } from '../../ops/local/preflight';
 
 test('the PostgreSQL major of an image comes from its PG_MAJOR, else from its tag', () => {
   assert.equal(imagePostgresMajor('pgvault/postgres:17-trixie-local', ['PATH=/usr/bin', 'PG_MAJOR=17']), '17');

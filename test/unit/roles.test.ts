@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as sql from '../../stacks/statements';
-import { containment } from '../../scripts/verify';
+import { containment } from '../../demo/verify';
 
 // --- grantPlan: read like a table -----------------------------------------------------------
 
@@ -112,8 +112,9 @@ test('grantPlan: the write shorthand as grants, with CREATE in the schema; names
 test('migrate: the user holds the owner role without inheriting it and starts as it; its revocation drops, never reassigns', () => {
   const props: sql.RoleStatementsProps = { groupRole: 'pgvault_t_g_migrator', retiredRole: 'pgvault_t_retired', mark: 'pgvault:t', access: 'read', setRole: OWNER };
   const { creation, revocation } = sql.roleSql(props, { group: props.groupRole, grants: [] }, empty);
-  assert.match(creation[0], / INHERIT CONNECTION LIMIT 20 .* IN ROLE pgvault_t_g_migrator;$/);
-  assert.deepEqual(creation.slice(1, 3), [`GRANT ${OWNER} TO "{{name}}" WITH INHERIT FALSE, SET TRUE;`, `ALTER ROLE "{{name}}" SET role = '${OWNER}';`]);
+  assert.match(creation[0], / INHERIT CONNECTION LIMIT 20 /);
+  assert.equal(creation[1], sql.membershipStatement('pgvault_t_g_migrator'));
+  assert.deepEqual(creation.slice(2, 4), [`GRANT ${OWNER} TO "{{name}}" WITH INHERIT FALSE, SET TRUE;`, `ALTER ROLE "{{name}}" SET role = '${OWNER}';`]);
   assert.doesNotMatch(revocation.join('\n'), /REASSIGN OWNED/);
   assert.match(revocation.join('\n'), /DROP OWNED BY/);
   assert.throws(() => sql.creationStatements({ ...props, setRole: 'x; DROP' }), /not a safe Postgres identifier/);

@@ -65,7 +65,7 @@ test('a private key named as a public key file is refused at synth', T, () => {
 
 test('secret-id arguments: an environment, --app and --wrap-ttl; anything else is a usage error naming the value', T, () => {
   // Imported, not run: the command runs only as the process's own script.
-  const { parseSecretIdArgs } = require('../../scripts/secret-id') as typeof import('../../scripts/secret-id');
+  const { parseSecretIdArgs } = require('../../ops/vault/secret-id') as typeof import('../../ops/vault/secret-id');
   assert.deepEqual(parseSecretIdArgs(['local']), { env: 'local', app: undefined, wrapTtlSeconds: undefined });
   assert.deepEqual(parseSecretIdArgs(['local', '--app', 'pgvault-app', '--wrap-ttl', '120']), { env: 'local', app: 'pgvault-app', wrapTtlSeconds: 120 });
   assert.throws(() => parseSecretIdArgs([]), /no environment given; usage:/);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { inDependencyOrder, SynthesizedStack } from '../../scripts/terraform-runner';
+import { inDependencyOrder, SynthesizedStack } from '../../ops/terraform/runner';
 
 const stack = (name: string, ...dependencies: string[]): SynthesizedStack => ({ name, dir: `/nowhere/${name}`, dependencies });
 const env = [stack('e-infra'), stack('e-secrets', 'e-infra')];

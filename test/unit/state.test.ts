@@ -7,8 +7,8 @@ import { Testing } from 'cdktf';
 import { resolveEnvironment, REPO_ROOT } from '../../stacks/config';
 import { ConfigError } from '../../stacks/errors';
 import { SecretsStack } from '../../stacks/secrets-stack';
-import { LOCK_CONFLICT, stateBackendEnv, stateLocked, stateResources } from '../../scripts/state-backend';
-import { StateTrustError, checkHookInput, checkHookState, dockerObjectsRemain, environmentNames } from '../../scripts/state-trust';
+import { LOCK_CONFLICT, stateBackendEnv, stateLocked, stateResources } from '../../ops/terraform/state-backend';
+import { StateTrustError, checkHookInput, checkHookState, dockerObjectsRemain, environmentNames } from '../../ops/terraform/state-trust';
 
 const shipped = () => JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'environments', 'existing-example.json'), 'utf8'));
 const withState = (state: unknown, base = shipped()) => ({ ...base, state });
@@ -139,8 +139,8 @@ const HOOK = 'teardown_run_0123';
 const config = () => ({
   resource: {
     terraform_data: {
-      [HOOK]: { input: { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} }, provisioner: [{ 'local-exec': { when: 'destroy', command: 'trust' } }] },
-      writer_run_4567: { input: { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} }, triggers_replace: { a: 1 }, provisioner: [{ 'local-exec': { command: 'trust' } }] },
+      [HOOK]: { input: { environment: 'trust', script: '../../../dist/ops/hooks.js', values: {} }, provisioner: [{ 'local-exec': { when: 'destroy', command: 'trust' } }] },
+      writer_run_4567: { input: { environment: 'trust', script: '../../../dist/ops/hooks.js', values: {} }, triggers_replace: { a: 1 }, provisioner: [{ 'local-exec': { command: 'trust' } }] },
     },
   },
 });
@@ -149,7 +149,7 @@ const stateOf = (input: unknown, triggers: unknown = null, name = HOOK) => ({
 });
 
 test('a hook input in state that differs from the configuration is refused before Terraform runs', { timeout: 10_000 }, () => {
-  const good = { environment: 'trust', script: '../../../dist/scripts/hooks.js', values: {} };
+  const good = { environment: 'trust', script: '../../../dist/ops/hooks.js', values: {} };
   checkHookState('trust', 'destroy', 'trust-secrets', config(), stateOf(good), 'f.tfstate');
   checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(good, { value: { a: 2 } }, 'writer_run_4567'), 'f.tfstate');
   checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ environment: 'gone' }, null, 'not_in_config'), 'f.tfstate');
@@ -160,8 +160,10 @@ test('a hook input in state that differs from the configuration is refused befor
   );
   assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '-e' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "-e"'));
   assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '/tmp/x.js' }), 'f'), refused('STATE_HOOK_TAMPERED', 'input.script "/tmp/x.js"'));
-  // A script moved in the repository: the deploy writes the new path in place, running nothing.
-  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '../../../dist/scripts/deploy/hooks.js' }), 'f');
+  // A script moved in the repository (scripts/hooks.js became ops/hooks.js): the deploy writes
+  // the new path in place, running nothing, and the destroy of an older deployment goes on.
+  checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf({ ...good, script: '../../../dist/scripts/hooks.js' }), 'f');
+  checkHookState('trust', 'destroy', 'trust-secrets', config(), stateOf({ ...good, script: '../../../dist/scripts/hooks.js' }), 'f');
   assert.throws(() => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(null), 'f'), refused('STATE_HOOK_TAMPERED', 'input.environment undefined'));
   assert.throws(
     () => checkHookState('trust', 'deploy', 'trust-secrets', config(), stateOf(good, { value: 'replace me', type: 'string' }), 'f'),
@@ -170,9 +172,11 @@ test('a hook input in state that differs from the configuration is refused befor
 });
 
 test('the hook script refuses an input (from state) that is not its own', { timeout: 10_000 }, () => {
-  const script = '../../../dist/scripts/hooks.js';
+  const script = '../../../dist/ops/hooks.js';
   const input = (o: unknown) => JSON.stringify(o);
   checkHookInput('teardown', 'trust', input({ environment: 'trust', script }));
+  // The path an environment deployed before the move holds in its state.
+  checkHookInput('teardown', 'trust', input({ environment: 'trust', script: '../../../dist/scripts/hooks.js' }));
   assert.throws(() => checkHookInput('teardown', 'trust', undefined), refused('HOOK_INPUT_REFUSED', 'PGVAULT_HOOK_INPUT is not set', 'Nothing ran'));
   assert.throws(() => checkHookInput('teardown', 'trust', '{'), refused('HOOK_INPUT_REFUSED', 'not JSON'));
   assert.throws(

@@ -12,19 +12,32 @@ test('creation grants the group role, bounds the connections and expires with th
   assert.match(stmt, /PASSWORD '\{\{password\}\}'/);
   assert.match(stmt, /VALID UNTIL '\{\{expiration\}\}'/);
   assert.match(stmt, / CONNECTION LIMIT 20 /, 'the default: the runtime pool of 10 and room for its checks');
-  assert.match(stmt, /IN ROLE pgvault_local_read;$/);
+  assert.doesNotMatch(stmt, /IN ROLE/, 'the membership is granted with its options');
   assert.doesNotMatch(stmt, /GRANT .* ON /, 'no per-table grants');
+});
+
+test('creation grants the group role inherited but never SET-able on PostgreSQL 16+, as IN ROLE before', () => {
+  const [, membership] = sql.creationStatements(props);
+  assert.equal(membership, sql.membershipStatement('pgvault_local_read'));
+  assert.equal(
+    membership,
+    "DO $$BEGIN IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN " +
+      "EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_local_read', '{{name}}'); " +
+      "ELSE EXECUTE format('GRANT %I TO %I', 'pgvault_local_read', '{{name}}'); END IF; END$$;",
+    'a user that could SET ROLE to its group would make objects the group owns, which revocation leaves; the 16+ syntax only in a string, so older servers never parse it',
+  );
+  assert.throws(() => sql.membershipStatement("x', 'y"), /not a safe Postgres identifier/);
 });
 
 test('creation sets the session bounds as defaults and records them where the user cannot change them', () => {
   const all = sql.creationStatements({ ...props, connectionLimit: 12, statementTimeoutSeconds: 5, idleInTransactionTimeoutSeconds: 3 });
-  assert.deepEqual(all.slice(1), [
+  assert.deepEqual(all.slice(2), [
     `ALTER ROLE "{{name}}" SET statement_timeout = '5s';`,
     `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '3s';`,
     `COMMENT ON ROLE "{{name}}" IS 'pgvault:local user statement-ms=5000 idle-ms=3000';`,
   ]);
   assert.match(all[0], / CONNECTION LIMIT 12 /);
-  assert.deepEqual(sql.creationStatements(props).slice(1, 3), [
+  assert.deepEqual(sql.creationStatements(props).slice(2, 4), [
     `ALTER ROLE "{{name}}" SET statement_timeout = '300s';`,
     `ALTER ROLE "{{name}}" SET idle_in_transaction_session_timeout = '60s';`,
   ]);
@@ -125,6 +138,37 @@ test('revocation skips the grant to Vault\'s role when a membership survived the
   );
 });
 
+test('Vault\'s role holds the retired role only for the hand-over: lent to itself before the REASSIGN, taken back right after, in the same block', () => {
+  const [block] = sql.revocationStatements(writer);
+  const lines = block.split('\n');
+  const at = (needle: string) => {
+    const i = lines.findIndex((l) => l.includes(needle));
+    assert.ok(i >= 0, needle);
+    return i;
+  };
+  const check = at("IF NOT pg_catalog.pg_has_role(current_user, 'pgvault_local_retired', 'USAGE') THEN");
+  const lend = at("EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET TRUE', 'pgvault_local_retired', current_user);");
+  const reassign = at('REASSIGN OWNED BY %I TO pgvault_local_retired');
+  const giveBack = at("IF lent THEN EXECUTE format('REVOKE %I FROM %I', 'pgvault_local_retired', current_user); END IF;");
+  assert.ok(check < lend && lend < reassign && reassign < giveBack, 'lent only when not already inherited (before 16), and given back after');
+  const indent = (i: number) => lines[i].search(/\S/);
+  let begin = check;
+  while (!(lines[begin].trim() === 'BEGIN' && indent(begin) < indent(check))) begin--;
+  const end = lines.findIndex((l, i) => i > begin && l.trim() === 'EXCEPTION WHEN OTHERS THEN' && indent(i) === indent(begin));
+  assert.ok(lines[begin - 1].includes('IF granted THEN') && giveBack < end, 'all in the hand-over block: a failure rolls the loan back with it');
+  assert.ok(lines.slice(giveBack, end).some((l) => l.includes("DROP OWNED BY %I', '{{name}}'")));
+  assert.doesNotMatch(sql.revocationStatements(props)[0], /pgvault_local_retired', current_user/, 'a read user hands nothing over');
+});
+
+test('when the role cannot be dropped, Vault\'s role gives up its membership of it', () => {
+  const [block] = sql.revocationStatements(writer);
+  assert.match(
+    block,
+    /EXECUTE format\('DROP ROLE %I', '\{\{name\}\}'\);\n\s+EXCEPTION WHEN OTHERS THEN\n\s+RAISE WARNING 'pgvault: role % left disarmed: %'[^\n]*\n\s+IF granted THEN\n\s+BEGIN\n\s+EXECUTE format\('REVOKE %I FROM %I', '\{\{name\}\}', current_user\);\n\s+EXCEPTION WHEN OTHERS THEN\n/,
+    'a member of a disarmed writer would keep its owner rights on what the writer still owns',
+  );
+});
+
 test('revocation drops what a read user owns instead of handing it over, and records its access', () => {
   const [block] = sql.revocationStatements(props);
   assert.doesNotMatch(block, /REASSIGN OWNED/);
@@ -210,7 +254,7 @@ test('fails when the app has no role (an empty lease_id list would admit every l
 });
 
 test('the setup password reaches Postgres as a SCRAM verifier, never as text', async () => {
-  const { scramVerifier } = await import('../../scripts/db-bootstrap');
+  const { scramVerifier } = await import('../../ops/postgres/db-bootstrap');
   const v = scramVerifier('setup-secret', Buffer.alloc(16, 1), 4096);
   assert.match(v, /^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$/);
   assert.ok(!v.includes('setup-secret'));

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { REPO_ROOT } from '../../stacks/config';
 
-const STATUS = path.join(__dirname, '..', '..', 'scripts', 'status.js');
+const STATUS = path.join(__dirname, '..', '..', 'ops', 'status', 'status.js');
 
 function status(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [STATUS, ...args], { encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL', env: { ...process.env, ...env } });

@@ -1,11 +1,11 @@
 /**
- * The status report's logic (scripts/status-report.ts): which facts are problems and what each
+ * The status report's logic (ops/status/status-report.ts): which facts are problems and what each
  * says to do, the --json document's stable top level, and the one-screen text. The facts are
  * written here by hand; test/e2e/17-status gathers real ones.
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { problemsOf, statusJson, statusText, StatusFacts } from '../../scripts/status-report';
+import { problemsOf, statusJson, statusText, StatusFacts } from '../../ops/status/status-report';
 
 const NOW = Date.parse('2026-12-02T12:00:00Z');
 

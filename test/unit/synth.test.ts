@@ -92,7 +92,7 @@ test('re-running the bootstrap never runs the teardown: they are separate hooks,
   const teardown = hook(secrets, 'teardown');
   assert.equal(teardown.triggers_replace, undefined, 'nothing replaces the teardown');
   assert.deepEqual(teardown.provisioner.map((p: Json) => p['local-exec'].when), ['destroy']);
-  assert.deepEqual(argv(teardown.provisioner[0]), ['node', '--', '../../../dist/scripts/hooks.js', 'teardown', 'local']);
+  assert.deepEqual(argv(teardown.provisioner[0]), ['node', '--', '../../../dist/ops/hooks.js', 'teardown', 'local']);
 });
 
 test('no value from state reaches a shell or node: every hook runs literals, without a shell, after --', { timeout: 30_000 }, () => {
@@ -103,7 +103,7 @@ test('no value from state reaches a shell or node: every hook runs literals, wit
     for (const [id, r] of all) {
       for (const p of r.provisioner as Json[]) {
         const exec = p['local-exec'];
-        assert.deepEqual(argv(p).slice(0, 3), ['node', '--', '../../../dist/scripts/hooks.js'], `${name} ${id}: node runs the script after --, with no shell`);
+        assert.deepEqual(argv(p).slice(0, 3), ['node', '--', '../../../dist/ops/hooks.js'], `${name} ${id}: node runs the script after --, with no shell`);
         assert.equal(exec.command, name, `${name} ${id}: the environment is a literal`);
         assert.ok(!/\$\{|%\{/.test(JSON.stringify(argv(p))), `${name} ${id}: no interpolation in ${JSON.stringify(argv(p))}`);
         // The state's input reaches the script as data only, which it compares with its arguments.
@@ -148,7 +148,7 @@ test('the hooks record no path of this machine in state: a second clone plans no
   const { secrets } = synthEnv('local');
   const inputs = JSON.stringify(Object.values(secrets.resource.terraform_data).map((r: any) => [r.input, r.triggers_replace]));
   assert.ok(!inputs.includes(REPO_ROOT), inputs);
-  assert.equal(hook(secrets, 'teardown').input.script, '../../../dist/scripts/hooks.js');
+  assert.equal(hook(secrets, 'teardown').input.script, '../../../dist/ops/hooks.js');
 });
 
 test('the deploy writes the outputs file, and the destroy removes it', () => {
@@ -166,10 +166,10 @@ test('roles: each grants a group role, with its TTLs, and revocation statements'
   const ro = roles.find((r) => r.name === 'readonly')!;
   assert.equal(ro.default_ttl, 3600);
   assert.equal(ro.max_ttl, 86400);
-  assert.match(ro.creation_statements[0], /IN ROLE pgvault_local_read;/);
-  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[0], /IN ROLE pgvault_local_write;/);
+  assert.match(ro.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_local_read'/);
+  assert.match(roles.find((r) => r.name === 'readwrite')!.creation_statements[1], /'GRANT %I TO %I WITH INHERIT TRUE, SET FALSE', 'pgvault_local_write'/);
   assert.match(ro.creation_statements[0], / CONNECTION LIMIT 20 /);
-  assert.match(ro.creation_statements[3], /COMMENT ON ROLE "\{\{name\}\}" IS 'pgvault:local user statement-ms=300000 idle-ms=60000';/);
+  assert.match(ro.creation_statements[4], /COMMENT ON ROLE "\{\{name\}\}" IS 'pgvault:local user statement-ms=300000 idle-ms=60000';/);
   assert.doesNotMatch(ro.revocation_statements[0], /REASSIGN OWNED/, 'a read user\'s objects are dropped');
   assert.match(roles.find((r) => r.name === 'readwrite')!.revocation_statements[0], /REASSIGN OWNED BY %I TO pgvault_local_retired/);
   assert.equal(ro.revocation_statements.length, 1);

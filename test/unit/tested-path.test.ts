@@ -9,8 +9,8 @@ import * as path from 'node:path';
 import * as os from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, loadEnvironment, REPO_ROOT, resolveEnvironment, resolvePostgresImage, resolveVaultImage } from '../../stacks/config';
-import { serverVersion, warnOldServer } from '../../scripts/db-bootstrap';
-import { applyToolchainEnv } from '../../scripts/toolchain-env';
+import { serverVersion, warnOldServer } from '../../ops/postgres/db-bootstrap';
+import { applyToolchainEnv } from '../../ops/local/toolchain-env';
 
 function versionsEnv(): Record<string, string> {
   const text = fs.readFileSync(path.join(REPO_ROOT, 'toolchain', 'versions.env'), 'utf8');

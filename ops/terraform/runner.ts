@@ -17,7 +17,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ChildProcess, spawn } from 'node:child_process';
-import { EnvironmentConfig, REPO_ROOT } from '../stacks/config';
+import { EnvironmentConfig, REPO_ROOT } from '../../stacks/config';
 
 /** Where cdktf (cdktf.json's default) and this runner write the synthesized stacks. */
 export const OUTDIR = path.join(REPO_ROOT, 'cdktf.out');

@@ -1,6 +1,6 @@
 /** `.local/<env>/outputs.json`: what the app needs from a deploy, written by the deploy itself. */
 import * as path from 'node:path';
-import { EnvironmentConfig, localDir } from '../stacks/config';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
 import { writePrivateFile } from './local-secrets';
 
 export function outputsFile(envName: string): string {

@@ -6,7 +6,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { EnvironmentConfig, localDir } from '../stacks/config';
+import { EnvironmentConfig, localDir } from '../../stacks/config';
 
 function randomSecret(): string {
   return crypto.randomBytes(24).toString('base64url');
@@ -70,7 +70,7 @@ export function prepareLocalSecrets(env: EnvironmentConfig): void {
   fs.chmodSync(dir, 0o700);
   if (env.infrastructure === 'docker') {
     ensureSecretFile(env.postgres.adminPasswordFile, randomSecret);
-    // A cluster's admin token is written by its initialization (scripts/vault-cluster.ts).
+    // A cluster's admin token is written by its initialization (ops/vault/vault-cluster.ts).
     if (!env.docker?.vaultNodes) ensureSecretFile(env.vault.tokenFile, () => crypto.randomBytes(20).toString('hex'));
   } else {
     for (const [setting, file] of [

@@ -2,9 +2,9 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { EnvironmentConfig, loadEnvironment } from '../stacks/config';
-import { readSecretFile } from './local-secrets';
-import { outputsFile } from './outputs';
+import { EnvironmentConfig, loadEnvironment } from '../../stacks/config';
+import { readSecretFile } from '../local/local-secrets';
+import { outputsFile } from '../local/outputs';
 import { readOutputs } from '@pgvault/runtime/config';
 
 /** Vault answered with an error status. `detail` is Vault's own error text, which never holds a secret. */
@@ -15,13 +15,14 @@ export class VaultAdminError extends Error {
 }
 
 /** A minimal admin call to Vault with the environment's CA. */
-export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000, headers: Record<string, string> = {}): Promise<any> {
+/** `agent`: the HTTP agent (default: Node's global one, which keeps connections alive); `false` opens a new connection for this call. */
+export async function vaultFetch(env: EnvironmentConfig, url: string, token: string, method = 'GET', body?: unknown, timeoutMillis = 10_000, headers: Record<string, string> = {}, agent?: http.Agent | false): Promise<any> {
   const u = new URL(url);
   const ca = env.vault.caCertFile ? fs.readFileSync(env.vault.caCertFile) : undefined;
   return new Promise((resolve, reject) => {
     const req = (u.protocol === 'https:' ? https : http).request(
       u,
-      { method, headers: { ...headers, 'X-Vault-Token': token, 'Content-Type': 'application/json' }, ca, servername: env.vault.tlsServerName } as any,
+      { method, headers: { ...headers, 'X-Vault-Token': token, 'Content-Type': 'application/json' }, ca, servername: env.vault.tlsServerName, ...(agent === undefined ? {} : { agent }) } as any,
       (res) => {
         let data = '';
         res.on('data', (c) => (data += c));

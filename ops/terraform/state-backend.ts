@@ -8,11 +8,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { EnvironmentConfig } from '../stacks/config';
-import { pgBackendAttributes, stateFile, stateSchema } from '../stacks/state-location';
-import { readSecretFile } from './local-secrets';
+import { EnvironmentConfig } from '../../stacks/config';
+import { pgBackendAttributes, stateFile, stateSchema } from '../../stacks/state-location';
+import { readSecretFile } from '../local/local-secrets';
 import { stateUnreadable } from './state-trust';
-import { killAtTimeout, runTimeoutSeconds, StackRunError, TIMED_OUT } from './terraform-runner';
+import { killAtTimeout, runTimeoutSeconds, StackRunError, TIMED_OUT } from './runner';
 
 /** Another deploy or destroy of the environment holds the state lock; nothing was changed. */
 export class StateLockedError extends Error {

@@ -1,6 +1,6 @@
 /**
  * Prepares Postgres for Vault, as the Postgres superuser (its password read from a file),
- * run by Terraform's terraform_data hooks (scripts/hooks.ts):
+ * run by Terraform's terraform_data hooks (ops/hooks.ts):
  *
  *   up    creates what is missing: the NOLOGIN owner, retired and group roles, the app schema
  *         and table, the role Vault connects as (with the setup password, which Vault then
@@ -21,11 +21,11 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client } from 'pg';
-import { EnvironmentConfig, roleGroupName } from '../stacks/config';
+import { EnvironmentConfig, roleGroupName } from '../../stacks/config';
 import { pgSsl, PgSslOptions } from '@pgvault/runtime/config';
-import { readSecretFile } from './local-secrets';
-import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../stacks/statements';
-import { forDatabase, localDir } from '../stacks/config';
+import { readSecretFile } from '../local/local-secrets';
+import { accessGrants, CatalogView, disarmedComment, GroupDeclaration, grantPlan, isDisarmedSql, reaperStatement } from '../../stacks/statements';
+import { forDatabase, localDir } from '../../stacks/config';
 
 /** The TLS options of the environment's sslmode, with its CA file ("postgres.caCertFile") when it has one. */
 export function postgresSsl(env: EnvironmentConfig): PgSslOptions {
@@ -456,7 +456,10 @@ async function upDatabase(env: EnvironmentConfig, vaultMount?: string): Promise<
       }
       await client.query(`GRANT ${[read, write, ...shaped.map(q)].join(', ')} TO ${q(vaultUser)} WITH ADMIN OPTION`);
     }
-    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}`);
+    // The retired role owns every table handed over at revocation: on 16+ Vault's role holds it
+    // without its privileges, and lends it to itself inside a revocation for the REASSIGN only.
+    await client.query(`GRANT ${q(retiredRole)} TO ${q(vaultUser)}${version >= 160000 ? ' WITH ADMIN OPTION, INHERIT FALSE, SET FALSE' : ''}`);
+    await convergeVaultRoleSettings(client, env, version);
     // Names only, no data: revocation looks up a writer's routines in the schema to revoke EXECUTE on them.
     await client.query(`GRANT USAGE ON SCHEMA ${q(schema)} TO ${q(vaultUser)}`);
     await client.query(`GRANT CONNECT ON DATABASE ${db} TO ${q(vaultUser)}`);
@@ -659,6 +662,7 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
     await client.query('BEGIN');
     await client.query("SET LOCAL lock_timeout = '10s'");
     const missing = await convergeGroups(client, env);
+    await convergeVaultRoleSettings(client, env, await serverVersion(client));
     await client.query('COMMIT');
     reportMissing(env, missing);
     return missing;
@@ -668,6 +672,28 @@ async function convergeDatabaseGrants(env: EnvironmentConfig): Promise<string[]>
   } finally {
     await client.end();
   }
+}
+
+/**
+ * `secretsEngine.scramIterations`: the SCRAM-SHA-256 iteration count of the passwords Vault's role
+ * sets (its users' at creation, its own at rotation), as a default of that role, so it applies
+ * from Vault's next connection on. Unset: Postgres's own (4096). A role Vault's role does not
+ * have yet is the bootstrap's.
+ */
+async function convergeVaultRoleSettings(client: Client, env: EnvironmentConfig, version: number): Promise<void> {
+  const iterations = env.secretsEngine.scramIterations;
+  if (version < 160000) {
+    if (iterations === undefined) return;
+    throw new Error(
+      `${env.file}: "secretsEngine.scramIterations" is ${iterations}, which needs PostgreSQL 16 or later (the scram_iterations setting); ` +
+        `${env.postgres.clientHost}:${env.postgres.clientPort} runs ${Math.floor(version / 10000)}. Fix: remove the setting, or upgrade the server. Nothing was changed.`,
+    );
+  }
+  const vaultUser = env.secretsEngine.vaultUser;
+  const exists = await client.query('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [vaultUser]);
+  if (!exists.rowCount) return;
+  const role = client.escapeIdentifier(vaultUser);
+  await client.query(iterations === undefined ? `ALTER ROLE ${role} RESET scram_iterations` : `ALTER ROLE ${role} SET scram_iterations = ${iterations}`);
 }
 
 // --- The API's idempotency keys (POST /items with an Idempotency-Key header) ---------------
@@ -729,6 +755,10 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   const vaultUser = env.secretsEngine.vaultUser;
   const client = await adminConnect(env);
   const q = (s: string) => client.escapeIdentifier(s);
+  const marked = async (role: string) => {
+    const c = await roleComment(client, role);
+    return c.exists && isMarked(c.comment, mark);
+  };
   const dropRole = async (role: string) => {
     const c = await roleComment(client, role);
     if (!c.exists || !isMarked(c.comment, mark)) return false;
@@ -746,14 +776,13 @@ async function downDatabase(env: EnvironmentConfig, opts: { sharedRoles: boolean
   };
   try {
     // Users are ours only when the roles that identify them are: the group roles, their grantor and the retired role.
-    const marked = async (role: string) => {
-      const c = await roleComment(client, role);
-      return c.exists && isMarked(c.comment, mark);
-    };
     const ours = (await marked(vaultUser)) && (await marked(groupRoles.read)) && (await marked(groupRoles.write)) && (await marked(retiredRole));
     const users = ours ? await dropDynamicUsers(client, env) : { dropped: [], kept: [] };
     if (users.dropped.length) say(env, `dropped ${users.dropped.length} dynamic user(s) that Vault had not revoked or had left disarmed`);
     if (users.kept.length) say(env, `LEFT ${users.kept.length} disarmed role(s) that could not be dropped (they cannot log in and hold no membership): ${users.kept.join(', ')}`);
+    // What a writer made as the write group (before PostgreSQL 16, or before its users lost SET on it) is a
+    // writer's: it goes with the retired role's objects (kept, or dropped with dropDataOnDestroy), never on its own.
+    if ((await marked(groupRoles.write)) && (await marked(retiredRole))) await client.query(`REASSIGN OWNED BY ${q(groupRoles.write)} TO ${q(retiredRole)}`);
     const ns = await client.query(`SELECT pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = $1`, [schema]);
     const ourSchema = Boolean(ns.rowCount && isMarked(ns.rows[0].comment, mark));
     if (env.postgres.dropDataOnDestroy) {

@@ -12,14 +12,14 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_REPLICA_LAG_WINDOW_MILLIS, safeMessage } from '@pgvault/runtime';
-import { EnvironmentConfig, loadEnvironment, localDir, REPO_ROOT } from '../stacks/config';
-import { nodeName } from '../stacks/cluster-files';
-import { stateFile, stateSchema } from '../stacks/state-location';
-import { adminConnect } from './db-bootstrap';
-import { outputsFile } from './outputs';
-import { readSecretFile } from './local-secrets';
-import { connectionString } from './state-backend';
-import { VaultAdminError, vaultFetch } from './vault-admin';
+import { EnvironmentConfig, loadEnvironment, localDir, REPO_ROOT } from '../../stacks/config';
+import { nodeName } from '../../stacks/cluster-files';
+import { stateFile, stateSchema } from '../../stacks/state-location';
+import { adminConnect } from '../postgres/db-bootstrap';
+import { outputsFile } from '../local/outputs';
+import { readSecretFile } from '../local/local-secrets';
+import { connectionString } from '../terraform/state-backend';
+import { VaultAdminError, vaultFetch } from '../vault/vault-admin';
 import {
   CertificateFacts,
   PostgresFacts,

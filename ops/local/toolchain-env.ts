@@ -1,7 +1,7 @@
 /** The toolchain's environment (PATH, TF_CLI_CONFIG_FILE, images, ...), loaded into this process. */
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { REPO_ROOT } from '../stacks/config';
+import { REPO_ROOT } from '../../stacks/config';
 
 export function log(msg: string): void {
   process.stderr.write(`[pgvault] ${msg}\n`);

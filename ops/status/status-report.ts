@@ -1,5 +1,5 @@
 /**
- * The status report of an environment, from facts gathered by scripts/status.ts: the problems
+ * The status report of an environment, from facts gathered by ops/status/status.ts: the problems
  * they show (one line each, with what to do), the one-screen text, and the --json document.
  * Pure: no I/O, so that unit tests read it like a table.
  */

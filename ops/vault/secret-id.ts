@@ -8,8 +8,8 @@
  */
 import * as fs from 'node:fs';
 import { safeMessage } from '@pgvault/runtime';
-import { outputsFile } from './outputs';
-import { log } from './toolchain-env';
+import { outputsFile } from '../local/outputs';
+import { log } from '../local/toolchain-env';
 import { issueSecretIdWithAccessor, secretIdPath } from './vault-admin';
 
 const USAGE = 'usage: npm run --silent secret-id -- <env> [--app <name>] [--wrap-ttl <seconds>]';

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { EnvironmentConfig } from '../stacks/config';
+import { EnvironmentConfig } from '../../stacks/config';
 
 /** A deploy would break something that is already there; nothing was changed. */
 export class PreflightError extends Error {

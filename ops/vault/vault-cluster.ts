@@ -9,16 +9,16 @@ import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { EnvironmentConfig } from '../stacks/config';
-import { clusterFiles, clusterNodeDirs, nodeConfig, nodeName, postgresFiles, replicationNames } from '../stacks/cluster-files';
-import { scramVerifier } from './db-bootstrap';
-import { writePrivateFile } from './local-secrets';
-import { log } from './toolchain-env';
+import { EnvironmentConfig } from '../../stacks/config';
+import { clusterFiles, clusterNodeDirs, nodeConfig, nodeName, postgresFiles, replicationNames } from '../../stacks/cluster-files';
+import { scramVerifier } from '../postgres/db-bootstrap';
+import { writePrivateFile } from '../local/local-secrets';
+import { log } from '../local/toolchain-env';
 
 /** The admin token's period: every deploy renews it; unused for longer, it expires (see docs/ha.md). */
 export const ADMIN_TOKEN_PERIOD = '168h';
 export const ADMIN_POLICY = 'pgvault-admin';
-export { auditLog } from '../stacks/cluster-files';
+export { auditLog } from '../../stacks/cluster-files';
 
 function openssl(args: string[]): void {
   try {
@@ -175,6 +175,7 @@ async function until<T>(envName: string, what: string, timeoutMillis: number, pr
 export function adminPolicy(env: EnvironmentConfig): string {
   const mount = env.secretsEngine.mountPath;
   const approle = env.appAccess.approleMount;
+  // The text keeps this file's old path: the policy deployed clusters hold stays the same.
   return `# Made by scripts/vault-cluster.ts: what the -secrets stack and its hooks need.
 path "sys/mounts" { capabilities = ["read"] }
 path "sys/mounts/${mount}" { capabilities = ["create", "read", "update", "delete", "sudo"] }

@@ -3,7 +3,7 @@
  * deletes `.local/<env>` only when this is empty.
  */
 import { spawnSync } from 'node:child_process';
-import { EnvironmentConfig, listEnvironments, localDir } from '../stacks/config';
+import { EnvironmentConfig, listEnvironments, localDir } from '../../stacks/config';
 import { DockerObjects, dockerUnanswered, environmentNames } from './state-trust';
 
 /** How long one `docker ... ls` may take before the answer counts as "unknown". */
