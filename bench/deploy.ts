@@ -27,6 +27,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { REPO_ROOT, loadEnvironment, localDir } from '../stacks/config';
 import { loadToolchainEnv, readSecretFile } from '../ops';
+import { killAtTimeout } from '../ops/terraform/runner';
 
 const args = process.argv.slice(2);
 const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -46,20 +47,30 @@ const fmt = (x: number) => `${x.toFixed(2)} s`;
 
 let logFile = '';
 
-/** Runs a command with its output in the log; returns the wall-clock seconds. Throws with the log's tail on failure. */
+/**
+ * Runs a command with its output in the log; returns the wall-clock seconds. Throws with the log's tail on failure.
+ * Past PGVAULT_TERRAFORM_TIMEOUT_S (the deploy's own bound on a terraform run) it is killed, and the error names it.
+ */
 function timedRun(cmd: string, argv: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; ok?: number[] }): Promise<number> {
   const fd = fs.openSync(logFile, 'a');
   fs.writeSync(fd, `\n### bench: ${cmd} ${argv.join(' ')} (in ${opts.cwd})\n`);
   const started = process.hrtime.bigint();
   return new Promise<number>((resolve, reject) => {
     const child = spawn(cmd, argv, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', fd, fd] });
-    child.on('error', reject);
+    let hung: number | undefined;
+    const deadline = killAtTimeout(child, opts.env, (seconds) => (hung = seconds));
+    child.on('error', (e) => {
+      deadline.clear();
+      reject(e);
+    });
     child.on('exit', (code) => {
+      deadline.clear();
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       fs.closeSync(fd);
-      if ((opts.ok ?? [0]).includes(code ?? -1)) return resolve(seconds);
+      if (hung === undefined && (opts.ok ?? [0]).includes(code ?? -1)) return resolve(seconds);
       const tail = fs.readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n');
-      reject(new Error(`${cmd} ${argv.join(' ')} exited with ${code}; the log (${logFile}) ends:\n${tail}`));
+      const how = hung === undefined ? `exited with ${code}` : `did not finish within ${hung} s and was killed (PGVAULT_TERRAFORM_TIMEOUT_S sets the bound)`;
+      reject(new Error(`${cmd} ${argv.join(' ')} ${how}; the log (${logFile}) ends:\n${tail}`));
     });
   });
 }
@@ -127,7 +138,7 @@ async function main(): Promise<void> {
     };
     const each: number[] = [];
     for (const id of stacks) {
-      each.push(await timedRun('terraform', ['apply', '-auto-approve', '-input=false'], { cwd: path.join(REPO_ROOT, 'cdktf.out', 'stacks', id), env: tfEnv }));
+      each.push(await timedRun(tfEnv.TERRAFORM_BINARY_NAME || 'terraform', ['apply', '-auto-approve', '-input=false'], { cwd: path.join(REPO_ROOT, 'cdktf.out', 'stacks', id), env: tfEnv }));
     }
     return each;
   };

@@ -245,6 +245,15 @@ export function resolveVaultImage(file: string, fromFile: string | undefined, cl
   return image;
 }
 
+/**
+ * The Postgres image: the environment file's docker.postgresImage (explicit, so it wins), else
+ * POSTGRES_IMAGE (a user's own, which the toolchain's environment keeps, else the project's image
+ * it exports), else the default.
+ */
+export function resolvePostgresImage(fromFile: string | undefined, variable = process.env.POSTGRES_IMAGE): string {
+  return fromFile || variable || DEFAULT_POSTGRES_IMAGE;
+}
+
 const ENV_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
 const validateSchema = schemaValidator(schema, { allErrors: true, strict: false });
@@ -330,7 +339,7 @@ export function resolveEnvironment(name: string, file: string, raw: unknown): En
   if (doc.infrastructure === 'docker') {
     const d = doc.docker ?? {};
     docker = {
-      postgresImage: process.env.POSTGRES_IMAGE || d.postgresImage || DEFAULT_POSTGRES_IMAGE,
+      postgresImage: resolvePostgresImage(d.postgresImage),
       vaultImage: resolveVaultImage(file, d.vaultImage, d.vaultNodes !== undefined),
       postgresHostPort: d.postgresHostPort ?? 15432,
       vaultHostPort: d.vaultHostPort ?? 18200,

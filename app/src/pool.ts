@@ -333,14 +333,17 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
             this.freshRotation = rotation;
           }
           // Credentials revoked before their first login (a revocation racing a rotation): every
-          // request refused meanwhile waits for the one rotation under way, then tries once more.
-          if (e.code === '28P01' && this.freshRotation && !renewed) {
+          // request refused meanwhile waits for the one rotation under way (or finds it done: the
+          // refusals of concurrent logins come back one by one), then tries once more.
+          if (e.code === '28P01' && !renewed && (this.freshRotation || this.active !== gen)) {
             renewed = true;
             // Past the deadline or without new credentials, the refusal itself is the answer.
-            const replaced = await beforeDeadline(this.freshRotation, callDeadline, 'new credentials').then(
-              () => this.active !== gen,
-              () => false,
-            );
+            const replaced =
+              this.active !== gen ||
+              (await beforeDeadline(this.freshRotation!, callDeadline, 'new credentials').then(
+                () => this.active !== gen,
+                () => false,
+              ));
             if (replaced) continue;
           }
           throw this.fail(e, 'connect', 'Postgres refused credentials it never accepted before: check its clock against Vault\'s, pg_hba.conf and the role\'s LOGIN attribute');

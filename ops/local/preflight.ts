@@ -24,7 +24,7 @@ export function postgresDataVersionMismatch(env: EnvironmentConfig, volume: stri
       `runs PostgreSQL ${imageMajor}, which cannot open it; the deploy stopped before changing anything. ` +
       `Fix: destroy, then deploy: 'npm run destroy -- ${env.name}' then 'npm run deploy -- ${env.name}' ` +
       `(this deletes the volume and its data; to keep the data, dump it first with pg_dumpall from the running container and restore it afterwards). ` +
-      `To stay on PostgreSQL ${dataMajor} instead, set POSTGRES_IMAGE (it overrides "docker.postgresImage") to a PostgreSQL ${dataMajor} image.`,
+      `To stay on PostgreSQL ${dataMajor} instead, set "docker.postgresImage" in the environment file (it wins over POSTGRES_IMAGE), or POSTGRES_IMAGE when the file sets none, to a PostgreSQL ${dataMajor} image.`,
   );
 }
 

@@ -13,7 +13,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
-import { REPO_ROOT } from '../../stacks/config';
+import { appConfigFromOutputs, CredentialRuntime, readOutputs } from '@pgvault/runtime';
+import { ApiServer } from '../../api/server';
+import { issueSecretId, outputsFile } from '../../ops';
+import { loadEnvironment, REPO_ROOT } from '../../stacks/config';
 import * as h from '../harness';
 
 const ENV = 'contract';
@@ -174,6 +177,48 @@ describe('the REST API contract: OpenAPI 3.1 document, validation from it, schem
     assertErrorShape(otherBody, 'a key reused for another body');
     const listed = (await (await fetch(`${BASE}/items?limit=100`)).json()) as { items: Array<{ id: number }> };
     assert.equal(listed.items.filter((i) => i.id === JSON.parse(firstBody).id).length, 1, 'written once');
+  });
+
+  test('an Idempotency-Key older than 24 h no longer replays (the same request writes again), and the clean-up deletes keys past 24 h only', async () => {
+    const env = loadEnvironment(ENV);
+    const table = `${env.database.schema}.idempotency_keys`;
+    const admin = await h.adminClient(env);
+    try {
+      const send = (key: string) => fetch(`${BASE}/items`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify({ name: 'a day later' }) });
+      // Written "yesterday": its key 25 h old, as only the superuser can make it.
+      const age = (key: string, hours: number) => admin.query(`UPDATE ${table} SET created_at = now() - make_interval(hours => $2) WHERE key = $1`, [key, hours]);
+      const key = `expiring-${Date.now()}`;
+      const first = (await (await send(key)).json()) as { id: number };
+      await age(key, 23);
+      const within = await send(key);
+      assert.equal(within.headers.get('idempotent-replayed'), 'true', 'a key 23 h old replays');
+      assert.equal(((await within.json()) as { id: number }).id, first.id);
+      await age(key, 25);
+      const later = await send(key);
+      const laterBody = (await later.json()) as { id: number };
+      assert.equal(later.status, 201, JSON.stringify(laterBody));
+      assert.equal(later.headers.get('idempotent-replayed'), null, 'a key 25 h old does not replay');
+      assert.notEqual(laterBody.id, first.id, 'the same request was written again');
+      const rows = await admin.query(`SELECT id FROM ${env.database.schema}.items WHERE id = ANY($1::bigint[])`, [[first.id, laterBody.id]]);
+      assert.equal(rows.rowCount, 2, 'both writes are there');
+
+      // The clean-up (every 10 min in the server) of an ApiServer on the same database, run every 200 ms here.
+      const stale = `stale-${Date.now()}`;
+      await (await send(stale)).arrayBuffer();
+      await age(stale, 25);
+      const rt = await CredentialRuntime.start(appConfigFromOutputs(readOutputs(outputsFile(ENV)), { secretId: await issueSecretId(ENV) }), { roles: ['readwrite'], poolSize: 1 });
+      const api = new ApiServer({ runtime: rt, idempotencyCleanupIntervalMillis: 200 });
+      try {
+        const left = async (k: string) => (await admin.query(`SELECT 1 FROM ${table} WHERE key = $1`, [k])).rowCount;
+        await h.waitFor('the clean-up to delete the key 25 h old', async () => (await left(stale)) === 0, 15_000);
+        assert.equal(await left(key), 1, 'the key written again (fresh) is kept');
+      } finally {
+        await api.stop(1000);
+        await rt.close({ timeoutMillis: 5000 });
+      }
+    } finally {
+      await admin.end();
+    }
   });
 
   test('Cache-Control: no-store on everything that reads the database or the leases', async () => {

@@ -10,7 +10,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn, spawnSync, ChildProcess } from 'node:child_process';
+import { spawn, ChildProcess } from 'node:child_process';
 import { EnvironmentConfig } from '../../stacks/config';
 import * as h from '../harness';
 
@@ -155,9 +155,17 @@ describe('fault tests: the API on short-lived credentials', () => {
       server.kill('SIGTERM');
       await exited(server, 20_000);
     }
-    spawnQuiet('docker', ['unpause', `pgvault-${ENV}-vault`]);
-    spawnQuiet('docker', ['unpause', `pgvault-${ENV}-postgres`]);
+    // A hang of the unpause is named (below), after the destroy has had its chance.
+    const hangs: string[] = [];
+    for (const container of [`pgvault-${ENV}-vault`, `pgvault-${ENV}-postgres`]) {
+      try {
+        h.dockerIfAny('unpause', container);
+      } catch (e: any) {
+        hangs.push(e.message);
+      }
+    }
     if (!destroyed) await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
+    if (hangs.length) throw new Error(hangs.join('; '));
   });
 
   test('continuous load for 75 s across at least three rotations per role fails no request', async () => {
@@ -401,6 +409,3 @@ async function currentUsers(env: EnvironmentConfig): Promise<string[]> {
   }
 }
 
-function spawnQuiet(cmd: string, args: string[]): void {
-  spawnSync(cmd, args, { stdio: 'ignore' });
-}

@@ -101,7 +101,7 @@ function exited(child: ChildProcess, timeoutMs: number): Promise<number | null> 
 
 /** Every process below `pid`, read from /proc. */
 function descendants(pid: number): number[] {
-  const r = spawnSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8' });
+  const r = spawnSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8', timeout: 10_000 });
   const children = new Map<number, number[]>();
   for (const line of r.stdout.trim().split('\n')) {
     const [p, pp] = line.trim().split(/\s+/).map(Number);
@@ -213,7 +213,12 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
 
   after(async () => {
     stopOrchestrator();
-    spawnSync('docker', ['unpause', `pgvault-${ENV}-vault`], { stdio: 'ignore' });
+    let hang: Error | undefined;
+    try {
+      h.dockerIfAny('unpause', `pgvault-${ENV}-vault`);
+    } catch (e: any) {
+      hang = e; // named once the rest of the clean-up ran
+    }
     for (const c of started) {
       if (c.exitCode === null && c.signalCode === null) {
         c.kill('SIGTERM');
@@ -223,6 +228,7 @@ describe('long runs in minutes: the API on seconds-long secret_ids, tokens and l
     await h.destroy(ENV).catch((e) => console.error(`cleanup destroy failed: ${e.message}`));
     // The logs stay for reading; the secret_id files go.
     for (const f of fs.readdirSync(dir).filter((f) => f.includes('secret-id'))) fs.rmSync(path.join(dir, f), { force: true });
+    if (hang) throw hang;
   });
 
   test(`load across 3 secret_id lifetimes (${3 * SECRET_ID_TTL} s) with re-logins: no failed request, no current lease lost`, async () => {

@@ -119,22 +119,27 @@ test('fails with 400 when the Idempotency-Key header is not 1 to 255 characters 
   }
 });
 
-test('a retry with the same Idempotency-Key answers the first answer and writes nothing; another body with it answers 409', async () => {
-  // The keys table as Postgres keeps it: the keyed insert fails whole (23505) on a key it holds.
-  const keys = new Map<string, { request_sha256: string; response: unknown }>();
+/** The keys table as Postgres keeps it, each row with its age: the keyed insert fails whole (23505) on a key it holds. */
+function keysTable() {
+  const keys = new Map<string, { request_sha256: string; response: unknown; ageMillis: number }>();
   let inserts = 0;
+  const insert = ([name, key, digest]: string[]) => {
+    if (keys.has(key)) throw new DatabaseError('DB_QUERY', 'query failed: duplicate key value violates unique constraint "idempotency_keys_pkey"', '23505');
+    inserts++;
+    const response = { id: inserts, name, createdAt: '2026-12-02T00:00:00.000Z' };
+    keys.set(key, { request_sha256: digest, response, ageMillis: 0 });
+    return { rows: [{ response }] };
+  };
+  return { keys, insert, inserted: () => inserts };
+}
+
+test('a retry with the same Idempotency-Key answers the first answer and writes nothing; another body with it answers 409', async () => {
+  const { keys, insert, inserted } = keysTable();
   const api = server(fakeRuntime(async (sql, args) => {
-    if (sql.startsWith('WITH item AS')) {
-      const [name, key, digest] = args as string[];
-      if (keys.has(key)) throw new DatabaseError('DB_QUERY', 'query failed: duplicate key value violates unique constraint "idempotency_keys_pkey"', '23505');
-      inserts++;
-      const response = { id: inserts, name, createdAt: '2026-12-02T00:00:00.000Z' };
-      keys.set(key, { request_sha256: digest, response });
-      return { rows: [{ response }] };
-    }
+    if (sql.startsWith('WITH item AS')) return insert(args as string[]);
     if (sql.startsWith('SELECT request_sha256')) {
       const row = keys.get(args[0] as string);
-      return { rowCount: row ? 1 : 0, rows: row ? [{ ...row, expired: false }] : [] };
+      return { rowCount: row ? 1 : 0, rows: row ? [{ request_sha256: row.request_sha256, response: row.response, expired: false }] : [] };
     }
     throw new Error(`unexpected statement ${sql}`);
   }));
@@ -144,11 +149,60 @@ test('a retry with the same Idempotency-Key answers the first answer and writes 
   assert.equal(again.body, first.body, 'the first answer, byte for byte');
   assert.equal(first.headers['idempotent-replayed'], undefined);
   assert.equal(again.headers['idempotent-replayed'], 'true');
-  assert.equal(inserts, 1, 'written once');
+  assert.equal(inserted(), 1, 'written once');
   const other = await post(api, 'another', { 'idempotency-key': 'k-1' });
   assert.equal(other.statusCode, 409);
   assert.match(other.json().error, /^header Idempotency-Key "k-1" was used within 24 h for a request with another body; expected a new key/);
-  assert.equal(inserts, 1);
+  assert.equal(inserted(), 1);
+});
+
+test('an Idempotency-Key older than 24 h no longer replays: the same request writes again; the clean-up deletes only keys past 24 h', async () => {
+  // The keys table with each row's age; the age limit is read from the statement, as Postgres would apply it.
+  const HOUR = 3_600_000;
+  const { keys, insert, inserted } = keysTable();
+  const limitMillis = (sql: string) => {
+    const m = sql.match(/created_at < now\(\) - interval '(\d+) hours'/);
+    assert.ok(m, `the statement bounds the age: ${sql}`);
+    return Number(m[1]) * HOUR;
+  };
+  const api = server(fakeRuntime(async (sql, args) => {
+    if (sql.startsWith('WITH item AS')) return insert(args as string[]);
+    if (sql.startsWith('SELECT request_sha256')) {
+      const row = keys.get(args[0] as string);
+      return { rowCount: row ? 1 : 0, rows: row ? [{ request_sha256: row.request_sha256, response: row.response, expired: row.ageMillis > limitMillis(sql) }] : [] };
+    }
+    if (sql.startsWith('DELETE FROM app.idempotency_keys WHERE key = $1')) {
+      const row = keys.get(args[0] as string);
+      const gone = row !== undefined && row.ageMillis > limitMillis(sql);
+      if (gone) keys.delete(args[0] as string);
+      return { rowCount: gone ? 1 : 0, rows: [] };
+    }
+    if (sql.startsWith('DELETE FROM app.idempotency_keys WHERE key IN')) {
+      const stale = [...keys].filter(([, row]) => row.ageMillis > limitMillis(sql)).map(([key]) => key);
+      for (const key of stale) keys.delete(key);
+      return { rowCount: stale.length, rows: [] };
+    }
+    throw new Error(`unexpected statement ${sql}`);
+  }));
+  const send = () => post(api, 'once', { 'idempotency-key': 'k-day' });
+  const first = await send();
+  keys.get('k-day')!.ageMillis = 23 * HOUR;
+  const within = await send();
+  assert.equal(within.headers['idempotent-replayed'], 'true', 'a key 23 h old still replays');
+  assert.equal(within.body, first.body);
+  keys.get('k-day')!.ageMillis = 25 * HOUR;
+  const after24h = await send();
+  assert.equal(after24h.statusCode, 201, after24h.body);
+  assert.equal(after24h.headers['idempotent-replayed'], undefined, 'a key 25 h old does not replay');
+  assert.deepEqual([first.json().id, after24h.json().id], [1, 2], 'the same request was written again');
+  assert.equal(inserted(), 2);
+  const replayed = await send();
+  assert.equal(replayed.body, after24h.body, 'the key now answers the new write');
+
+  keys.set('k-23h', { request_sha256: 'x', response: {}, ageMillis: 23 * HOUR });
+  keys.set('k-25h', { request_sha256: 'x', response: {}, ageMillis: 25 * HOUR });
+  assert.equal(await api.removeExpiredIdempotencyKeys(), 1);
+  assert.deepEqual([...keys.keys()].sort(), ['k-23h', 'k-day']);
 });
 
 async function realPool() {

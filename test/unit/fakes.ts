@@ -220,7 +220,7 @@ export function fakeConfig(addresses: string[], roles: string[]): AppConfig {
 
 /** How FakePostgres answers a statement. */
 export type FakeStatementMode =
-  /** One row, column `x` = "1", at once. */
+  /** One row, column `x` (rowValue: "1" unless set), at once. */
   | 'answer'
   /** Waits (as on a lock) until a cancel request for its backend comes, then fails with 57014. */
   | 'wait-for-cancel'
@@ -236,9 +236,12 @@ export type FakeStatementMode =
  */
 export class FakePostgres {
   port = 0;
-  /** Logins it accepts; any other gets 28P01, as Postgres answers for a dropped or expired user. */
+  /** Logins it accepts; any other gets `refusalCode`: 28P01, as Postgres answers for a dropped or expired user, or 28000 (pg_hba, NOLOGIN). */
   accepts: (user: string) => boolean = () => true;
+  refusalCode: '28P01' | '28000' = '28P01';
   mode: FakeStatementMode = 'answer';
+  /** In 'answer' mode, the value of column `x` for a statement of `user` (`u => u` stands for `SELECT current_user`). */
+  rowValue: (user: string, text: string) => string = () => '1';
   /** In 'answer' mode, how long a statement takes (ms); a cancel request does not stop it. */
   answerDelayMillis = 0;
   /** Logins of these users get FATAL 57P01 right behind ReadyForQuery, in the same write (a revocation that ends the session as it starts). */
@@ -305,14 +308,16 @@ export class FakePostgres {
     let buffer = Buffer.alloc(0);
     let pid: number | undefined;
     let parsed = '';
+    let user = '';
     const int32 = (n: number) => {
       const b = Buffer.alloc(4);
       b.writeInt32BE(n);
       return b;
     };
     const ready = () => FakePostgres.message('Z', Buffer.from('I'));
-    const answer = (extended: boolean) => {
-      const row = FakePostgres.message('D', Buffer.concat([Buffer.from([0, 1]), int32(1), Buffer.from('1')]));
+    const answer = (extended: boolean, text: string) => {
+      const value = Buffer.from(this.rowValue(user, text));
+      const row = FakePostgres.message('D', Buffer.concat([Buffer.from([0, 1]), int32(value.length), value]));
       const description = FakePostgres.message('T', Buffer.concat([Buffer.from([0, 1]), Buffer.from('x\0'), int32(0), Buffer.from([0, 0]), int32(25), Buffer.from([0xff, 0xff]), int32(-1), Buffer.from([0, 0])]));
       const head = extended ? [FakePostgres.message('1'), FakePostgres.message('2')] : [];
       return Buffer.concat([...head, description, row, FakePostgres.message('C', Buffer.from('SELECT 1\0')), ready()]);
@@ -327,8 +332,8 @@ export class FakePostgres {
         };
         return;
       }
-      if (this.answerDelayMillis > 0) setTimeout(() => socket.writable && socket.write(answer(extended)), this.answerDelayMillis);
-      else socket.write(answer(extended));
+      if (this.answerDelayMillis > 0) setTimeout(() => socket.writable && socket.write(answer(extended, text)), this.answerDelayMillis);
+      else socket.write(answer(extended, text));
     };
     socket.on('close', () => {
       if (pid !== undefined && this.#backends.has(pid)) {
@@ -368,11 +373,13 @@ export class FakePostgres {
           for (let i = 0; i + 1 < parts.length && parts[i]; i += 2) params[parts[i]] = parts[i + 1];
           this.startups.push(params);
           if (!this.accepts(params.user)) {
-            socket.end(FakePostgres.error('FATAL', '28P01', `password authentication failed for user "${params.user}"`));
+            const text = this.refusalCode === '28P01' ? `password authentication failed for user "${params.user}"` : `pg_hba.conf rejects connection for user "${params.user}"`;
+            socket.end(FakePostgres.error('FATAL', this.refusalCode, text));
             return;
           }
           pid = this.#nextPid++;
-          this.#backends.set(pid, { socket, user: params.user });
+          user = params.user;
+          this.#backends.set(pid, { socket, user });
           const welcome = [FakePostgres.message('R', int32(0)), FakePostgres.message('K', Buffer.concat([int32(pid), int32(4242)])), ready()];
           if (this.terminatedAtLogin(params.user)) {
             socket.end(Buffer.concat([...welcome, FakePostgres.error('FATAL', '57P01', 'terminating connection due to administrator command')]));

@@ -90,6 +90,39 @@ test('a toolchain step longer than PGVAULT_PROGRESS_S prints what it does and th
   }
 });
 
+/** Runs `body` in bash with the toolchain's functions, a fake `docker` that never answers first on PATH, and the docker bound at 1 s. */
+function withHungDocker(body: string) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-docker-hang-'));
+  try {
+    fs.writeFileSync(path.join(dir, 'docker'), '#!/bin/sh\nexec sleep 60\n', { mode: 0o755 });
+    const script = `. ${path.join(REPO_ROOT, 'toolchain', 'toolchain.sh')}; CACHE='${dir}'; ${body}; echo carried-on`;
+    const started = Date.now();
+    const r = spawnSync('bash', ['-c', script], {
+      encoding: 'utf8',
+      timeout: 40_000,
+      env: { ...process.env, PATH: `${dir}:${process.env.PATH}`, PGVAULT_TOOLCHAIN_SOURCE_ONLY: '1', PGVAULT_DOCKER_TIMEOUT_S: '1', PGVAULT_PROGRESS_S: '1' },
+    });
+    return { ...r, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('a docker call of the toolchain that hangs is killed at PGVAULT_DOCKER_TIMEOUT_S and stops it, naming the call (from inside $(...) too); a long docker step is killed at its bound', { timeout: 90_000 }, () => {
+  for (const body of [`STEP='docker engine'; dk -q info >/dev/null`, `STEP='postgres image'; image_current pgvault/postgres:x abc || echo not-current`]) {
+    const r = withHungDocker(body);
+    assert.ok(r.status !== 0, `${body}: exit ${r.status} ${r.signal}`);
+    assert.doesNotMatch(r.stdout, /carried-on|not-current/, `${body}: the toolchain stopped at the hang`);
+    assert.match(r.stderr, /\[toolchain\] FAILED at step "(docker engine|postgres image)"\n {2}command: docker (-q )?(info|image inspect -f .* pgvault\/postgres:x)\n {2}next: {4}it did not answer within 1s and was killed; check the Docker engine/, body);
+    assert.ok(r.seconds < 20, `${body}: stopped after ${r.seconds} s`);
+  }
+  const r = withHungDocker(`STEP='vault image'; RUN_LIMIT_S=1 run image-vault 'fix the recipe' docker build -t x .`);
+  assert.ok(r.status !== 0);
+  assert.doesNotMatch(r.stdout, /carried-on/);
+  assert.match(r.stderr, /FAILED at step "vault image"\n {2}command: docker build -t x \.\n {2}next: {4}it did not finish within 1s and was killed; fix the recipe/);
+  assert.ok(r.seconds < 20, `stopped after ${r.seconds} s`);
+});
+
 test('tapCounts reads the TAP trailer', () => {
   assert.deepEqual(tapCounts('ok 1 - a\n# tests 3\n# suites 1\n# pass 2\n# fail 1\n# cancelled 0\n# skipped 0\n'), { tests: 3, pass: 2, fail: 1, cancelled: 0, skipped: 0 });
   assert.deepEqual(tapCounts(''), { tests: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0 });

@@ -25,5 +25,5 @@ test('the version mismatch error names the volume, both versions and the fix', (
   assert.match(e.message, /pgvault-demo-postgres-data holds a PostgreSQL 15 cluster, but the image postgres:17 runs PostgreSQL 17/);
   assert.match(e.message, /'npm run destroy -- demo' then 'npm run deploy -- demo'/);
   assert.match(e.message, /deletes the volume and its data/);
-  assert.match(e.message, /set POSTGRES_IMAGE/);
+  assert.match(e.message, /set "docker\.postgresImage" in the environment file \(it wins over POSTGRES_IMAGE\), or POSTGRES_IMAGE when the file sets none/);
 });

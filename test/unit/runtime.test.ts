@@ -5,13 +5,26 @@
  * they drain, expired leases never renewed, 403 leading to a re-login. The real processes
  * are exercised by test/faults.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { cappedDelay, MAX_TIMER_MILLIS, loginRefused, VaultRequestError, LeaseManager, RotatingPool, VaultSession } from '@pgvault/runtime';
-import { FakeVaultClient, FakeVaultSession, httpError, vaultError } from './fakes';
+import { FakePostgres, FakeVaultClient, FakeVaultSession, httpError, vaultError } from './fakes';
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const DAY = 86_400;
+
+const stops: Array<() => Promise<unknown>> = [];
+after(async () => {
+  for (const stop of stops.reverse()) await stop().catch(() => undefined);
+});
+
+/** A FakePostgres (the wire protocol on 127.0.0.1) whose column x answers the session's user; stopped after the file. */
+async function fakePostgres(): Promise<FakePostgres> {
+  const pg = await new FakePostgres().start();
+  pg.rowValue = (u) => u;
+  stops.push(() => pg.stop());
+  return pg;
+}
 
 function manager(fake: FakeVaultSession, opts: { maxTtlSeconds?: number; maxBackoff?: number } = {}): LeaseManager {
   const m = new LeaseManager({ session: fake, mount: 'database', role: 'ro', maxTtlSeconds: opts.maxTtlSeconds, jitter: 0, backoff: { initialMillis: 20, maxMillis: opts.maxBackoff ?? 100 } });
@@ -108,19 +121,15 @@ test('Postgres refusing fresh credentials (28P01, e.g. clock skew) or for 28000 
   const fake = new FakeVaultSession(60);
   const m = manager(fake);
   await m.start();
-  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: 1, database: 'x', connectRetryMillis: 0 });
+  const pg = await fakePostgres();
+  pg.accepts = () => false;
+  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: pg.port, database: 'x', connectRetryMillis: 0 });
   pool.on('error', () => undefined);
-  let code = '28P01';
-  (pool as any).acquire = async (gen: any) => {
-    gen.inFlight++;
-    gen.inFlight--;
-    throw Object.assign(new Error('password authentication failed'), { code });
-  };
   for (let i = 0; i < 20; i++) await pool.query('SELECT 1').catch(() => undefined);
   await wait(50);
   // One rotation is tried at once, the next only after a growing pause: not one per request.
   assert.ok(fake.issued <= 2, `issued ${fake.issued} credentials for 20 refused requests`);
-  code = '28000';
+  pg.refusalCode = '28000';
   const before = fake.issued;
   for (let i = 0; i < 20; i++) await pool.query('SELECT 1').catch(() => undefined);
   await wait(50);
@@ -135,17 +144,14 @@ test('fresh credentials revoked before their first login: requests refused meanw
   const m = manager(fake);
   await m.start();
   await wait(1100); // rotations asked for by the pool are limited to one a second
-  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: 1, database: 'x', connectRetryMillis: 0 });
+  const pg = await fakePostgres();
+  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: pg.port, database: 'x', connectRetryMillis: 0 });
   pool.on('error', () => undefined);
-  const revoked = (pool as any).active.creds.username;
-  (pool as any).acquire = async (gen: any) => {
-    if (gen.creds.username === revoked) throw Object.assign(new Error('password authentication failed'), { code: '28P01' });
-    gen.inFlight++;
-    return { query: async () => ({ rows: [{ user: gen.creds.username }] }), release: () => undefined };
-  };
-  (pool as any).generationOf = () => (pool as any).active;
-  const results = await Promise.allSettled(Array.from({ length: 8 }, () => pool.query('SELECT 1', [], { deadline: Date.now() + 5000 })));
+  const revoked = pool.currentUser;
+  pg.accepts = (u) => u !== revoked;
+  const results = await Promise.allSettled(Array.from({ length: 8 }, () => pool.query('SELECT current_user AS x', [], { deadline: Date.now() + 5000 })));
   assert.deepEqual(results.map((r) => r.status), Array(8).fill('fulfilled'), 'no request failed');
+  assert.ok(results.every((r) => r.status === 'fulfilled' && r.value.rows[0].x !== revoked), 'served by the new credentials');
   assert.equal(fake.issued, 2, 'one new issue for all refused requests');
   await pool.close();
   await m.stop();
@@ -156,18 +162,15 @@ test('a refusal of credentials that worked before (revoked behind our back) gets
   const m = manager(fake);
   await m.start();
   await wait(1100); // rotations asked for by the pool are limited to one a second
-  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: 1, database: 'x' });
-  (pool as any).active.connected = true;
-  const users: string[] = [];
-  (pool as any).acquire = async (gen: any) => {
-    users.push(gen.creds.username);
-    if (gen.creds.username === 'v-ro-1') throw Object.assign(new Error('password authentication failed'), { code: '28P01' });
-    gen.inFlight++;
-    return { query: async () => ({ rows: [] }), release: () => undefined };
-  };
-  (pool as any).generationOf = () => (pool as any).active;
-  await pool.query('SELECT 1');
-  assert.deepEqual(users, ['v-ro-1', 'v-ro-2']);
+  const pg = await fakePostgres();
+  const pool = new RotatingPool({ lease: m, host: '127.0.0.1', port: pg.port, database: 'x' });
+  assert.equal((await pool.query('SELECT current_user AS x')).rows[0].x, 'v-ro-1', 'the credentials worked');
+  // Revoked behind our back: the user dropped and its sessions ended.
+  pg.accepts = (u) => u !== 'v-ro-1';
+  pg.terminate('v-ro-1');
+  await wait(50);
+  assert.equal((await pool.query('SELECT current_user AS x')).rows[0].x, 'v-ro-2');
+  assert.deepEqual(pg.startups.map((x) => x.user), ['v-ro-1', 'v-ro-1', 'v-ro-2'], 'refused once, then the new credentials');
   await pool.close();
   await m.stop();
 });

@@ -6,8 +6,11 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, loadEnvironment, REPO_ROOT, resolveEnvironment, resolveVaultImage } from '../../stacks/config';
+import * as os from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { DEFAULT_POSTGRES_IMAGE, DEFAULT_VAULT_IMAGE, loadEnvironment, REPO_ROOT, resolveEnvironment, resolvePostgresImage, resolveVaultImage } from '../../stacks/config';
 import { serverVersion, warnOldServer } from '../../ops/postgres/db-bootstrap';
+import { applyToolchainEnv } from '../../ops/local/toolchain-env';
 
 function versionsEnv(): Record<string, string> {
   const text = fs.readFileSync(path.join(REPO_ROOT, 'toolchain', 'versions.env'), 'utf8');
@@ -63,6 +66,64 @@ test('another server is an explicit setting of the environment file, and a clust
   assert.equal(resolveVaultImage('x.json', undefined, false, 'my/bao:1'), 'my/bao:1', 'one server: VAULT_IMAGE');
   assert.equal(resolveVaultImage('x.json', undefined, true, 'my/bao:1'), DEFAULT_VAULT_IMAGE, 'a cluster: no VAULT_IMAGE');
   assert.equal(resolveVaultImage('x.json', undefined, false, undefined), DEFAULT_VAULT_IMAGE);
+});
+
+/** What `toolchain.sh env` prints, from an env file write_env wrote in a scratch cache, with POSTGRES_IMAGE as given. */
+function toolchainEnv(own: string | undefined): string {
+  const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'pgvault-env-'));
+  const toolchain = path.join(REPO_ROOT, 'toolchain', 'toolchain.sh');
+  try {
+    const write = `. '${toolchain}'; BIN=/b; OFFLINE=1; VAULT_SERVER_BIN=/v; HOST_PG_BINDIR=/p; TF_NAME=terraform; write_env`;
+    const env: NodeJS.ProcessEnv = { ...process.env, PGVAULT_CACHE: cache };
+    delete env.POSTGRES_IMAGE;
+    const w = spawnSync('bash', ['-c', write], { encoding: 'utf8', timeout: 20_000, env: { ...env, PGVAULT_TOOLCHAIN_SOURCE_ONLY: '1' } });
+    assert.equal(w.status, 0, w.stderr);
+    const r = spawnSync('bash', [toolchain, 'env'], { encoding: 'utf8', timeout: 20_000, env: { ...env, ...(own !== undefined && { POSTGRES_IMAGE: own }) } });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  } finally {
+    fs.rmSync(cache, { recursive: true, force: true });
+  }
+}
+
+test("the Postgres image: the environment file's setting, else a POSTGRES_IMAGE of the user's own, else the project's image the toolchain exports", { timeout: 30_000 }, () => {
+  const roles = { ro: { access: 'read', defaultTtlSeconds: 60, maxTtlSeconds: 120 } };
+  const saved = process.env.POSTGRES_IMAGE;
+  try {
+    process.env.POSTGRES_IMAGE = 'postgres:15';
+    const explicit = resolveEnvironment('x', 'x.json', { infrastructure: 'docker', docker: { postgresImage: 'postgres:16' }, roles });
+    assert.equal(explicit.docker!.postgresImage, 'postgres:16', 'the file wins over POSTGRES_IMAGE');
+    assert.equal(resolveEnvironment('x', 'x.json', { infrastructure: 'docker', roles }).docker!.postgresImage, 'postgres:15', 'no file setting: POSTGRES_IMAGE');
+    delete process.env.POSTGRES_IMAGE;
+    assert.equal(resolveEnvironment('x', 'x.json', { infrastructure: 'docker', roles }).docker!.postgresImage, DEFAULT_POSTGRES_IMAGE, 'neither: the default');
+  } finally {
+    if (saved === undefined) delete process.env.POSTGRES_IMAGE;
+    else process.env.POSTGRES_IMAGE = saved;
+  }
+  assert.equal(resolvePostgresImage(undefined, ''), DEFAULT_POSTGRES_IMAGE, 'an empty variable counts as unset');
+
+  // The toolchain's environment keeps a user's own POSTGRES_IMAGE: loaded by the npm commands, and eval'd by a shell.
+  const load = (own?: string) => {
+    const env: NodeJS.ProcessEnv = { PATH: '/usr/bin', ...(own !== undefined && { POSTGRES_IMAGE: own }) };
+    applyToolchainEnv(toolchainEnv(own), env);
+    return env;
+  };
+  assert.equal(load().POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'unset: the project image');
+  assert.equal(load('').POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'empty: the project image');
+  assert.equal(load('postgres:15').POSTGRES_IMAGE, 'postgres:15', "the user's own is kept");
+  assert.equal(load('postgres:15').VAULT_IMAGE, DEFAULT_VAULT_IMAGE, 'the Vault image is the project one (the file is the way to another)');
+  assert.equal(load().PATH, '/b:/usr/bin');
+  // The env file itself is unchanged (plain exports, as every checkout's loader reads it); this loader keeps the user's own over it too.
+  const plain = { POSTGRES_IMAGE: 'postgres:15' } as NodeJS.ProcessEnv;
+  applyToolchainEnv(toolchainEnv(undefined), plain);
+  assert.equal(plain.POSTGRES_IMAGE, 'postgres:15');
+  for (const own of [undefined, 'postgres:15']) {
+    const env: NodeJS.ProcessEnv = { ...process.env, ENV_TEXT: toolchainEnv(own) };
+    if (own === undefined) delete env.POSTGRES_IMAGE;
+    else env.POSTGRES_IMAGE = own;
+    const r = spawnSync('sh', ['-c', 'eval "$ENV_TEXT" && printf %s "$POSTGRES_IMAGE"'], { encoding: 'utf8', timeout: 10_000, env });
+    assert.equal(r.stdout, own ?? DEFAULT_POSTGRES_IMAGE, `a shell's eval with POSTGRES_IMAGE=${own ?? '(unset)'}: ${r.stderr}`);
+  }
 });
 
 /** serverVersion and warnOldServer against a stub answering SHOW server_version_num; returns what it printed. */
