@@ -30,7 +30,10 @@ interface Step {
 export async function issuanceBreakdown(b: Bench, floor: { user: string; password: string; creationStatements: string[] }, opts: { n: number; block: number }): Promise<void> {
   const tls = b.vault.startsWith('https:');
   const su = await superuser(b.env);
-  const asVaultRole = await superuser(b.env, { user: floor.user, password: floor.password });
+  const asVaultRole = await superuser(b.env, { user: floor.user, password: floor.password }).catch(async (e) => {
+    await su.end();
+    throw e;
+  });
   const made: string[] = [];
   const tag = randomBytes(4).toString('hex');
   const expiration = new Date(Date.now() + 3_600_000).toISOString();
@@ -102,7 +105,9 @@ export async function issuanceBreakdown(b: Bench, floor: { user: string; passwor
     console.log(`  load ${loadavg()}`);
   } finally {
     await vault(b, 'DELETE', `${mount}/roles/${probeRole}`).catch((e) => console.error(`bench: delete ${mount}/roles/${probeRole}: ${e.message}`));
-    await mapBounded(leases.length, 4, (i) => vault(b, 'PUT', 'sys/leases/revoke', { lease_id: leases[i] })).catch((e) => console.error(`bench: revoking the breakdown's leases: ${e.message}`));
+    // Each on its own: one failure must not leave the others live until their TTL.
+    const failed = (await mapBounded(leases.length, 4, (i) => vault(b, 'PUT', 'sys/leases/revoke', { lease_id: leases[i] }).then(() => undefined, (e: Error) => e.message))).filter(Boolean);
+    if (failed.length) console.error(`bench: ${failed.length} of the breakdown's ${leases.length} leases not revoked (they end with their TTL): ${failed[0]}`);
     for (const name of made) await su.query(`DROP ROLE IF EXISTS ${q(name)}`).catch((e) => console.error(`bench: drop ${name}: ${e.message}`));
     await asVaultRole.end();
     await su.end();

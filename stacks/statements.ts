@@ -197,12 +197,17 @@ export function revocationStatements(props: RoleStatementsProps): string[] {
         // Vault's role holds the retired role without its privileges (PostgreSQL 16+), so that it
         // cannot use the tables handed over before; REASSIGN needs them (and SET) on the target:
         // lent to itself for this statement, taken back in the same block (rolled back with it).
-        `    IF NOT pg_catalog.pg_has_role(current_user, '${retired}', 'USAGE') THEN`,
-        `      EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET TRUE', '${retired}', current_user);`,
-        '      lent := true;',
+        // Only when the user owns something here: the loan writes the one catalog row that every
+        // concurrent revocation would otherwise wait on.
+        `    IF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND s.refobjid = u AND s.deptype = 'o'`,
+        `               AND s.dbid IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()))) THEN`,
+        `      IF NOT pg_catalog.pg_has_role(current_user, '${retired}', 'USAGE') THEN`,
+        `        EXECUTE format('GRANT %I TO %I WITH INHERIT TRUE, SET TRUE', '${retired}', current_user);`,
+        '        lent := true;',
+        '      END IF;',
+        `      EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
+        `      IF lent THEN EXECUTE format('REVOKE %I FROM %I', '${retired}', current_user); END IF;`,
         '    END IF;',
-        `    EXECUTE format('REASSIGN OWNED BY %I TO ${retired}', '{{name}}');`,
-        `    IF lent THEN EXECUTE format('REVOKE %I FROM %I', '${retired}', current_user); END IF;`,
       ]
     : [];
   return [

@@ -476,8 +476,9 @@ cmd_env() {
     echo "toolchain:env: $ENV_FILE does not exist; run 'npm run toolchain' first" >&2
     exit 1
   fi
-  if [ -n "${POSTGRES_IMAGE:-}" ]; then
+  if [ -n "${POSTGRES_IMAGE:-}" ] && [[ "$POSTGRES_IMAGE" != pgvault/postgres:* ]]; then
     # The user's own POSTGRES_IMAGE stays (an environment file's docker.postgresImage still wins over it).
+    # One of the project's own names is what an earlier eval of this left: the current one replaces it.
     grep -v '^export POSTGRES_IMAGE=' "$ENV_FILE"
     printf 'export POSTGRES_IMAGE=%q\n' "$POSTGRES_IMAGE"
   else

@@ -24,7 +24,8 @@ export function applyToolchainEnv(text: string, env: NodeJS.ProcessEnv): void {
   for (const line of text.split('\n')) {
     const m = line.match(/^export ([A-Z_][A-Z0-9_]*)=(.*)$/);
     if (!m) continue;
-    if (USER_WINS.has(m[1]) && env[m[1]]) continue;
+    // A project image name in the variable is what an earlier eval of toolchain:env left, not the user's: the current one replaces it.
+    if (USER_WINS.has(m[1]) && env[m[1]] && !env[m[1]]!.startsWith('pgvault/')) continue;
     let value = m[2].replace(/^"(.*)"$/, '$1');
     value = value.replace(/\$PATH/g, env.PATH ?? '');
     env[m[1]] = value;

@@ -605,15 +605,26 @@ async function convergeGroups(client: Client, env: EnvironmentConfig): Promise<s
   // if a migration changed the owner's defaults. Only the global form can revoke a built-in
   // default; a per-schema default can only add.
   await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE ${client.escapeIdentifier(env.database.ownerRole)} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`);
-  // A migrator acts as the owner, so it can also GRANT EXECUTE on its routines to PUBLIC or to a
-  // group role by hand, and that grant outlives its lease: every deploy takes it back, in the
-  // schemas this environment made (marked) only. The project grants EXECUTE on nothing.
+  // A migrator acts as the owner, so it can also GRANT EXECUTE on a SECURITY DEFINER routine of
+  // the owner's to PUBLIC or to a group role by hand, and that grant (the owner's rights for
+  // anyone) outlives its lease: every deploy takes it back. Only those routines, in the schemas
+  // this environment made (marked), and none of an extension: EXECUTE on any other routine runs
+  // with the caller's own rights, and extensions' are not ours to change.
   const q = (x: string) => client.escapeIdentifier(x);
   const schemas = [...new Set([env.database.schema, ...rolesHere(env).flatMap((r) => r.grants.map((g) => g.schema))])];
   const found = await client.query(`SELECT nspname, pg_catalog.obj_description(oid, 'pg_namespace') AS comment FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)`, [schemas]);
-  const marked = found.rows.filter((x) => isMarked(x.comment, env.database.mark));
-  const groups = ['PUBLIC', ...[...new Set([...declared.map((d) => d.group), ...gone])].map(q)].join(', ');
-  for (const { nspname } of marked) await client.query(`REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA ${q(nspname)} FROM ${groups}`);
+  const marked = found.rows.filter((x) => isMarked(x.comment, env.database.mark)).map((x) => x.nspname);
+  const definers = await client.query(
+    `SELECT p.oid::pg_catalog.regprocedure::text AS routine FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+      WHERE n.nspname = ANY($1) AND p.prosecdef AND p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $2)
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e')`,
+    [marked, env.database.ownerRole],
+  );
+  if (definers.rowCount) {
+    const existing = await client.query('SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY($1)', [[...new Set([...declared.map((d) => d.group), ...gone])]]);
+    const groups = ['PUBLIC', ...existing.rows.map((x) => q(x.rolname))].join(', ');
+    for (const { routine } of definers.rows) await client.query(`REVOKE EXECUTE ON ROUTINE ${routine} FROM ${groups}`);
+  }
   return [...missing].sort();
 }
 

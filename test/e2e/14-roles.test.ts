@@ -159,10 +159,15 @@ describe('roles shaped by grants, and the migrator', { timeout: 15 * 60_000 }, (
     // a grant that would outlive its lease.
     const m = await connect(await issue('migrator'));
     await m.query('GRANT EXECUTE ON FUNCTION app.wipe_secrets() TO PUBLIC');
+    // An ordinary function (it runs with the caller's rights): a grant the deploy leaves alone.
+    await m.query("CREATE FUNCTION app.slug(t text) RETURNS text LANGUAGE sql AS $$ SELECT lower(t) $$");
+    await m.query('GRANT EXECUTE ON FUNCTION app.slug(text) TO PUBLIC');
     await m.end();
     const output = await deployLogged();
     const fn = await admin.query(`SELECT proacl::text AS acl FROM pg_proc WHERE proname = 'wipe_secrets'`);
     assert.doesNotMatch(fn.rows[0].acl ?? '', /(^|[{,])=X/, 'the deploy took EXECUTE on the migrator\'s function from PUBLIC again');
+    const slug = await admin.query(`SELECT proacl::text AS acl FROM pg_proc WHERE proname = 'slug'`);
+    assert.match(slug.rows[0].acl ?? '', /(^|[{,])=X/, 'EXECUTE on an ordinary function stays as the migration granted it');
     const legacy = await admin.query(`SELECT pg_get_userbyid(relowner) AS owner, relacl::text AS acl FROM pg_class WHERE oid = 'public.legacy'::regclass`);
     assert.equal(legacy.rows[0].owner, 'postgres', 'its owner is unchanged');
     assert.match(legacy.rows[0].acl, /legacy_app=ar\/postgres/, 'its own grants are unchanged');

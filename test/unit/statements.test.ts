@@ -151,6 +151,9 @@ test('Vault\'s role holds the retired role only for the hand-over: lent to itsel
   const reassign = at('REASSIGN OWNED BY %I TO pgvault_local_retired');
   const giveBack = at("IF lent THEN EXECUTE format('REVOKE %I FROM %I', 'pgvault_local_retired', current_user); END IF;");
   assert.ok(check < lend && lend < reassign && reassign < giveBack, 'lent only when not already inherited (before 16), and given back after');
+  // Only a user that owns something here is handed over: the loan writes the one catalog row concurrent revocations would queue on.
+  const owns = at("IF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND s.refobjid = u AND s.deptype = 'o'");
+  assert.ok(owns < check && lines.slice(giveBack + 1, giveBack + 2).some((l) => l.trim() === 'END IF;'), 'the loan and the REASSIGN only when the user owns something');
   const indent = (i: number) => lines[i].search(/\S/);
   let begin = check;
   while (!(lines[begin].trim() === 'BEGIN' && indent(begin) < indent(check))) begin--;

@@ -111,6 +111,9 @@ test("the Postgres image: the environment file's setting, else a POSTGRES_IMAGE 
   assert.equal(load().POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'unset: the project image');
   assert.equal(load('').POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'empty: the project image');
   assert.equal(load('postgres:15').POSTGRES_IMAGE, 'postgres:15', "the user's own is kept");
+  // A project image name is what an earlier eval left (say, before the project moved to a new
+  // image): not the user's own, so the current one replaces it.
+  assert.equal(load('pgvault/postgres:16-bookworm-local').POSTGRES_IMAGE, DEFAULT_POSTGRES_IMAGE, 'a stale project image is replaced');
   assert.equal(load('postgres:15').VAULT_IMAGE, DEFAULT_VAULT_IMAGE, 'the Vault image is the project one (the file is the way to another)');
   assert.equal(load().PATH, '/b:/usr/bin');
   // The env file itself is unchanged (plain exports, as every checkout's loader reads it); this loader keeps the user's own over it too.
