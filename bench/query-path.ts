@@ -6,6 +6,8 @@
  * steady state, and every failure counted.
  */
 import { randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import { Pool } from 'pg';
 import type { CredentialRuntime } from '@pgvault/runtime';
@@ -27,7 +29,16 @@ interface RoundFigure {
   readonly failed: number;
   readonly seconds: number;
   readonly latencies: number[];
+  /** This process's CPU time (user + system) over the round, in µs. */
+  readonly cpuMicros: number;
 }
+
+/** A full garbage collection, so that one path's garbage is not collected on the next one's time. */
+const collectGarbage: () => void = (() => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as unknown;
+  return typeof gc === 'function' ? (gc as () => void) : () => undefined;
+})();
 
 /** `clients` loops calling `fn` for `seconds`; per-call latencies in ms, and completion times. */
 export async function closedLoop(clients: number, seconds: number, fn: () => Promise<unknown>, completions?: number[]): Promise<RoundFigure> {
@@ -35,6 +46,7 @@ export async function closedLoop(clients: number, seconds: number, fn: () => Pro
   let failed = 0;
   const end = Date.now() + seconds * 1000;
   const t0 = process.hrtime.bigint();
+  const cpu0 = process.cpuUsage();
   await Promise.all(
     Array.from({ length: clients }, async () => {
       while (Date.now() < end) {
@@ -49,7 +61,8 @@ export async function closedLoop(clients: number, seconds: number, fn: () => Pro
       }
     }),
   );
-  return { queries: latencies.length, failed, seconds: Number(process.hrtime.bigint() - t0) / 1e9, latencies };
+  const cpu = process.cpuUsage(cpu0);
+  return { queries: latencies.length, failed, seconds: Number(process.hrtime.bigint() - t0) / 1e9, latencies, cpuMicros: cpu.user + cpu.system };
 }
 
 /** The static role of the plain pg.Pool: a login in the role's group, the bench's own, dropped at the end. */
@@ -130,15 +143,20 @@ export async function queryPath(rt: CredentialRuntime, env: EnvironmentConfig, r
     );
     for (const p of paths) await closedLoop(opts.clients, 0.5, p.select1); // warm-up: every pool full
     for (const [workload, call] of [['SELECT 1', (p: Path) => p.select1()], ['indexed row', (p: Path) => p.row(id)]] as const) {
-      const results = new Map<string, { qps: number[]; latencies: number[]; failed: number }>(paths.map((p) => [p.name, { qps: [], latencies: [], failed: 0 }]));
+      const results = new Map<string, { qps: number[]; cpu: number[]; latencies: number[]; failed: number }>(paths.map((p) => [p.name, { qps: [], cpu: [], latencies: [], failed: 0 }]));
       for (let r = 0; r < opts.rounds; r++) {
-        // A different order each round, so that no path always runs first (or after the same one).
+        // A different order each round, so that no path always runs first; backwards every other
+        // round, so that no path always runs after the same one (whose garbage it would collect).
         const order = paths.map((_, i) => paths[(i + r) % paths.length]);
+        if (r % 2 === 1) order.reverse();
         for (const p of order) {
+          // Each path starts with an empty heap: the previous path's garbage is not collected on its time.
+          collectGarbage();
           const f = await closedLoop(opts.clients, opts.seconds, () => call(p));
           const acc = results.get(p.name)!;
           acc.qps.push(f.queries / f.seconds);
-          acc.latencies.push(...f.latencies);
+          acc.cpu.push(f.queries ? f.cpuMicros / f.queries : NaN);
+          for (const l of f.latencies) acc.latencies.push(l);
           acc.failed += f.failed;
         }
       }
@@ -146,7 +164,13 @@ export async function queryPath(rt: CredentialRuntime, env: EnvironmentConfig, r
       const baseP50 = percentile([...base.latencies].sort((a, b) => a - b), 50);
       // The load of a shared machine drifts within a run: each round's ratio to plain pg.Pool in
       // that same round, then their median, is steadier than a ratio of medians.
-      const roundRatio = (name: string, to: string) => median(results.get(name)!.qps.map((x, r) => x / results.get(to)!.qps[r]));
+      const roundRatios = (name: string, to: string) => results.get(name)!.qps.map((x, r) => x / results.get(to)!.qps[r]);
+      const roundRatio = (name: string, to: string) => median(roundRatios(name, to));
+      // How much the rounds scatter: a gap smaller than this is the machine, not the path.
+      const spread = (name: string, to: string) => {
+        const sorted = roundRatios(name, to).sort((a, b) => a - b);
+        return `middle half ${percentile(sorted, 25).toFixed(3)}-${percentile(sorted, 75).toFixed(3)}`;
+      };
       for (const p of paths) {
         const acc = results.get(p.name)!;
         const sorted = [...acc.latencies].sort((a, b) => a - b);
@@ -154,8 +178,11 @@ export async function queryPath(rt: CredentialRuntime, env: EnvironmentConfig, r
         const qps = median(acc.qps);
         console.log(
           `${workload.padEnd(12)} ${p.name.padEnd(24)} ${qps.toFixed(0).padStart(6)} q/s (median of ${acc.qps.length})  p50 ${p50.toFixed(3)} ms  p99 ${percentile(sorted, 99).toFixed(3)} ms` +
-            (p === paths[0] ? '' : `  ->  ${roundRatio(p.name, paths[0].name).toFixed(3)}x of plain (median of per-round ratios), p50 ${p50 - baseP50 >= 0 ? '+' : ''}${(p50 - baseP50).toFixed(3)} ms`) +
+            (p === paths[0] ? '' : `  ->  ${roundRatio(p.name, paths[0].name).toFixed(3)}x of plain (median of per-round ratios; ${spread(p.name, paths[0].name)}), p50 ${p50 - baseP50 >= 0 ? '+' : ''}${(p50 - baseP50).toFixed(3)} ms`) +
             (p.name === 'Kysely on the face' ? ` (${roundRatio(p.name, 'Kysely on plain pg.Pool').toFixed(3)}x of Kysely on plain)` : '') +
+            // The runtime's own cost, without the machine's noise: this process's CPU per query.
+            `; cpu ${median(acc.cpu).toFixed(1)} µs/query` +
+            (p === paths[0] ? '' : ` (${(median(acc.cpu) - median(base.cpu) >= 0 ? '+' : '')}${(median(acc.cpu) - median(base.cpu)).toFixed(1)})`) +
             (acc.failed ? `  FAILED ${acc.failed}` : ''),
         );
       }

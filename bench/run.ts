@@ -18,7 +18,7 @@
  *             cluster), the creation statements on Postgres, the rest; a new TLS connection's cost.
  *
  * BENCH_WORKERS (default 4), BENCH_ISSUES (per path, default 200), BENCH_SECONDS (per API phase,
- * default 10), BENCH_QUERY_SECONDS (per round, default 1), BENCH_QUERY_ROUNDS (default 10),
+ * default 10), BENCH_QUERY_SECONDS (per round, default 1), BENCH_QUERY_ROUNDS (default 20),
  * BENCH_ROTATION_SECONDS (default 12), BENCH_REVOKE_N (default "1000,4000"),
  * BENCH_PEER_SECONDS (per round, default 20), BENCH_PEER_ROUNDS (default 2), BENCH_BREAKDOWN_N
  * (requests per step, default 200).
@@ -41,7 +41,7 @@ const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
 const ISSUES = Number(process.env.BENCH_ISSUES ?? 200);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const QUERY_SECONDS = Number(process.env.BENCH_QUERY_SECONDS ?? 1);
-const QUERY_ROUNDS = Number(process.env.BENCH_QUERY_ROUNDS ?? 10);
+const QUERY_ROUNDS = Number(process.env.BENCH_QUERY_ROUNDS ?? 20);
 const ROTATION_SECONDS = Number(process.env.BENCH_ROTATION_SECONDS ?? 12);
 const REVOKE_N = (process.env.BENCH_REVOKE_N ?? '1000,4000').split(',').map(Number);
 const PEER_SECONDS = Number(process.env.BENCH_PEER_SECONDS ?? 20);

@@ -1,6 +1,6 @@
 import { Pool, PoolClient, QueryResult } from 'pg';
 import { AppError } from './errors';
-import type { RotatingPool } from './pool';
+import type { RotatingPool, StatementHooks } from './pool';
 
 type Callback<T> = (error: Error | undefined, value?: T) => void;
 type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined, release: (error?: Error | boolean) => void) => void;
@@ -35,10 +35,8 @@ type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined
 export class VaultPgPool extends Pool {
   readonly #source: RotatingPool;
   readonly #connectionTimeoutMillis: number;
-  /** Clients connect() handed out and not yet released. */
-  readonly #out = new Set<PoolClient>();
-  /** query() calls under way (their clients are not in #out). */
-  #queries = 0;
+  /** query() calls under way, and connect() calls whose client is not released yet. */
+  #busy = 0;
   #endWaiter?: () => void;
   readonly #onIdleError = (error: Error, client: PoolClient) => {
     if (this.listenerCount('error') > 0) this.emit('error', error, client);
@@ -119,7 +117,7 @@ export class VaultPgPool extends Pool {
       ? Promise.reject(new AppError('POOL_ENDED', 'end() was called on this pool more than once; call it once, at shutdown'))
       : (async () => {
           state.ending = true;
-          if (this.#out.size > 0 || this.#queries > 0) await new Promise<void>((resolve) => (this.#endWaiter = resolve));
+          if (this.#busy > 0) await new Promise<void>((resolve) => (this.#endWaiter = resolve));
           this.#source.off('idleError', this.#onIdleError);
           state.ended = true;
         })();
@@ -130,36 +128,29 @@ export class VaultPgPool extends Pool {
     );
   }
 
-  /** pool.query(): the hot path of every ORM call, so one call into the rotating pool. */
-  async #queryOnce(args: unknown[]): Promise<QueryResult> {
-    if (this.ending) throw this.#ended();
-    this.#queries++;
-    try {
-      return await this.#source.statement<QueryResult>(args, Date.now() + this.#connectionTimeoutMillis);
-    } catch (e: any) {
-      throw e?.code === 'REQUEST_DEADLINE' ? this.#connectTimeout(e) : e;
-    } finally {
-      this.#queries--;
-      this.#maybeEnded();
-    }
+  /** pool.query(): the hot path of every ORM call, so one call into the rotating pool, and no promise of its own. */
+  #queryOnce(args: unknown[]): Promise<QueryResult> {
+    if (this.ending) return Promise.reject(this.#ended());
+    this.#busy++;
+    return this.#source.statement<QueryResult>(args, Date.now() + this.#connectionTimeoutMillis, this.#queryHooks);
   }
 
-  async #checkout(): Promise<PoolClient> {
-    if (this.ending) throw this.#ended();
-    const client = await this.#source.checkout({ deadline: Date.now() + this.#connectionTimeoutMillis }).catch((e: any) => {
-      throw e?.code === 'REQUEST_DEADLINE' ? this.#connectTimeout(e) : e;
-    });
-    const giveBack = client.release;
-    this.#out.add(client);
-    client.release = (error?: Error | boolean) => {
-      this.#out.delete(client);
-      try {
-        giveBack(error);
-      } finally {
-        this.#maybeEnded();
-      }
-    };
-    return client;
+  /** For query() and connect() alike: end() waits for both. */
+  readonly #queryHooks: StatementHooks = {
+    settled: () => {
+      this.#busy--;
+      this.#maybeEnded();
+    },
+    // Only the wait for a client ends in REQUEST_DEADLINE: pg.Pool's own message for it.
+    connectError: (e: any) => (e?.code === 'REQUEST_DEADLINE' ? this.#connectTimeout(e) : e),
+    queryError: (e: any) => e,
+  };
+
+  #checkout(): Promise<PoolClient> {
+    if (this.ending) return Promise.reject(this.#ended());
+    // The rotating pool calls #queryHooks.settled once: at the client's release, or when none came.
+    this.#busy++;
+    return this.#source.checkout({ deadline: Date.now() + this.#connectionTimeoutMillis }, this.#queryHooks);
   }
 
   #ended(): AppError {
@@ -171,6 +162,6 @@ export class VaultPgPool extends Pool {
   }
 
   #maybeEnded(): void {
-    if (this.ending && this.#out.size === 0 && this.#queries === 0) this.#endWaiter?.();
+    if (this.ending && this.#busy === 0) this.#endWaiter?.();
   }
 }

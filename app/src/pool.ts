@@ -54,7 +54,8 @@ export interface RotatingPoolOptions {
    * sent without a deadline of its own (query(), withClient() and the pg.Pool face's clients): a
    * frozen server (docker pause) still acknowledges TCP, so neither keepalive nor its own
    * statement_timeout ends the wait. Such a statement still running statementTimeoutMillis +
-   * cancelTimeoutMillis after it was sent gets a cancel request; without an answer within
+   * cancelTimeoutMillis after it was sent (or after the answer of the statement queued before it
+   * on the same client) gets a cancel request; without an answer within
    * cancelTimeoutMillis more, its connection is destroyed and it fails with OutcomeUnknownError.
    * 0: no limit, on either side. @default 30000
    */
@@ -156,6 +157,118 @@ function destroyConnection(client: PoolClient): void {
   (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
+/** What a caller of RotatingPool#statement or #checkout adds: functions made once per caller, not per call. */
+export interface StatementHooks {
+  /** Runs once the client is back: for statement(), before its promise settles; for checkout(), at its release, or when no client came. */
+  settled(): void;
+  /** The caller's error for a failed wait for a client (REQUEST_DEADLINE, POOL_CLOSED, a refusal). */
+  connectError(e: any): unknown;
+  /** The caller's error for a failed statement (after the statement bound's own mapping). */
+  queryError(e: any): unknown;
+}
+
+const same = (e: any): unknown => e;
+const NO_HOOKS: StatementHooks = { settled: () => undefined, connectError: same, queryError: same };
+
+/** Where a client's StatementWatch is kept: a property read, cheaper than a WeakMap on every statement. */
+const WATCH = Symbol('pgvault.statementWatch');
+
+type Watched = PoolClient & { [WATCH]?: StatementWatch };
+
+/**
+ * The client-side bound on one client's promise-style statements, with no timer and no promise
+ * per statement: one timer per client, re-armed (`refresh()`) when a statement is sent on a
+ * client with none under way, and at each answer while more wait. pg runs a client's statements
+ * one after another, so the bound runs from the later of a statement's call and the previous
+ * statement's answer: one queued behind a long statement is not cancelled for the other's time.
+ * At the bound a cancel request goes to Postgres; its confirmation (57014) means the statement did
+ * not happen. Without any answer within `graceMillis` (a frozen or unreachable server), the
+ * connection is destroyed and its statements fail with the outcome unknown.
+ */
+class StatementWatch {
+  /** Promise-style statements called and not answered yet. */
+  private pending = 0;
+  /** A cancel request was sent on this connection: it must not be reused (see spoiled()). */
+  cancelSent = false;
+  private gaveUp = false;
+  private grace?: NodeJS.Timeout;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly client: PoolClient,
+    /** pg's own `client.query`. */
+    readonly query: (...args: unknown[]) => unknown,
+    boundMillis: number,
+    private readonly graceMillis: number,
+    private readonly onCancel: (client: PoolClient) => void,
+    private readonly onGiveUp: () => void,
+  ) {
+    // Armed once with nothing under way (a no-op when it fires), then only ever refreshed.
+    this.timer = setTimeout(this.bound, Math.min(boundMillis, MAX_TIMER_MILLIS));
+    this.timer.unref();
+  }
+
+  sent(): void {
+    if (this.pending++ === 0) this.timer.refresh();
+  }
+
+  answered(): void {
+    if (this.grace !== undefined) {
+      clearTimeout(this.grace);
+      this.grace = undefined;
+    }
+    if (--this.pending > 0) this.timer.refresh();
+  }
+
+  /** The caller's error for `e`, the failure of one of this client's statements. */
+  error(e: any): any {
+    if (this.gaveUp) {
+      return new OutcomeUnknownError(
+        'DB_OUTCOME_UNKNOWN',
+        `no answer from Postgres within statementTimeoutMillis + cancelTimeoutMillis, nor within ${this.graceMillis} ms of the cancel request sent then (a frozen or unreachable server); the connection is closed, and whether the statement took effect is unknown`,
+      );
+    }
+    if (this.cancelSent && e?.code === '57014') {
+      return new QueryDeadlineError('DB_DEADLINE', 'the statement was cancelled at its deadline, and Postgres confirmed it: it did not take effect', '57014');
+    }
+    return e;
+  }
+
+  /** The answer of a statement, for `then`: no closure per statement. */
+  readonly onAnswer = (value: unknown): unknown => {
+    this.answered();
+    return value;
+  };
+
+  readonly onError = (e: unknown): never => {
+    const err = this.error(e);
+    this.answered();
+    throw err;
+  };
+
+  /** Stops the timers: the connection is gone. */
+  stop(): void {
+    clearTimeout(this.timer);
+    if (this.grace !== undefined) clearTimeout(this.grace);
+    this.grace = undefined;
+  }
+
+  private readonly bound = (): void => {
+    if (this.pending === 0 || this.grace !== undefined || this.gaveUp) return;
+    this.cancelSent = true;
+    this.onCancel(this.client);
+    this.grace = setTimeout(this.giveUp, this.graceMillis);
+  };
+
+  private readonly giveUp = (): void => {
+    this.grace = undefined;
+    if (this.pending === 0) return;
+    this.gaveUp = true;
+    this.onGiveUp();
+    destroyConnection(this.client);
+  };
+}
+
 /** Connection refused, reset, or Postgres starting up or shutting down: worth another try. */
 function transientConnectError(e: any): boolean {
   return (
@@ -198,9 +311,15 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   }
 
   /** Runs a query on the current credentials. */
-  async query<R extends QueryResultRow = any>(text: string, values?: unknown[], opts: CallOptions = {}): Promise<QueryResult<R>> {
+  query<R extends QueryResultRow = any>(text: string, values?: unknown[], opts: CallOptions = {}): Promise<QueryResult<R>> {
+    if (opts.deadline === undefined) {
+      // statement()'s path, as withClient() would take it: the wait bounded by acquireTimeoutMillis, errors as withClient's.
+      return this.statement<QueryResult<R>>(values === undefined ? [text] : [text, values], Date.now() + (this.opts.acquireTimeoutMillis ?? 10_000), this.queryHooks);
+    }
     return this.withClient((c) => c.query<R>(text, values), opts);
   }
+
+  private readonly queryHooks: StatementHooks = { settled: () => undefined, connectError: same, queryError: (e) => this.fail(e, 'query') };
 
   /**
    * Runs `fn` with one client of the current pool (for transactions). If Postgres
@@ -235,21 +354,81 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    * One statement (pg's `client.query` arguments) on a client of the current credentials, for the
    * pg.Pool face's `query()`: the client comes within `connectDeadline` (else REQUEST_DEADLINE,
    * nothing sent); the statement is bounded as every statement is (statementTimeoutMillis), and
-   * its errors are pg's own. The face's hot path: one call, no wrapper around the client.
+   * its errors are pg's own unless `hooks` map them; `hooks.settled` runs once the client is back,
+   * before the promise settles.
+   * The face's hot path: when an idle client of working credentials is there, it goes as plain
+   * pg.Pool's `query()` does (pg-pool's and pg's callback forms, one promise in all); otherwise
+   * through the rotating pool's connect(), with its retries and bounded waits.
    */
-  async statement<R = unknown>(args: unknown[], connectDeadline: number): Promise<R> {
-    if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
-    const client = await this.connect(connectDeadline);
-    const owner = this.generationOf(client);
-    let failure: Error | undefined;
+  statement<R = unknown>(args: unknown[], connectDeadline: number, hooks: StatementHooks = NO_HOOKS): Promise<R> {
+    const gen = this.active;
+    if (this.closed || !gen.connected || gen.pool.idleCount <= gen.pool.waitingCount || (this.opts.statementTimeoutMillis ?? 30_000) <= 0) {
+      return this.statementVia(args, connectDeadline, hooks);
+    }
+    return new Promise<R>((resolve, reject) => {
+      gen.inFlight++;
+      // More idle clients than callers queued: pg-pool hands one over without I/O, so no deadline can pass.
+      gen.pool.connect((err: Error | undefined, client?: PoolClient) => {
+        const watch = client === undefined ? undefined : (client as Watched)[WATCH];
+        if (err || client === undefined || watch === undefined || this.clientOwner.get(client) !== gen) {
+          // Not what a handed-over idle client looks like: give it back, and take the general path.
+          if (client !== undefined) client.release(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
+          this.done(gen);
+          this.statementVia<R>(args, connectDeadline, hooks).then(resolve, reject);
+          return;
+        }
+        watch.sent();
+        const answered = (e: Error | null | undefined, result?: unknown): void => {
+          const failure = e ? hooks.queryError(watch.error(e)) : undefined;
+          watch.answered();
+          client.release(e ? (e instanceof Error ? e : new Error(String(e))) : this.spoiled(client));
+          this.done(gen);
+          hooks.settled();
+          if (failure) reject(failure);
+          else resolve(result as R);
+        };
+        try {
+          watch.query.apply(client, [...args, answered]);
+        } catch (e: any) {
+          answered(e instanceof Error ? e : new Error(String(e)));
+        }
+      });
+    });
+  }
+
+  /** statement(), through connect(): the first client of new credentials, a wait for a client, a closed pool. */
+  private async statementVia<R>(args: unknown[], connectDeadline: number, hooks: StatementHooks): Promise<R> {
     try {
-      return await (client.query as (...a: unknown[]) => Promise<R>)(...args);
-    } catch (e: any) {
-      failure = e instanceof Error ? e : new Error(String(e));
-      throw e;
+      if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
+      let client: PoolClient;
+      try {
+        client = await this.connect(connectDeadline);
+      } catch (e) {
+        throw hooks.connectError(e);
+      }
+      const owner = this.generationOf(client);
+      const watch = (client as Watched)[WATCH];
+      let failure: Error | undefined;
+      try {
+        if (watch === undefined) return await (client.query as (...a: unknown[]) => Promise<R>)(...args);
+        // pg's own query, bounded by the client's watch: no wrapper promise, no timer of its own.
+        watch.sent();
+        try {
+          return (await watch.query.apply(client, args)) as R;
+        } catch (e) {
+          throw watch.error(e);
+        } finally {
+          watch.answered();
+        }
+      } catch (e: any) {
+        failure = e instanceof Error ? e : new Error(String(e));
+        throw hooks.queryError(e);
+      } finally {
+        client.release(failure ?? this.spoiled(client));
+        this.done(owner);
+      }
     } finally {
-      client.release(failure ?? this.spoiled(client));
-      this.done(owner);
+      hooks.settled();
     }
   }
 
@@ -257,11 +436,40 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    * A client of the current credentials for a caller that gives it back itself, with
    * `client.release(error?)` (the pg.Pool face). It stays on its credentials until then: their
    * pool drains, and their lease is revoked, only after it is released or the drain timeout passes.
+   * `hooks` as for statement() (queryError unused).
    */
-  async checkout(opts: CallOptions = {}): Promise<PoolClient> {
-    if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
-    const client = await this.connect(opts.deadline);
-    const owner = this.generationOf(client);
+  checkout(opts: CallOptions = {}, hooks: StatementHooks = NO_HOOKS): Promise<PoolClient> {
+    const gen = this.active;
+    if (this.closed || !gen.connected || gen.pool.idleCount <= gen.pool.waitingCount) return this.checkoutVia(opts, hooks);
+    // As statement(): an idle client of working credentials comes without I/O, so no deadline can pass.
+    return new Promise<PoolClient>((resolve, reject) => {
+      gen.inFlight++;
+      gen.pool.connect((err: Error | undefined, client?: PoolClient) => {
+        if (err || client === undefined || this.clientOwner.get(client) !== gen) {
+          if (client !== undefined) client.release(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
+          this.done(gen);
+          this.checkoutVia(opts, hooks).then(resolve, reject);
+          return;
+        }
+        resolve(this.lend(client, gen, hooks));
+      });
+    });
+  }
+
+  private async checkoutVia(opts: CallOptions, hooks: StatementHooks): Promise<PoolClient> {
+    let client: PoolClient;
+    try {
+      if (this.closed) throw new AppError('POOL_CLOSED', 'the pool is closed');
+      client = await this.connect(opts.deadline);
+    } catch (e) {
+      hooks.settled();
+      throw hooks.connectError(e);
+    }
+    return this.lend(client, this.generationOf(client), hooks);
+  }
+
+  /** `client`, whose release() gives it back once, lets its generation drain, then runs `hooks.settled`. */
+  private lend(client: PoolClient, owner: Generation, hooks: StatementHooks): PoolClient {
     const giveBack = client.release;
     let released = false;
     client.release = (error?: Error | boolean) => {
@@ -269,6 +477,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
       released = true;
       giveBack(error || this.spoiled(client));
       this.done(owner);
+      hooks.settled();
     };
     return client;
   }
@@ -397,14 +606,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     type Settled = { value: T } | { error: any };
     const settled: Promise<Settled> = work.then((value) => ({ value }), (error) => ({ error }));
     onCancel();
-    this.count('deadline_cancel');
     const waitMillis = this.opts.cancelTimeoutMillis ?? 1000;
-    const c = client as unknown as { processID?: number; secretKey?: number };
-    if (typeof c.processID === 'number' && typeof c.secretKey === 'number') {
-      void sendCancelRequest(this.opts.host, this.opts.port, c.processID, c.secretKey, waitMillis);
-    } else {
-      this.count('cancel_unavailable');
-    }
+    this.sendCancel(client, waitMillis);
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), waitMillis)));
     const result = await Promise.race([settled, grace]);
@@ -495,22 +698,56 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
 
   /**
    * Bounds each promise-style `client.query` by statementTimeoutMillis + cancelTimeoutMillis from
-   * when it is called (see there). Callback and Submittable (cursor, stream) forms are left as
-   * they are: their callers own their waits.
+   * when it is called, or from the answer of the statement before it on the same client (see
+   * StatementWatch). Callback and Submittable (cursor, stream) forms are left as they are: their
+   * callers own their waits.
    */
   private boundStatements(client: PoolClient): void {
     const statementTimeoutMillis = this.opts.statementTimeoutMillis ?? 30_000;
     if (statementTimeoutMillis <= 0) return;
-    const boundMillis = statementTimeoutMillis + (this.opts.cancelTimeoutMillis ?? 1000);
+    const graceMillis = this.opts.cancelTimeoutMillis ?? 1000;
     const query = client.query as (...args: unknown[]) => unknown;
-    const pool = this;
+    const watch = new StatementWatch(
+      client,
+      query,
+      statementTimeoutMillis + graceMillis,
+      graceMillis,
+      (c) => this.sendCancel(c, graceMillis),
+      () => this.count('outcome_unknown'),
+    );
+    (client as Watched)[WATCH] = watch;
+    client.once('end', () => watch.stop());
     client.query = function boundedQuery(this: PoolClient, ...args: unknown[]) {
       const first = args[0] as { submit?: unknown; callback?: unknown } | undefined;
-      const viaCallback = typeof args[args.length - 1] === 'function' || typeof first?.submit === 'function' || typeof first?.callback === 'function';
-      const result = query.apply(client, args);
-      if (viaCallback || typeof (result as Promise<unknown> | undefined)?.then !== 'function') return result;
-      return pool.bounded(client, result as Promise<unknown>, Date.now() + boundMillis, () => pool.cancelSent.add(client));
+      if (typeof args[args.length - 1] === 'function' || typeof first?.submit === 'function' || typeof first?.callback === 'function') {
+        return query.apply(client, args);
+      }
+      watch.sent();
+      let result: unknown;
+      try {
+        result = query.apply(client, args);
+      } catch (e) {
+        watch.answered();
+        throw e;
+      }
+      if (typeof (result as Promise<unknown> | undefined)?.then !== 'function') {
+        watch.answered();
+        return result;
+      }
+      return (result as Promise<unknown>).then(watch.onAnswer, watch.onError);
     } as PoolClient['query'];
+  }
+
+  /** A cancel request for the statement running on `client`, which is not used again. */
+  private sendCancel(client: PoolClient, waitMillis: number): void {
+    this.cancelSent.add(client);
+    this.count('deadline_cancel');
+    const c = client as unknown as { processID?: number; secretKey?: number };
+    if (typeof c.processID === 'number' && typeof c.secretKey === 'number') {
+      void sendCancelRequest(this.opts.host, this.opts.port, c.processID, c.secretKey, waitMillis);
+    } else {
+      this.count('cancel_unavailable');
+    }
   }
 
   private async acquire(gen: Generation): Promise<PoolClient> {

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { Pool, PoolClient } from 'pg';
-import { RotatingPool, VaultPgPool } from '@pgvault/runtime';
+import { RotatingPool, StatementHooks, VaultPgPool } from '@pgvault/runtime';
 
 /** A fake pg client: records its queries and releases; `fail` makes the next query reject. */
 class FakeClient {
@@ -29,23 +29,43 @@ class FakeRotatingPool extends EventEmitter {
   deadlines: Array<number | undefined> = [];
   next = () => new FakeClient();
   checkoutError?: Error;
-  async checkout(opts: { deadline?: number } = {}): Promise<PoolClient> {
+  /** RotatingPool#checkout: `hooks.settled` once, at the release or when no client came; errors through `hooks.connectError`. */
+  async checkout(opts: { deadline?: number } = {}, hooks?: StatementHooks): Promise<PoolClient> {
     this.deadlines.push(opts.deadline);
-    if (this.checkoutError) throw this.checkoutError;
+    if (this.checkoutError) {
+      hooks?.settled();
+      throw hooks ? hooks.connectError(this.checkoutError) : this.checkoutError;
+    }
     const c = this.next();
     this.clients.push(c);
+    if (hooks) {
+      const record = c.release;
+      c.release = (e?: unknown) => {
+        record(e);
+        hooks.settled();
+      };
+    }
     return c as unknown as PoolClient;
   }
-  /** RotatingPool#statement as the face uses it: a client within the deadline, one query, release. */
-  async statement(args: unknown[], deadline: number): Promise<unknown> {
-    const c = (await this.checkout({ deadline })) as unknown as FakeClient;
+  /** RotatingPool#statement as the face uses it: a client within the deadline (its error mapped by `hooks.connectError`), one query, release, then `hooks.settled`. */
+  async statement(args: unknown[], deadline: number, hooks: StatementHooks): Promise<unknown> {
     try {
-      const r = await c.query(...args);
-      c.release();
-      return r;
-    } catch (e) {
-      c.release(e);
-      throw e;
+      let c: FakeClient;
+      try {
+        c = (await this.checkout({ deadline })) as unknown as FakeClient;
+      } catch (e) {
+        throw hooks.connectError(e);
+      }
+      try {
+        const r = await c.query(...args);
+        c.release();
+        return r;
+      } catch (e) {
+        c.release(e);
+        throw hooks.queryError(e);
+      }
+    } finally {
+      hooks.settled();
     }
   }
   stats() {

@@ -183,6 +183,50 @@ test('fails when the server freezes under a statement sent without a deadline (q
   assert.equal((await face.query('SELECT 1')).rows[0].x, '1', 'the pool serves again once the server does');
 });
 
+test('fails when a statement sent without a deadline waits past the bound on a server that answers the cancel: DB_DEADLINE (not applied), on the face and a checked-out client, and the pool serves on', { timeout: 10_000 }, async () => {
+  const { pg, pool } = await setup({ statementTimeoutMillis: 200, cancelTimeoutMillis: 300 });
+  const face = new VaultPgPool(pool, { connectionTimeoutMillis: 1000 });
+  await pool.query('SELECT 1');
+  pg.mode = 'wait-for-cancel';
+  const t0 = Date.now();
+  const viaFace = settle(face.query('INSERT INTO app.items (name) VALUES ($1)', ['f']));
+  const viaClient = settle((async () => {
+    const client = await face.connect();
+    try {
+      return await client.query('INSERT INTO app.items (name) VALUES ($1)', ['c']);
+    } finally {
+      client.release();
+    }
+  })());
+  for (const [what, outcome] of [['face.query()', await viaFace], ['client.query()', await viaClient]] as const) {
+    const took = Date.now() - t0;
+    assert.ok(outcome.error instanceof QueryDeadlineError, `${what}: a QueryDeadlineError, got ${outcome.error}`);
+    assert.equal(queryOutcome(outcome.error), 'not_applied');
+    assert.ok(took >= 480 && took < 2000, `${what} failed after ${took} ms (bound 200 + 300 ms, then the cancel's answer)`);
+  }
+  assert.equal(pg.cancelRequests.length, 2, 'one cancel request per statement');
+  pg.mode = 'answer';
+  assert.equal((await face.query('SELECT 1')).rows[0].x, '1');
+  await waitUntil(() => pg.closedByClient.length === 2, 1000, 'both cancelled connections to be closed, not reused');
+});
+
+test('a statement queued behind a slow one on the same client is bounded from the slow one\'s answer, not cancelled for its time', { timeout: 10_000 }, async () => {
+  const { pg, pool } = await setup({ statementTimeoutMillis: 200, cancelTimeoutMillis: 200 });
+  const face = new VaultPgPool(pool, { connectionTimeoutMillis: 1000 });
+  await pool.query('SELECT 1');
+  // Each statement takes 300 ms: the second answers 600 ms after both were called, past a
+  // 400 ms bound counted from its call, within one counted from the first's answer.
+  pg.answerDelayMillis = 300;
+  const client = await face.connect();
+  try {
+    const both = await Promise.all([client.query('SELECT 1'), client.query('SELECT 2')]);
+    assert.deepEqual(both.map((r) => r.rows.length), [1, 1]);
+  } finally {
+    client.release();
+  }
+  assert.equal(pg.cancelRequests.length, 0, 'no cancel request was sent');
+});
+
 test('fails when a session is ended (57P01) in the same read as its login completes: the query fails, the process does not', { timeout: 5000 }, async () => {
   const { pg, pool } = await setup();
   pg.terminatedAtLogin = () => true;
