@@ -368,29 +368,51 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
     return new Promise<R>((resolve, reject) => {
       gen.inFlight++;
       // More idle clients than callers queued: pg-pool hands one over without I/O, so no deadline can pass.
-      gen.pool.connect((err: Error | undefined, client?: PoolClient) => {
+      gen.pool.connect((err: Error | undefined, client?: PoolClient, release?: (e?: Error | boolean) => void) => {
         const watch = client === undefined ? undefined : (client as Watched)[WATCH];
-        if (err || client === undefined || watch === undefined || this.clientOwner.get(client) !== gen) {
+        if (err || client === undefined || release === undefined || watch === undefined || this.clientOwner.get(client) !== gen) {
           // Not what a handed-over idle client looks like: give it back, and take the general path.
-          if (client !== undefined) client.release(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
+          if (client !== undefined) (release ?? client.release)(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
           this.done(gen);
           this.statementVia<R>(args, connectDeadline, hooks).then(resolve, reject);
           return;
         }
         watch.sent();
+        let answeredOnce = false;
         const answered = (e: Error | null | undefined, result?: unknown): void => {
-          const failure = e ? hooks.queryError(watch.error(e)) : undefined;
+          // pg can report one query's failure twice (a parameter that fails to serialize, then the
+          // connection it closes): the first answer counts, as in pg-pool's own query().
+          if (answeredOnce) return;
+          answeredOnce = true;
+          const failure = e ? watch.error(e) : undefined;
           watch.answered();
-          client.release(e ? (e instanceof Error ? e : new Error(String(e))) : this.spoiled(client));
+          release(e ? (e instanceof Error ? e : new Error(String(e))) : this.spoiled(client));
           this.done(gen);
           hooks.settled();
-          if (failure) reject(failure);
-          else resolve(result as R);
+          if (!failure) return resolve(result as R);
+          try {
+            reject(hooks.queryError(failure));
+          } catch (thrown) {
+            // An 'error' listener that throws: the caller still gets an answer.
+            reject(thrown);
+          }
         };
+        // Exactly (config, values, callback): a trailing `undefined` would make pg take its promise form.
+        const [config, values] = args;
+        // pg before 8.23 writes the callback onto a config object: take it off again, so that a
+        // config reused later is not answered through this call's callback.
+        const reused = config !== null && typeof config === 'object' ? (config as { callback?: unknown }) : undefined;
+        const hadCallback = reused !== undefined && Object.prototype.hasOwnProperty.call(reused, 'callback');
+        const callbackBefore = reused?.callback;
         try {
-          watch.query.apply(client, [...args, answered]);
+          watch.query.call(client, config, values, answered);
         } catch (e: any) {
           answered(e instanceof Error ? e : new Error(String(e)));
+        } finally {
+          if (reused !== undefined && reused.callback === answered) {
+            if (hadCallback) reused.callback = callbackBefore;
+            else delete reused.callback;
+          }
         }
       });
     });

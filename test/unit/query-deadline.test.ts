@@ -227,6 +227,36 @@ test('a statement queued behind a slow one on the same client is bounded from th
   assert.equal(pg.cancelRequests.length, 0, 'no cancel request was sent');
 });
 
+test('fails when a parameter cannot be serialized, on the hot path of the face and of pool.query(): one rejection with pg\'s error, no uncaught exception, and the pool serves on', { timeout: 10_000 }, async () => {
+  const { pool } = await setup();
+  const face = new VaultPgPool(pool, { connectionTimeoutMillis: 1000 });
+  const uncaught: unknown[] = [];
+  const onUncaught = (e: unknown) => uncaught.push(e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    // Connected, with an idle client: the next calls take the callback path.
+    await face.query('SELECT 1');
+    for (const [what, call] of [['face.query()', () => face.query('SELECT $1::jsonb', [{ id: 1n }])], ['pool.query()', () => pool.query('SELECT $1::jsonb', [{ id: 1n }])]] as const) {
+      const { error } = await settle(call() as Promise<unknown>);
+      assert.match(String(error?.message), /BigInt/, `${what}: pg's serialization error, got ${error}`);
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(uncaught, [], `${what}: nothing thrown outside the call`);
+      assert.equal((await face.query('SELECT 1')).rows[0].x, '1', `${what}: the pool serves on`);
+    }
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+});
+
+test('query(text, values, undefined) on the face answers, as pg.Pool\'s does', { timeout: 5000 }, async () => {
+  const { pool } = await setup();
+  const face = new VaultPgPool(pool, { connectionTimeoutMillis: 1000 });
+  await face.query('SELECT 1');
+  const r = await (face.query as (...a: unknown[]) => Promise<any>)('SELECT 1', [], undefined);
+  assert.equal(r.rows[0].x, '1');
+  await face.end();
+});
+
 test('fails when a session is ended (57P01) in the same read as its login completes: the query fails, the process does not', { timeout: 5000 }, async () => {
   const { pg, pool } = await setup();
   pg.terminatedAtLogin = () => true;
