@@ -188,8 +188,8 @@ type Watched = PoolClient & { [WATCH]?: StatementWatch };
 class StatementWatch {
   /** Promise-style statements called and not answered yet. */
   private pending = 0;
-  /** A cancel request was sent on this connection: it must not be reused (see spoiled()). */
-  cancelSent = false;
+  /** This watch sent a cancel request on the connection: a 57014 now means its bound, not the server's statement_timeout. */
+  private cancelSent = false;
   private gaveUp = false;
   private grace?: NodeJS.Timeout;
   private readonly timer: NodeJS.Timeout;
@@ -362,58 +362,78 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    */
   statement<R = unknown>(args: unknown[], connectDeadline: number, hooks: StatementHooks = NO_HOOKS): Promise<R> {
     const gen = this.active;
-    if (this.closed || !gen.connected || gen.pool.idleCount <= gen.pool.waitingCount || (this.opts.statementTimeoutMillis ?? 30_000) <= 0) {
-      return this.statementVia(args, connectDeadline, hooks);
-    }
-    return new Promise<R>((resolve, reject) => {
+    if (!this.idleReady(gen) || (this.opts.statementTimeoutMillis ?? 30_000) <= 0) return this.statementVia(args, connectDeadline, hooks);
+    return this.fromIdle<R>(gen, () => this.statementVia<R>(args, connectDeadline, hooks), (client, release, resolve, reject) => {
+      // Set up by acquire() with the statement bound on (statementTimeoutMillis > 0): it has its watch.
+      const watch = (client as Watched)[WATCH]!;
+      watch.sent();
+      let answeredOnce = false;
+      const answered = (e: Error | null | undefined, result?: unknown): void => {
+        // pg can report one query's failure twice (a parameter that fails to serialize, then the
+        // connection it closes): the first answer counts, as in pg-pool's own query().
+        if (answeredOnce) return;
+        answeredOnce = true;
+        const failure = e ? watch.error(e) : undefined;
+        watch.answered();
+        release(e ? (e instanceof Error ? e : new Error(String(e))) : this.spoiled(client));
+        this.done(gen);
+        hooks.settled();
+        if (!failure) return resolve(result as R);
+        try {
+          reject(hooks.queryError(failure));
+        } catch (thrown) {
+          // An 'error' listener that throws: the caller still gets an answer.
+          reject(thrown);
+        }
+      };
+      // Exactly (config, values, callback): a trailing `undefined` would make pg take its promise form.
+      const [config, values] = args;
+      // pg before 8.23 writes the callback onto a config object: take it off again, so that a
+      // config reused later is not answered through this call's callback.
+      const reused = config !== null && typeof config === 'object' ? (config as { callback?: unknown }) : undefined;
+      const hadCallback = reused !== undefined && Object.prototype.hasOwnProperty.call(reused, 'callback');
+      const callbackBefore = reused?.callback;
+      try {
+        watch.query.call(client, config, values, answered);
+      } catch (e: any) {
+        answered(e instanceof Error ? e : new Error(String(e)));
+      } finally {
+        if (reused !== undefined && reused.callback === answered) {
+          if (hadCallback) reused.callback = callbackBefore;
+          else delete reused.callback;
+        }
+      }
+    });
+  }
+
+  /**
+   * Credentials that already worked, and more idle clients than callers queued: pg-pool hands one
+   * over on the next tick, without I/O, so no deadline can pass while waiting for it.
+   */
+  private idleReady(gen: Generation): boolean {
+    return !this.closed && gen.connected && gen.pool.idleCount > gen.pool.waitingCount;
+  }
+
+  /**
+   * An idle client of `gen` through pg-pool's callback form (no promise of its own) for `use`,
+   * with pg-pool's release for it. Anything but a client this pool set up goes back, and
+   * `fallback` (the general path) answers instead.
+   */
+  private fromIdle<T>(
+    gen: Generation,
+    fallback: () => Promise<T>,
+    use: (client: PoolClient, release: (e?: Error | boolean) => void, resolve: (value: T) => void, reject: (e: unknown) => void) => void,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       gen.inFlight++;
-      // More idle clients than callers queued: pg-pool hands one over without I/O, so no deadline can pass.
       gen.pool.connect((err: Error | undefined, client?: PoolClient, release?: (e?: Error | boolean) => void) => {
-        const watch = client === undefined ? undefined : (client as Watched)[WATCH];
-        if (err || client === undefined || release === undefined || watch === undefined || this.clientOwner.get(client) !== gen) {
-          // Not what a handed-over idle client looks like: give it back, and take the general path.
+        if (err || client === undefined || release === undefined || this.clientOwner.get(client) !== gen) {
           if (client !== undefined) (release ?? client.release)(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
           this.done(gen);
-          this.statementVia<R>(args, connectDeadline, hooks).then(resolve, reject);
+          fallback().then(resolve, reject);
           return;
         }
-        watch.sent();
-        let answeredOnce = false;
-        const answered = (e: Error | null | undefined, result?: unknown): void => {
-          // pg can report one query's failure twice (a parameter that fails to serialize, then the
-          // connection it closes): the first answer counts, as in pg-pool's own query().
-          if (answeredOnce) return;
-          answeredOnce = true;
-          const failure = e ? watch.error(e) : undefined;
-          watch.answered();
-          release(e ? (e instanceof Error ? e : new Error(String(e))) : this.spoiled(client));
-          this.done(gen);
-          hooks.settled();
-          if (!failure) return resolve(result as R);
-          try {
-            reject(hooks.queryError(failure));
-          } catch (thrown) {
-            // An 'error' listener that throws: the caller still gets an answer.
-            reject(thrown);
-          }
-        };
-        // Exactly (config, values, callback): a trailing `undefined` would make pg take its promise form.
-        const [config, values] = args;
-        // pg before 8.23 writes the callback onto a config object: take it off again, so that a
-        // config reused later is not answered through this call's callback.
-        const reused = config !== null && typeof config === 'object' ? (config as { callback?: unknown }) : undefined;
-        const hadCallback = reused !== undefined && Object.prototype.hasOwnProperty.call(reused, 'callback');
-        const callbackBefore = reused?.callback;
-        try {
-          watch.query.call(client, config, values, answered);
-        } catch (e: any) {
-          answered(e instanceof Error ? e : new Error(String(e)));
-        } finally {
-          if (reused !== undefined && reused.callback === answered) {
-            if (hadCallback) reused.callback = callbackBefore;
-            else delete reused.callback;
-          }
-        }
+        use(client, release, resolve, reject);
       });
     });
   }
@@ -462,20 +482,8 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
    */
   checkout(opts: CallOptions = {}, hooks: StatementHooks = NO_HOOKS): Promise<PoolClient> {
     const gen = this.active;
-    if (this.closed || !gen.connected || gen.pool.idleCount <= gen.pool.waitingCount) return this.checkoutVia(opts, hooks);
-    // As statement(): an idle client of working credentials comes without I/O, so no deadline can pass.
-    return new Promise<PoolClient>((resolve, reject) => {
-      gen.inFlight++;
-      gen.pool.connect((err: Error | undefined, client?: PoolClient) => {
-        if (err || client === undefined || this.clientOwner.get(client) !== gen) {
-          if (client !== undefined) client.release(err ?? new AppError('DB_CLIENT_UNEXPECTED', 'an idle client the rotating pool did not set up'));
-          this.done(gen);
-          this.checkoutVia(opts, hooks).then(resolve, reject);
-          return;
-        }
-        resolve(this.lend(client, gen, hooks));
-      });
-    });
+    if (!this.idleReady(gen)) return this.checkoutVia(opts, hooks);
+    return this.fromIdle(gen, () => this.checkoutVia(opts, hooks), (client, _release, resolve) => resolve(this.lend(client, gen, hooks)));
   }
 
   private async checkoutVia(opts: CallOptions, hooks: StatementHooks): Promise<PoolClient> {
@@ -793,7 +801,7 @@ export class RotatingPool extends EventEmitter<RotatingPoolEvents> {
   /** acquire(), but a client that arrives after the deadline goes straight back. */
   private acquireBefore(gen: Generation, deadline?: number): Promise<PoolClient> {
     // More idle clients than callers queued before this one: pg-pool hands one over on the next
-    // tick (no I/O in between), so no deadline can pass; spares a timer (and a promise) on every query.
+    // tick (no I/O in between), so no deadline can pass; spares a timer (and a promise).
     if (gen.pool.idleCount > gen.pool.waitingCount) return this.acquire(gen);
     return this.acquireWaiting(gen, deadline);
   }
